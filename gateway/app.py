@@ -1,0 +1,148 @@
+"""The HTTP API as a FastAPI app: routes, the contract's error shape, docs.
+
+service.py mounts this app on the BentoML Gateway service and puts one RunnerClient per model
+in `app.state.runners`. Every failure answers `{"error": ...}`: never a list, HTML or a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bentoml._internal import server as bentoml_server
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from gateway import v1
+from gateway.errors import ApiError
+from gateway.middleware import RequestContextMiddleware
+from gateway.runner_client import RunnerClient
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Served by BentoML itself, in front of this app.
+SYSTEM_ROUTES = {"/livez", "/healthz", "/readyz", "/metrics"}
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# BentoML ships Swagger UI's assets; serving them ourselves lets /docs render with no CDN.
+SWAGGER_ASSETS = Path(bentoml_server.__file__).parent / "static_content"
+
+
+def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = None) -> FastAPI:
+    app = FastAPI(
+        title="DepthID",
+        summary="Identity- and depth-conditioned image generation, hosted-API compatible.",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.runners = runners if runners is not None else {}
+    app.include_router(v1.router)
+    _add_error_handlers(app)
+    _add_docs_and_fallback_routes(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        error = validation_to_api_error(exc.errors())
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+
+def validation_to_api_error(errors: Any) -> ApiError:
+    """FastAPI/pydantic validation errors as the contract's 400: the first problem in words,
+    every problem in `details` as {"field", "message"}."""
+    details = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        kind = error.get("type", "")
+        if kind == "json_invalid":
+            return ApiError(400, f"malformed JSON body: {error.get('ctx', {}).get('error', '')}")
+        if not loc:
+            if kind == "missing":
+                return ApiError(400, "a JSON object body is required")
+            return ApiError(400, "the request body must be a JSON object")
+        details.append({"field": ".".join(loc), "message": error.get("msg", "invalid value")})
+    first = details[0]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return ApiError(
+        400, f"invalid field '{first['field']}': {first['message']}{more}", details=details
+    )
+
+
+def _add_docs_and_fallback_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="DepthID API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+        )
+
+    # Registered last: answers every request no other route took, with the contract's body.
+    @app.api_route("/{path:path}", methods=ALL_METHODS, include_in_schema=False)
+    async def fallback(request: Request, path: str) -> None:
+        allowed = _methods_for_path(app, request)
+        if allowed:
+            raise ApiError(
+                405,
+                f"method {request.method} is not allowed on /{path}; use {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        parts = path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] in ("v1", "v2"):
+            served = ", ".join(sorted(request.app.state.runners)) or "none"
+            raise ApiError(404, f"unknown model '{parts[1]}'; this server serves: {served}")
+        raise ApiError(404, f"no route /{path}")
+
+
+def _methods_for_path(app: FastAPI, request: Request) -> list[str]:
+    """Methods of the routes whose path matches but whose method did not (so: a 405)."""
+    if request.url.path in SYSTEM_ROUTES:
+        return ["GET"]
+    methods: set[str] = set()
+    for route in _leaf_routes(app.router.routes):
+        route_methods = getattr(route, "methods", None)
+        if route_methods is None or set(ALL_METHODS) <= route_methods:
+            continue
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match in (Match.FULL, Match.PARTIAL):
+            methods |= route_methods
+    return sorted(methods)
+
+
+def _leaf_routes(routes: list[Any]) -> Iterator[Any]:
+    """Routes with a path, looking inside routers that `include_router` nests."""
+    for route in routes:
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            yield from _leaf_routes(nested.routes)
+        else:
+            yield route

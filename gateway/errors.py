@@ -1,0 +1,43 @@
+"""The exception the gateway answers as ``{"error": ..., "details": [...]}`` with its status."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ApiError(Exception):
+    """An error for the client: `message` is shown to a person, so it never holds internals."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        details: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+    def body(self) -> dict[str, object]:
+        body: dict[str, object] = {"error": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+    @classmethod
+    def bad_field(cls, field: str, message: str) -> ApiError:
+        """A 400 about one request field; `message` is the whole sentence and names the field."""
+        return cls(HTTPStatus.BAD_REQUEST, message, details=[{"field": field, "message": message}])
+
+    @classmethod
+    def too_large(cls, field: str, message: str) -> ApiError:
+        """A 413 about one request field; `message` is the whole sentence and names the field."""
+        return cls(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            message,
+            details=[{"field": field, "message": message}],
+        )

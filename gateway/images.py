@@ -1,0 +1,134 @@
+"""Image inputs of the API: an http(s) URL, a data: URI or bare base64, decoded to RGB.
+
+Every limit comes from settings: the encoded size (`max_image_bytes`, checked before decoding
+base64 and while a URL's body streams in) and the pixel count (`max_image_pixels`, checked on
+the header, before a single pixel is decoded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import struct
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from gateway.errors import ApiError
+from gateway.url_fetch import fetch_image_url
+from settings import Settings
+
+# Pillow's format names. Image.open tries only these decoders, so no other parser sees the bytes.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP"
+# Multi-picture JPEGs, as many phone cameras write them, are JPEGs; we use the first picture.
+FORMAT_ALIASES = {"MPO": "JPEG"}
+# Anything with a scheme goes to the URL fetcher, which refuses all but http(s) in words.
+_URL_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_DATA_URI_PREFIX = "data:"
+_BASE64_PADDING = "="
+# 16-bit grayscale PNG samples scaled to 8 bits (2**16 / 2**8).
+_SIXTEEN_TO_EIGHT_BITS = 1 / 256
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, EXIF orientation applied, fully loaded
+    format: str  # what the caller sent: "JPEG", "PNG" or "WEBP"
+    width: int
+    height: int
+
+
+async def load_image(value: str, *, field: str, settings: Settings) -> DecodedImage:
+    """Decode an image given as an http(s) URL, a base64 data: URI or bare base64.
+
+    Raises ApiError naming `field`: 400 for anything malformed or not JPEG/PNG/WebP, 413 for
+    an image over `max_image_bytes` or `max_image_pixels`.
+    """
+    text = value.strip()
+    if not text:
+        raise ApiError.bad_field(field, f"{field} is empty")
+    if _URL_PREFIX.match(text):
+        data = await fetch_image_url(text, field=field, settings=settings)
+    else:
+        is_data_uri = text[: len(_DATA_URI_PREFIX)].lower() == _DATA_URI_PREFIX
+        encoded = _data_uri_payload(text, field) if is_data_uri else text
+        data = await asyncio.to_thread(_decode_base64, encoded, field, settings)
+    # Decoding a large image takes a while: keep it off the event loop.
+    return await asyncio.to_thread(decode_image, data, field=field, settings=settings)
+
+
+def decode_image(data: bytes, *, field: str, settings: Settings) -> DecodedImage:
+    """Decode JPEG, PNG or WebP bytes. Blocking: async code runs it in a thread."""
+    if len(data) > settings.max_image_bytes:
+        raise _too_large(field, settings)
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as source:
+            # Image.open has read only the header: refuse a pixel bomb before decoding it.
+            width, height = source.size
+            if width * height > settings.max_image_pixels:
+                message = (
+                    f"{field} is {width}x{height} pixels, more than the limit of "
+                    f"{settings.max_image_pixels} pixels"
+                )
+                raise ApiError.too_large(field, message)
+            fmt = source.format or ""
+            image = _to_rgb(ImageOps.exif_transpose(source))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard (Image.MAX_IMAGE_PIXELS), left as the process set it; the warning
+        # only arrives here as an exception where a warnings filter makes it one.
+        raise ApiError.too_large(field, f"{field} has too many pixels") from exc
+    except UnidentifiedImageError as exc:
+        message = f"{field} is not a valid image; accepted formats: {ACCEPTED_FORMATS_TEXT}"
+        raise ApiError.bad_field(field, message) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        # Truncated or corrupt data: what Pillow's decoders raise for it.
+        raise ApiError.bad_field(field, f"{field} is not a valid image") from exc
+    return DecodedImage(
+        image=image,
+        format=FORMAT_ALIASES.get(fmt, fmt),
+        width=image.width,
+        height=image.height,
+    )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I;16"):
+        # A plain convert would clip 16-bit samples at 255 (an all-white image): scale them.
+        image = image.point(lambda sample: sample * _SIXTEEN_TO_EIGHT_BITS).convert("L")
+    return image.convert("RGB")
+
+
+def _data_uri_payload(uri: str, field: str) -> str:
+    """The base64 text of ``data:[<media type>][;<parameter>];base64,<data>`` (RFC 2397).
+
+    The media type is not checked: the bytes themselves decide the format.
+    """
+    header, comma, payload = uri[len(_DATA_URI_PREFIX) :].partition(",")
+    if not comma:
+        raise ApiError.bad_field(field, f"{field} is not a valid data URI")
+    parameters = [part.strip().lower() for part in header.split(";")[1:]]
+    if not parameters or parameters[-1] != "base64":
+        message = f"{field} must be a base64 data URI, like data:image/png;base64,..."
+        raise ApiError.bad_field(field, message)
+    return payload
+
+
+def _decode_base64(text: str, field: str, settings: Settings) -> bytes:
+    compact = "".join(text.split())  # pasted base64 often carries line breaks
+    # The decoded size follows from the length: refuse a huge string before decoding it.
+    decoded_size = len(compact) * 3 // 4 - compact[-2:].count(_BASE64_PADDING)
+    if decoded_size > settings.max_image_bytes:
+        raise _too_large(field, settings)
+    try:
+        return base64.b64decode(compact, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII character
+        message = f"{field} is not valid base64; send an http(s) URL, a data: URI or base64"
+        raise ApiError.bad_field(field, message) from None
+
+
+def _too_large(field: str, settings: Settings) -> ApiError:
+    message = f"{field} is larger than the limit of {settings.max_image_bytes} bytes"
+    return ApiError.too_large(field, message)

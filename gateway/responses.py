@@ -1,0 +1,28 @@
+"""Generation answers: the headers every one carries and the v1 body shapes of the contract."""
+
+from __future__ import annotations
+
+import base64
+
+from fastapi.responses import JSONResponse, Response
+
+from runners.jobs import GenerationResult
+
+
+def generation_headers(result: GenerationResult) -> dict[str, str]:
+    return {"x-seed": str(result.seed), "x-inference-time": f"{result.inference_time:.4f}"}
+
+
+def v1_response(result: GenerationResult, as_base64: bool, media_type: str) -> Response:
+    """One image and no base64: the bytes. Otherwise JSON with every image in base64."""
+    headers = generation_headers(result)
+    if len(result.images) == 1 and not as_base64:
+        return Response(result.images[0], media_type=media_type, headers=headers)
+    images = [base64.b64encode(image).decode("ascii") for image in result.images]
+    body = {
+        "image": images[0],
+        "images": images,
+        "seed": result.seed,
+        "metrics": {"inference_time": result.inference_time},
+    }
+    return JSONResponse(body, headers=headers)

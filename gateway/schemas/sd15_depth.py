@@ -1,0 +1,75 @@
+"""sd1.5-controlnet-depth: request schema (ranges and defaults from the hosted endpoint's page)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.images import load_image
+from gateway.normalize import output_size, resolve_seed
+from runners.jobs import SD15DepthJob
+from settings import Settings
+
+MODEL = "sd1.5-controlnet-depth"
+SIZE_MULTIPLE = 8  # SD1.5's VAE downsamples by 8
+
+Scheduler = Literal[
+    "UniPC",
+    "Euler a",
+    "DDIM",
+    "DPM Multi",
+    "DPM Single",
+    "Euler",
+    "Heun",
+    "DPM2 a Karras",
+    "DPM2 Karras",
+    "LMS",
+    "PNDM",
+    "DDPM",
+]
+
+
+class SD15DepthRequest(BaseModel):
+    # strict: a known field with the wrong JSON type is an error, never silently coerced;
+    # extra="ignore": fields outside the table are ignored, as the contract says.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    image: str = Field(
+        description="Input image: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP)."
+    )
+    prompt: str = Field(min_length=1, description="Prompt to render.")
+    negative_prompt: str = Field(default="", description="Prompts to exclude.")
+    samples: int = Field(default=1, ge=1, le=4, description="Number of samples to generate.")
+    scheduler: Scheduler = Field(default="UniPC", description="Type of scheduler.")
+    num_inference_steps: int = Field(default=20, ge=20, le=100, description="Denoising steps.")
+    guidance_scale: float = Field(
+        default=7.5, ge=0.1, le=25, description="Classifier-free guidance."
+    )
+    strength: float = Field(
+        default=1.0, ge=0.1, le=1, description="img2img strength; 1 = from noise."
+    )
+    seed: int = Field(default=-1, ge=-1, le=999_999_999_999_999, description="-1 = random.")
+    base64: bool = Field(default=False, description="Answer JSON with base64 images.")
+
+
+async def to_job(body: SD15DepthRequest, request_id: str, settings: Settings) -> SD15DepthJob:
+    decoded = await load_image(body.image, field="image", settings=settings)
+    width, height = output_size(
+        decoded.width, decoded.height, settings.long_side(MODEL), SIZE_MULTIPLE
+    )
+    return SD15DepthJob(
+        request_id=request_id,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        image=decoded.image,
+        samples=body.samples,
+        scheduler=body.scheduler,
+        num_inference_steps=body.num_inference_steps,
+        guidance_scale=body.guidance_scale,
+        strength=body.strength,
+        seed=resolve_seed(body.seed),
+        width=width,
+        height=height,
+        output_format="JPEG",
+    )

@@ -1,0 +1,194 @@
+"""Fetch an image from a caller's http(s) URL without letting the caller reach internal hosts.
+
+Each hop's host is resolved once and every address it resolves to is vetted; the request then
+goes to the vetted IP itself, so DNS rebinding cannot swap in another address between the check
+and the connect. Redirects are followed by hand so that every hop is vetted the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+from functools import cache
+
+import httpx
+
+from gateway.errors import ApiError
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+ALLOWED_SCHEMES = ("http", "https")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# Cloud instance metadata services (AWS, GCP, Azure; AWS over IPv6): credentials live there.
+CLOUD_METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+REQUEST_HEADERS = {
+    "Accept": "image/jpeg, image/png, image/webp",
+    # The bytes as stored: a compressed transfer would be inflated before the size limit saw it.
+    "Accept-Encoding": "identity",
+}
+
+
+async def fetch_image_url(url: str, *, field: str, settings: Settings) -> bytes:
+    """GET an http(s) URL and return its body, following up to `url_max_redirects` redirects.
+
+    Raises ApiError: 400 (naming `field`) for a bad URL, a refused address, a timeout, a failed
+    connection or a non-2xx answer; 413 when the body exceeds `max_image_bytes`.
+    """
+    try:
+        # One deadline for everything: DNS, every hop, and the whole body.
+        async with asyncio.timeout(settings.url_fetch_timeout_s):
+            return await _fetch(url, field, settings)
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise ApiError.bad_field(field, f"could not fetch {field}: timed out") from exc
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        # Connection refused, TLS failure, broken response...: the details stay in the log.
+        logger.info("fetching %s failed: %r", field, exc)
+        message = f"could not fetch {field}: the connection to the server failed"
+        raise ApiError.bad_field(field, message) from exc
+
+
+async def _fetch(url: str, field: str, settings: Settings) -> bytes:
+    target = _parse_url(url, field)
+    for _hop in range(settings.url_max_redirects + 1):
+        address = await _vetted_address(target, field, settings)
+        # A fresh client per hop: a pooled connection to the same IP must never be reused
+        # for a different host name (its TLS session was verified for the first one).
+        async with _client(settings) as client:
+            response = await client.send(_pinned_request(client, target, address), stream=True)
+            try:
+                if not response.has_redirect_location:
+                    return await _read_body(response, field, settings)
+                target = _redirect_target(target, response, field)
+            finally:
+                await response.aclose()
+    message = f"could not fetch {field}: more than {settings.url_max_redirects} redirects"
+    raise ApiError.bad_field(field, message)
+
+
+def _parse_url(url: str, field: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise ApiError.bad_field(field, f"{field} is not a valid URL") from None
+    if parsed.scheme not in ALLOWED_SCHEMES:
+        raise ApiError.bad_field(field, f"{field} must be an http or https URL")
+    if not parsed.host:
+        raise ApiError.bad_field(field, f"{field} is not a valid URL")
+    return parsed
+
+
+def _redirect_target(current: httpx.URL, response: httpx.Response, field: str) -> httpx.URL:
+    try:
+        target = current.join(response.headers["Location"])
+    except httpx.InvalidURL:
+        target = None
+    if target is None or target.scheme not in ALLOWED_SCHEMES or not target.host:
+        message = f"could not fetch {field}: it redirects to an invalid or non-http(s) URL"
+        raise ApiError.bad_field(field, message)
+    return target
+
+
+async def _vetted_address(url: httpx.URL, field: str, settings: Settings) -> str:
+    """Resolve the URL's host and return an address to connect to, once all are allowed."""
+    host = url.raw_host.decode("ascii")
+    port = url.port or DEFAULT_PORTS[url.scheme]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        infos = []
+    # sockaddr[0] is the address, for IPv4 and IPv6 alike.
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not addresses:
+        raise ApiError.bad_field(field, f"could not fetch {field}: the host name does not resolve")
+    # Every address must pass, not just the first: the host may be tried on any of them.
+    if not all(_is_allowed(address, settings) for address in addresses):
+        raise ApiError.bad_field(field, f"could not fetch {field}: the address is not allowed")
+    return str(addresses[0])
+
+
+def _is_allowed(address: IPAddress, settings: Settings) -> bool:
+    # ::ffff:a.b.c.d reaches the IPv4 host a.b.c.d, so judge it (and allow it) as that host.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in settings.url_allowed_networks):
+        return True
+    return not _is_internal(address)
+
+
+def _is_internal(address: IPAddress) -> bool:
+    if address in CLOUD_METADATA_ADDRESSES:
+        return True
+    if (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        # Also the ranges above do not cover, e.g. carrier-grade NAT (100.64.0.0/10).
+        or not address.is_global
+    ):
+        return True
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:  # deprecated, but still routed inside some networks
+            return True
+        if address.sixtofour is not None:  # 6to4 tunnels to the IPv4 address it embeds
+            return _is_internal(address.sixtofour)
+    return False
+
+
+def _client(settings: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=settings.url_fetch_timeout_s,
+        follow_redirects=False,  # each hop is vetted by _fetch
+        trust_env=False,  # an environment proxy would resolve the host name again itself
+        verify=_tls_context(),
+    )
+
+
+@cache
+def _tls_context() -> ssl.SSLContext:
+    # Built once: loading the CA bundle for every hop costs more than the fetch of a small image.
+    return httpx.create_ssl_context()
+
+
+def _pinned_request(client: httpx.AsyncClient, url: httpx.URL, address: str) -> httpx.Request:
+    """A GET to `address` that the server still sees as a request for `url`.
+
+    The URL's host is replaced by the vetted IP, so httpx connects there without resolving
+    anything; the Host header keeps the original name (and port). For https, httpcore's
+    `sni_hostname` request extension makes TLS send the original name as SNI and verify the
+    certificate against it, exactly as if the name had been in the URL.
+    """
+    headers = {**REQUEST_HEADERS, "Host": url.netloc.decode("ascii")}
+    extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
+    return client.build_request(
+        "GET", url.copy_with(host=address), headers=headers, extensions=extensions
+    )
+
+
+async def _read_body(response: httpx.Response, field: str, settings: Settings) -> bytes:
+    if not response.is_success:
+        message = f"could not fetch {field}: the server answered HTTP {response.status_code}"
+        raise ApiError.bad_field(field, message)
+    limit = settings.max_image_bytes
+    too_large = ApiError.too_large(field, f"{field} is larger than the limit of {limit} bytes")
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    # Raw bytes, counted as they arrive: a missing or false Content-Length cannot bypass this.
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)

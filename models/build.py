@@ -1,0 +1,89 @@
+"""Build the `tiny` profile's models: real architectures, tiny configs, seeded random weights.
+
+    python -m models.build [--only NAME ...]
+
+Models already built (their `.complete` marker exists) are skipped, so running it again is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from models.manifest import TINY_MODELS
+from models.store import install, is_complete, model_dir
+from settings import Settings, get_settings
+
+Builder = Callable[[Path], None]
+
+
+def _builders() -> dict[str, Builder]:
+    # Imported here, not at the top: a fully cached run then never imports torch and diffusers.
+    from models.tiny_depth import build_depth_estimator
+    from models.tiny_sd15 import build_sd15_base, build_sd15_controlnet
+
+    return {
+        "sd15-base": build_sd15_base,
+        "sd15-controlnet-depth": build_sd15_controlnet,
+        "depth-estimator": build_depth_estimator,
+    }
+
+
+def build_tiny(
+    settings: Settings,
+    names: Iterable[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Build every missing tiny model in `names` (default: all) into the settings' store."""
+    names = list(TINY_MODELS if names is None else names)
+    unknown = sorted(set(names) - set(TINY_MODELS))
+    if unknown:
+        raise ValueError(f"unknown tiny model(s) {unknown}; known: {list(TINY_MODELS)}")
+
+    builders: dict[str, Builder] | None = None
+    for index, name in enumerate(names, start=1):
+        prefix = f"[{index}/{len(names)}] {name}:"
+        target = model_dir(settings, name)
+        if is_complete(target):
+            log(f"{prefix} cached")
+            continue
+        if builders is None:
+            builders = _builders()  # a few seconds, once; not counted in the build time
+        started = time.perf_counter()
+        with install(target, source="models.build (tiny, random weights)") as staging:
+            builders[name](staging)
+        log(f"{prefix} building ... done in {time.perf_counter() - started:.1f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.build",
+        description="Build the tiny profile's random-weight models into the local model store.",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=TINY_MODELS,
+        metavar="NAME",
+        help=f"build only this model (repeatable); one of: {', '.join(TINY_MODELS)}",
+    )
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    if settings.profile != "tiny":
+        print(
+            f"error: DEPTHID_PROFILE is {settings.profile!r}; models.build only builds the tiny "
+            "profile. Pull the full weights with `python -m models.pull --profile full`.",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"building tiny models into {settings.profile_store()}")
+    build_tiny(settings, names=args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

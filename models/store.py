@@ -1,0 +1,74 @@
+"""Where model weights live: ``<model_store>/<profile>/<name>/``.
+
+A model folder counts as present only when it holds the ``.complete`` marker. The builder and the
+puller fill a temporary folder beside the target, rename it into place and write the marker last,
+so an interrupted build or download never looks complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from settings import Settings
+
+COMPLETE_MARKER = ".complete"
+
+# The command that provides each profile's weights, quoted in MissingModelError.
+PROVIDE_COMMAND = {
+    "tiny": "make models",
+    "full": "python -m models.pull --profile full",
+}
+
+
+class MissingModelError(RuntimeError):
+    """A model the current profile needs is not (completely) in the local model store."""
+
+
+def model_dir(settings: Settings, name: str) -> Path:
+    """Folder of model `name` in the current profile's store (it may not exist yet)."""
+    return settings.profile_store() / name
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE_MARKER).is_file()
+
+
+def require_model(settings: Settings, name: str) -> Path:
+    """The folder of model `name`, or MissingModelError saying how to provide it."""
+    path = model_dir(settings, name)
+    if is_complete(path):
+        return path
+    state = "is incomplete (no .complete marker)" if path.exists() else "does not exist"
+    command = PROVIDE_COMMAND[settings.profile]
+    raise MissingModelError(
+        f"model {name!r} for profile {settings.profile!r} is missing: {path} {state}; "
+        f"run `{command}` to provide it"
+    )
+
+
+@contextmanager
+def install(target: Path, source: str) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target`; fill it, and on success it becomes `target`.
+
+    Whatever was at `target` before (an incomplete leftover, or a model being replaced) is removed
+    only after the new content is ready. The marker, holding `source`, is written last.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the target (same file system) so that the final rename is atomic.
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    )
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private; the model folder should not be
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        (target / COMPLETE_MARKER).write_text(source + "\n")
+    finally:
+        # Only left over when filling it failed or was interrupted.
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Model runners: one BentoML service per pipeline family. Heavy imports happen inside them."""

@@ -1,0 +1,24 @@
+"""Which device and dtype a runner uses, from settings ("auto" picks CUDA fp16 when present)."""
+
+from __future__ import annotations
+
+import torch
+
+from settings import Settings
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(settings: Settings) -> torch.device:
+    if settings.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("DEPTHID_DEVICE=cuda but no CUDA device is available")
+    return torch.device(settings.device)
+
+
+def pick_dtype(settings: Settings, device: torch.device, gpu_default: torch.dtype) -> torch.dtype:
+    """The configured dtype; "auto" means `gpu_default` on CUDA and float32 on CPU."""
+    if settings.dtype != "auto":
+        return _DTYPES[settings.dtype]
+    return gpu_default if device.type == "cuda" else torch.float32

@@ -1,0 +1,79 @@
+"""What the Gateway sends a runner and what it gets back.
+
+These are the runner APIs' types, so both sides import them; they must stay free of torch.
+A job is already validated and normalised: images decoded, seed resolved, output size resolved.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Annotated, Any, Literal
+
+from PIL import Image
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
+
+OutputFormat = Literal["JPEG", "PNG"]
+
+
+def _image_from_wire(value: Any) -> Any:
+    if isinstance(value, str):  # JSON form: base64 PNG
+        image = Image.open(io.BytesIO(base64.b64decode(value)))
+        image.load()
+        return image
+    return value
+
+
+def _image_to_wire(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # lossless: the runner sees exactly the decoded pixels
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# A runner started by the Gateway receives jobs pickled (BentoML's local format): the PIL image
+# crosses as raw pixels. A runner reached by URL (Kubernetes) receives JSON: base64 PNG.
+PILImage = Annotated[
+    Image.Image,
+    BeforeValidator(_image_from_wire),
+    PlainSerializer(_image_to_wire, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+]
+
+
+class SD15DepthJob(BaseModel):
+    """One sd1.5-controlnet-depth request: `samples` images, sample i seeded with `seed + i`."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    request_id: str
+    prompt: str
+    negative_prompt: str = ""
+    image: PILImage
+    samples: int = Field(ge=1)
+    scheduler: str
+    num_inference_steps: int = Field(ge=1)
+    guidance_scale: float
+    strength: float = Field(gt=0, le=1)
+    seed: int = Field(ge=0)
+    width: int = Field(ge=8)
+    height: int = Field(ge=8)
+    output_format: OutputFormat = "JPEG"
+
+
+class GenerationResult(BaseModel):
+    """The encoded images of one job, in sample order, and the compute time they took."""
+
+    # Image bytes cross JSON (a runner reached by URL) as base64.
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    request_id: str
+    images: list[bytes]
+    seed: int
+    inference_time: float

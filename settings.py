@@ -1,0 +1,80 @@
+"""All configuration, in one typed object read from the environment (prefix ``DEPTHID_``).
+
+Every setting is documented in the README's "Configuration" table. Nothing here imports torch,
+so the Gateway process can read settings without loading the ML stack.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+# The contract's output long side per model in the `full` profile; `tiny` uses 64 for all.
+FULL_LONG_SIDE = {
+    "sd1.5-controlnet-depth": 512,
+    "instantid": 1024,
+    "insta-depth": 1024,
+    "flux-depth-pro": 1024,
+}
+TINY_LONG_SIDE = 64
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEPTHID_", extra="ignore")
+
+    # --- models -------------------------------------------------------------------------
+    profile: Literal["tiny", "full"] = "tiny"
+    model_store: Path = PROJECT_ROOT / ".models"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    output_long_side: int | None = Field(default=None, ge=8, le=4096)
+
+    # --- serving ------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=1, le=65535)
+    # URL of a separately deployed sd15_depth runner (Kubernetes); unset = run it in-process.
+    sd15_runner_url: str | None = None
+    generation_timeout_s: float = Field(default=300.0, gt=0)
+    runner_workers: int = Field(default=1, ge=1)
+
+    # --- request limits -----------------------------------------------------------------
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=36_000_000, ge=64)
+
+    # --- image URL fetching -------------------------------------------------------------
+    url_fetch_timeout_s: float = Field(default=10.0, gt=0)
+    url_max_redirects: int = Field(default=3, ge=0, le=10)
+    # Networks that may be fetched although private/loopback/link-local (comma-separated CIDRs).
+    url_allowed_networks: Annotated[
+        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
+    ] = Field(default_factory=list)
+
+    @field_validator("url_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def long_side(self, model: str) -> int:
+        """Output long side for `model`: the explicit setting, else the profile's default."""
+        if self.output_long_side is not None:
+            return self.output_long_side
+        return TINY_LONG_SIDE if self.profile == "tiny" else FULL_LONG_SIDE[model]
+
+    def profile_store(self) -> Path:
+        """Folder holding this profile's weights: ``<model_store>/<profile>``."""
+        return self.model_store / self.profile
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

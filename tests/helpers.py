@@ -1,0 +1,51 @@
+"""Small helpers the tests share: test images, free ports, waiting for a server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import time
+
+import httpx
+from PIL import Image, ImageDraw
+
+
+def scene_image(width: int = 96, height: int = 64, fmt: str = "PNG") -> bytes:
+    """A simple scene with a near object (bright disc) and a far background gradient."""
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for x in range(width):
+        shade = int(255 * x / max(1, width - 1))
+        draw.line([(x, 0), (x, height)], fill=(shade, 80, 255 - shade))
+    r = min(width, height) // 4
+    draw.ellipse([width // 2 - r, height // 2 - r, width // 2 + r, height // 2 + r], fill="white")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def is_ready(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
