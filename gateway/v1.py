@@ -9,8 +9,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from gateway.errors import ApiError
 from gateway.responses import v1_response
 from gateway.schemas import sd15_depth
+from runners.jobs import JobFailure
 
 router = APIRouter(prefix="/v1", tags=["v1 (synchronous)"])
 
@@ -36,7 +38,18 @@ async def generate(
     runner = request.app.state.runners[model]
     job = await to_job(body, request.state.request_id, settings)
     [result] = await runner.generate([job])
+    if result.failure is not None:
+        raise failure_error(result.failure)
     return v1_response(result, as_base64=body.base64, media_type=media_type)
+
+
+# How a job's failure answers in v1: unusable input is the client's 400, a blocked result 422.
+FAILURE_STATUS = {"invalid_input": 400, "blocked": 422}
+
+
+def failure_error(failure: JobFailure) -> ApiError:
+    details = [{"field": failure.field, "message": failure.message}] if failure.field else None
+    return ApiError(FAILURE_STATUS[failure.kind], failure.message, details=details)
 
 
 @router.post(

@@ -67,6 +67,18 @@ class SD15DepthJob(BaseModel):
     output_format: OutputFormat = "JPEG"
 
 
+class JobFailure(BaseModel):
+    """Why a runner produced no images for one job, in terms of the job, not of HTTP.
+
+    `invalid_input`: the job's input cannot be used (e.g. no face in `field`);
+    `blocked`: the safety checker blocked the result. The Gateway maps each kind to its code.
+    """
+
+    kind: Literal["invalid_input", "blocked"]
+    message: str
+    field: str | None = None
+
+
 class GenerationResult(BaseModel):
     """The encoded images of one job, in sample order, and the compute time they took."""
 
@@ -77,3 +89,5 @@ class GenerationResult(BaseModel):
     images: list[bytes]
     seed: int
     inference_time: float
+    # Set instead of images when this job failed; the other jobs of a batch are unaffected.
+    failure: JobFailure | None = None

@@ -20,7 +20,7 @@ from gateway.app import create_app
 from gateway.normalize import MAX_SEED
 from gateway.runner_client import RunnerClient
 from runners.encoding import encode_image
-from runners.jobs import GenerationResult, SD15DepthJob
+from runners.jobs import GenerationResult, JobFailure, SD15DepthJob
 from runners.schedulers import SCHEDULERS
 from settings import Settings
 from tests.helpers import b64, scene_image
@@ -344,6 +344,28 @@ def test_deadline_is_504():
 
     response = make_client(slow, deadline_s=0.2).post(ROUTE, json=body())
     assert "deadline" in assert_error(response, 504)["error"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [
+        (JobFailure(kind="invalid_input", message="no face found in image", field="image"), 400),
+        (JobFailure(kind="blocked", message="the result was blocked by the safety checker"), 422),
+    ],
+)
+def test_job_failures_answer_their_code_without_images(failure, status):
+    async def failing(jobs):
+        return [
+            GenerationResult(
+                request_id=job.request_id, images=[], seed=job.seed, inference_time=0.1,
+                failure=failure,
+            )
+            for job in jobs
+        ]  # fmt: skip
+
+    response = make_client(failing).post(ROUTE, json=body())
+    payload = assert_error(response, status, failure.field)
+    assert payload["error"] == failure.message
 
 
 def test_openapi_shows_the_schema(client):
