@@ -10,13 +10,18 @@ BIN := $(VENV)/bin
 # the CPU build on disk, where an unpinned resolve would pull a multi-GB CUDA build.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install serve test lint format models pull bench-latency clean
+# Tests start their own redis-server on 127.0.0.1; install it when the machine lacks it.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install serve test lint format models redis-server pull bench-latency clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) "torch==2.13.0" -e ".[test]"
+	# insightface without its declared deps: see the note in pyproject.toml.
+	$(PIP_INSTALL) --no-deps "insightface==2.1"
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,7 +40,11 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint models
+redis-server:
+	@command -v redis-server >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
+
+test: lint models redis-server
 	$(BIN)/python -m pytest
 
 bench-latency: models

@@ -24,6 +24,10 @@ FULL_LONG_SIDE = {
     "flux-depth-pro": 1024,
 }
 TINY_LONG_SIDE = 64
+# flux-depth-pro: the classifier's P(nsfw) at or above which an output is blocked, for
+# safety_tolerance 1 (strictest) .. 6 (most permissive). Calibrated for the `full` profile's
+# Falconsai/nsfw_image_detection; the README's "Content safety" section has the table.
+DEFAULT_SAFETY_THRESHOLDS = (0.10, 0.20, 0.35, 0.50, 0.70, 0.90)
 
 
 class Settings(BaseSettings):
@@ -41,8 +45,23 @@ class Settings(BaseSettings):
     port: int = Field(default=3000, ge=1, le=65535)
     # URL of a separately deployed sd15_depth runner (Kubernetes); unset = run it in-process.
     sd15_runner_url: str | None = None
+    # URL of a separately deployed flux_depth runner (Kubernetes); unset = run it in-process.
+    flux_runner_url: str | None = None
     generation_timeout_s: float = Field(default=300.0, gt=0)
     runner_workers: int = Field(default=1, ge=1)
+
+    # --- v2 jobs -------------------------------------------------------------------------
+    # Unset: in-process memory (one Gateway process). "redis://host:6379/0": shared by replicas.
+    job_store_url: str | None = None
+    job_retention_s: float = Field(default=3600.0, gt=0)
+    job_queue_max: int = Field(default=1000, ge=1)
+    job_workers: int = Field(default=2, ge=1)  # jobs one Gateway process runs at once
+    job_visibility_timeout_s: float = Field(default=30.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    queue_retry_after_s: int = Field(default=5, ge=1)
+    shutdown_grace_s: float = Field(default=60.0, ge=0)
+    # Prefix of the status/result URLs v2 answers with (behind a proxy); unset: the request's.
+    public_base_url: str | None = None
 
     # --- request limits -----------------------------------------------------------------
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
@@ -56,6 +75,35 @@ class Settings(BaseSettings):
     url_allowed_networks: Annotated[
         list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
     ] = Field(default_factory=list)
+
+    # --- content safety and prompt upsampling (flux-depth-pro) ------------------------------
+    # Six comma-separated P(nsfw) thresholds, for safety_tolerance 1..6; non-decreasing.
+    safety_thresholds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_SAFETY_THRESHOLDS)
+    )
+    # The editable prompt term list: one term or phrase per line, `#` starts a comment.
+    blocked_terms_file: Path = PROJECT_ROOT / "config" / "blocked_terms.txt"
+    # "auto": "llm" in `full`, "rules" in `tiny` (a deterministic expander, not a model).
+    prompt_upsampler: Literal["auto", "llm", "rules"] = "auto"
+    upsampler_max_new_tokens: int = Field(default=96, ge=8, le=512)
+
+    @field_validator("safety_thresholds", mode="before")
+    @classmethod
+    def _split_thresholds(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("safety_thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: list[float]) -> list[float]:
+        if len(value) != len(DEFAULT_SAFETY_THRESHOLDS):
+            raise ValueError(f"needs {len(DEFAULT_SAFETY_THRESHOLDS)} thresholds, one per tolerance")
+        if any(not 0.0 <= threshold <= 1.0 for threshold in value):
+            raise ValueError("every threshold is a probability in 0..1")
+        if any(later < earlier for earlier, later in zip(value, value[1:], strict=False)):
+            raise ValueError("thresholds must not decrease: tolerance 1 is the strictest")
+        return value
 
     @field_validator("url_allowed_networks", mode="before")
     @classmethod

@@ -6,8 +6,9 @@ in `app.state.runners`. Every failure answers `{"error": ...}`: never a list, HT
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from gateway import v1
-from gateway.errors import ApiError
+from gateway import v1, v2
+from gateway.errors import ApiError, validation_to_api_error
+from gateway.job_store import JobStore, MemoryJobStore
 from gateway.middleware import RequestContextMiddleware
+from gateway.redis_job_store import RedisJobStore
 from gateway.runner_client import RunnerClient
+from gateway.worker import JobWorker
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,8 +39,34 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 SWAGGER_ASSETS = Path(bentoml_server.__file__).parent / "static_content"
 
 
+def make_job_store(settings: Settings) -> JobStore:
+    if settings.job_store_url:
+        return RedisJobStore(
+            settings.job_store_url,
+            max_queued=settings.job_queue_max,
+            retention_s=settings.job_retention_s,
+            visibility_timeout_s=settings.job_visibility_timeout_s,
+        )
+    return MemoryJobStore(max_queued=settings.job_queue_max, retention_s=settings.job_retention_s)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The v2 job store and worker live as long as the app serves."""
+    settings: Settings = app.state.settings
+    app.state.job_store = make_job_store(settings)
+    worker = JobWorker(app.state.job_store, lambda: app.state.runners, settings)
+    worker.start()
+    try:
+        yield
+    finally:
+        await worker.stop(settings.shutdown_grace_s)
+        await app.state.job_store.close()
+
+
 def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = None) -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="DepthID",
         summary="Identity- and depth-conditioned image generation, hosted-API compatible.",
         version="0.1.0",
@@ -46,6 +76,7 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
     app.state.settings = settings
     app.state.runners = runners if runners is not None else {}
     app.include_router(v1.router)
+    app.include_router(v2.router)
     _add_error_handlers(app)
     _add_docs_and_fallback_routes(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -67,27 +98,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
-
-
-def validation_to_api_error(errors: Any) -> ApiError:
-    """FastAPI/pydantic validation errors as the contract's 400: the first problem in words,
-    every problem in `details` as {"field", "message"}."""
-    details = []
-    for error in errors:
-        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-        kind = error.get("type", "")
-        if kind == "json_invalid":
-            return ApiError(400, f"malformed JSON body: {error.get('ctx', {}).get('error', '')}")
-        if not loc:
-            if kind == "missing":
-                return ApiError(400, "a JSON object body is required")
-            return ApiError(400, "the request body must be a JSON object")
-        details.append({"field": ".".join(loc), "message": error.get("msg", "invalid value")})
-    first = details[0]
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    return ApiError(
-        400, f"invalid field '{first['field']}': {first['message']}{more}", details=details
-    )
 
 
 def _add_docs_and_fallback_routes(app: FastAPI) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 
 class ApiError(Exception):
@@ -41,3 +42,24 @@ class ApiError(Exception):
             message,
             details=[{"field": field, "message": message}],
         )
+
+
+def validation_to_api_error(errors: Any) -> ApiError:
+    """FastAPI/pydantic validation errors as the contract's 400: the first problem in words,
+    every problem in `details` as {"field", "message"}."""
+    details = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        kind = error.get("type", "")
+        if kind == "json_invalid":
+            return ApiError(400, f"malformed JSON body: {error.get('ctx', {}).get('error', '')}")
+        if not loc:
+            if kind == "missing":
+                return ApiError(400, "a JSON object body is required")
+            return ApiError(400, "the request body must be a JSON object")
+        details.append({"field": ".".join(loc), "message": error.get("msg", "invalid value")})
+    first = details[0]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return ApiError(
+        400, f"invalid field '{first['field']}': {first['message']}{more}", details=details
+    )

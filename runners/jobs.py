@@ -67,6 +67,24 @@ class SD15DepthJob(BaseModel):
     output_format: OutputFormat = "JPEG"
 
 
+class FluxDepthJob(BaseModel):
+    """One flux-depth-pro request: one image, screened at `safety_tolerance` (1 strictest)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    request_id: str
+    prompt: str
+    control_image: PILImage
+    guidance: float
+    steps: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    width: int = Field(ge=16)
+    height: int = Field(ge=16)
+    output_format: OutputFormat = "JPEG"
+    safety_tolerance: int = Field(ge=1, le=6)
+    prompt_upsampling: bool = False
+
+
 class JobFailure(BaseModel):
     """Why a runner produced no images for one job, in terms of the job, not of HTTP.
 
@@ -91,3 +109,5 @@ class GenerationResult(BaseModel):
     inference_time: float
     # Set instead of images when this job failed; the other jobs of a batch are unaffected.
     failure: JobFailure | None = None
+    # The prompt the images were generated from, when the runner changed it (prompt upsampling).
+    prompt_used: str | None = None

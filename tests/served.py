@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 from settings import PROJECT_ROOT
 from tests.helpers import free_port, is_ready, wait_until
@@ -25,7 +26,19 @@ def serve(
     port: int | None = None,
     wait_ready: bool = True,
 ) -> Iterator[str]:
-    """Serve `target` on a free port and yield its base URL; the log is printed on failure."""
+    """Serve `target` on a free port and yield its base URL."""
+    with serve_process(target, env, port, wait_ready) as (base_url, _):
+        yield base_url
+
+
+@contextlib.contextmanager
+def serve_process(
+    target: str = "service:Gateway",
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    wait_ready: bool = True,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Like serve(), also yielding the server's process (the leader of its process group)."""
     port = port or free_port()
     full_env = {
         **os.environ,
@@ -42,7 +55,7 @@ def serve(
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so the runner workers stop with it
+        start_new_session=True,  # a Ctrl-C in the test run does not reach it directly
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -52,20 +65,41 @@ def serve(
             raise RuntimeError(f"{target} not ready in {START_TIMEOUT_S}s; log: {log.name}")
         if process.poll() is not None:
             raise RuntimeError(f"{target} exited: {Path(log.name).read_text()[-4000:]}")
-        yield base_url
+        yield base_url, process
     finally:
         stop(process)
         log.close()
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+def process_tree(process: subprocess.Popen) -> list[psutil.Process]:
+    """The server and every process under it. BentoML starts its workers in sessions of their
+    own, so a process-group signal would miss them."""
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        root = psutil.Process(process.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the server and all its workers at once, as a crashed machine would."""
+    for member in process_tree(process):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    process.wait()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Graceful stop (SIGTERM, as Kubernetes does), then SIGKILL whatever is left."""
+    tree = process_tree(process)
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    if process.poll() is None:
+        process.kill()
         process.wait()

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from PIL import Image
+from segmind import SegmindClient
 
 from tests.helpers import b64, free_port, is_ready, scene_image, wait_until
 from tests.served import serve
@@ -102,6 +103,16 @@ def test_image_from_url(http):
         assert Image.open(io.BytesIO(response.content)).size == (64, 64)
     finally:
         server.shutdown()
+
+
+def test_official_sdk_on_the_embedded_default(base_url):
+    """`segmind` unchanged, pointed at this server: v2 `run` on the in-process job store, and v1."""
+    client = SegmindClient(api_key="unused", base_url=f"{base_url}/v1")
+    result = client.run("sd1.5-controlnet-depth", **body(seed=4))
+    assert result["status"] == "COMPLETED" and result["seed"] == 4
+    image = httpx.get(result["output"][0])
+    assert Image.open(io.BytesIO(image.content)).size == (64, 40)
+    assert client.run_sync("sd1.5-controlnet-depth", **body(seed=4)).content == image.content
 
 
 def test_error_bodies_through_the_whole_stack(http):

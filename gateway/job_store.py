@@ -1,0 +1,185 @@
+"""The v2 job store: one interface, two backends.
+
+`MemoryJobStore` (here) is the embedded default: one process, nothing survives a restart.
+`RedisJobStore` (gateway/redis_job_store.py) is for many Gateway replicas: jobs are shared, a
+job whose worker dies is taken again after the visibility timeout, results are written once.
+
+A job goes QUEUED -> PROCESSING -> COMPLETED | FAILED. Terminal jobs and their images are kept
+for the retention period, then forgotten (the routes answer 404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Status = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
+TERMINAL: tuple[Status, ...] = ("COMPLETED", "FAILED")
+
+
+class QueueFull(Exception):
+    """The queue holds its maximum number of waiting jobs."""
+
+
+@dataclass
+class JobRecord:
+    """Everything a worker needs to run a job and the routes need to answer about it."""
+
+    id: str
+    model: str
+    payload: str  # the runner job, as JSON (images as base64 PNG)
+    as_base64: bool  # final body's `output`: base64 strings instead of URLs
+    media_type: str  # content type of the output images
+    base_url: str  # absolute URL prefix for output links
+    submitted_at: float
+    status: Status = "QUEUED"
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    result: dict | None = None  # the final body, once terminal
+    n_images: int = 0
+
+
+class JobStore(Protocol):
+    async def submit(self, record: JobRecord) -> None:
+        """Store a QUEUED job and enqueue it; raises QueueFull past the bound."""
+
+    async def take(self, worker_id: str, timeout_s: float) -> JobRecord | None:
+        """The oldest queued job, now PROCESSING and leased to `worker_id`; None if none came."""
+
+    async def renew(self, job_id: str, worker_id: str) -> bool:
+        """Extend the lease; False when the job is no longer this worker's."""
+
+    async def complete(
+        self, job_id: str, worker_id: str, images: list[bytes], result: dict
+    ) -> bool:
+        """Write the COMPLETED result once; False (nothing written) if already terminal."""
+
+    async def fail(self, job_id: str, worker_id: str, error: str, result: dict) -> bool:
+        """Write the FAILED result once; False (nothing written) if already terminal."""
+
+    async def release(self, job_id: str, worker_id: str) -> None:
+        """Hand a job in hand back to the queue (graceful shutdown, transient failure)."""
+
+    async def requeue_expired(self) -> int:
+        """Put jobs whose lease expired (their worker died) back in the queue."""
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job, or None if unknown or expired."""
+
+    async def get_image(self, job_id: str, index: int) -> bytes | None:
+        """Image `index` of a COMPLETED job, or None."""
+
+    async def queue_depth(self) -> int:
+        """How many jobs wait in the queue."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _MemoryJob:
+    record: JobRecord
+    images: list[bytes] = field(default_factory=list)
+    expires_at: float | None = None
+
+
+class MemoryJobStore:
+    """In-process store for a single Gateway process (the embedded default)."""
+
+    def __init__(self, max_queued: int, retention_s: float) -> None:
+        self.max_queued = max_queued
+        self.retention_s = retention_s
+        self._jobs: dict[str, _MemoryJob] = {}
+        self._queue: deque[str] = deque()
+        self._queued = asyncio.Condition()
+
+    async def submit(self, record: JobRecord) -> None:
+        async with self._queued:
+            if len(self._queue) >= self.max_queued:
+                raise QueueFull
+            self._jobs[record.id] = _MemoryJob(record)
+            self._queue.append(record.id)
+            self._queued.notify()
+
+    async def take(self, worker_id: str, timeout_s: float) -> JobRecord | None:
+        async with self._queued:
+            try:
+                await asyncio.wait_for(self._queued.wait_for(lambda: self._queue), timeout_s)
+            except TimeoutError:
+                return None
+            job = self._jobs[self._queue.popleft()]
+        job.record.status = "PROCESSING"
+        job.record.started_at = time.time()
+        job.record.attempts += 1
+        return job.record
+
+    async def renew(self, job_id: str, worker_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        return job is not None and job.record.status == "PROCESSING"
+
+    async def complete(
+        self, job_id: str, worker_id: str, images: list[bytes], result: dict
+    ) -> bool:
+        return self._finish(job_id, "COMPLETED", images, result, error=None)
+
+    async def fail(self, job_id: str, worker_id: str, error: str, result: dict) -> bool:
+        return self._finish(job_id, "FAILED", [], result, error=error)
+
+    def _finish(
+        self, job_id: str, status: Status, images: list[bytes], result: dict, error: str | None
+    ) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or job.record.status in TERMINAL:
+            return False
+        job.record.status = status
+        job.record.finished_at = time.time()
+        job.record.result = result
+        job.record.error = error
+        job.record.n_images = len(images)
+        job.images = images
+        job.expires_at = job.record.finished_at + self.retention_s
+        return True
+
+    async def release(self, job_id: str, worker_id: str) -> None:
+        async with self._queued:
+            job = self._jobs.get(job_id)
+            if job is None or job.record.status != "PROCESSING":
+                return
+            job.record.status = "QUEUED"
+            self._queue.appendleft(job_id)  # first in line: it waited longest
+            self._queued.notify()
+
+    async def requeue_expired(self) -> int:
+        # One process: a dead worker takes the whole store with it, so nothing to reclaim.
+        # Expired results are dropped here instead.
+        now = time.time()
+        for job_id in [k for k, j in self._jobs.items() if j.expires_at and j.expires_at <= now]:
+            del self._jobs[job_id]
+        return 0
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        job = self._live(job_id)
+        return job.record if job else None
+
+    async def get_image(self, job_id: str, index: int) -> bytes | None:
+        job = self._live(job_id)
+        if job is None or not 0 <= index < len(job.images):
+            return None
+        return job.images[index]
+
+    def _live(self, job_id: str) -> _MemoryJob | None:
+        job = self._jobs.get(job_id)
+        if job is not None and job.expires_at is not None and job.expires_at <= time.time():
+            del self._jobs[job_id]
+            return None
+        return job
+
+    async def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,228 @@
+"""The v2 job store on Redis, shared by any number of Gateway replicas.
+
+Keys (all under `depthid:`):
+  queue          list of waiting job ids (pushed left, taken from the right: FIFO)
+  processing     list of ids taken by some worker
+  job:<id>       hash: the job's fields (see JobRecord)
+  lease:<id>     the owning worker's id, expiring after the visibility timeout unless renewed
+  img:<id>:<t>:<n>  image n of the attempt `t` that completed the job
+
+The scripts touch keys derived from the job id, so this targets a single Redis (or a cluster
+with every key in one hash slot), not a sharded cluster.
+
+A worker that dies stops renewing its lease; `requeue_expired` puts its job back in the queue
+and another worker takes it. Results are written by a script that refuses a job that is
+already terminal, so a late duplicate from a worker presumed dead never overwrites a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import redis.asyncio as redis
+
+from gateway.job_store import JobRecord, QueueFull
+
+PREFIX = "depthid:"
+QUEUE = PREFIX + "queue"
+PROCESSING = PREFIX + "processing"
+
+# Atomic bound check + enqueue.
+_SUBMIT = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], 'record', ARGV[3], 'status', 'QUEUED', 'attempts', 0)
+redis.call('LPUSH', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Atomic take: move the oldest id to `processing`, lease it, mark it PROCESSING.
+_TAKE = """
+local id = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
+if not id then return false end
+redis.call('SET', ARGV[3] .. id, ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', ARGV[4] .. id, 'status', 'PROCESSING', 'started_at', ARGV[5])
+redis.call('HINCRBY', ARGV[4] .. id, 'attempts', 1)
+return id
+"""
+
+# Renew only one's own lease.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# Write the terminal state once: a job already COMPLETED or FAILED is left as it is.
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or status == 'COMPLETED' or status == 'FAILED' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4],
+           'n_images', ARGV[6], 'images_token', ARGV[7], 'error', ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+# Hand back a job this worker holds: first in line again.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('LREM', KEYS[2], 0, ARGV[2]) > 0 then
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  redis.call('HSET', KEYS[4], 'status', 'QUEUED')
+end
+return 1
+"""
+
+# Requeue a taken job whose lease is gone (its worker stopped renewing: it died).
+_REQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('LREM', KEYS[2], 0, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], 'status', 'QUEUED')
+return 1
+"""
+
+# The fields fixed at submit time, stored together as JSON in the hash's `record` field.
+_STATIC_FIELDS = ("id", "model", "payload", "as_base64", "media_type", "base_url", "submitted_at")
+
+
+def _job_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def _lease_key(job_id: str) -> str:
+    return f"{PREFIX}lease:{job_id}"
+
+
+def _image_key(job_id: str, token: str, index: int) -> str:
+    return f"{PREFIX}img:{job_id}:{token}:{index}"
+
+
+class RedisJobStore:
+    def __init__(
+        self, url: str, max_queued: int, retention_s: float, visibility_timeout_s: float
+    ) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.max_queued = max_queued
+        self.retention_s = int(retention_s)
+        self.visibility_ms = int(visibility_timeout_s * 1000)
+        self.poll_s = 0.05  # take() polls; fast enough that idle queue time stays tiny
+        self._submit = self.client.register_script(_SUBMIT)
+        self._take = self.client.register_script(_TAKE)
+        self._renew = self.client.register_script(_RENEW)
+        self._finish = self.client.register_script(_FINISH)
+        self._release = self.client.register_script(_RELEASE)
+        self._requeue = self.client.register_script(_REQUEUE)
+        # Ids seen in `processing` without a lease: the taker may be between its two steps
+        # only for microseconds, so an id still unleased a visibility timeout later is orphaned.
+        self._unleased_since: dict[str, float] = {}
+
+    async def submit(self, record: JobRecord) -> None:
+        static = json.dumps({name: getattr(record, name) for name in _STATIC_FIELDS})
+        keys = [QUEUE, _job_key(record.id)]
+        if not await self._submit(keys=keys, args=[self.max_queued, record.id, static]):
+            raise QueueFull
+
+    async def take(self, worker_id: str, timeout_s: float) -> JobRecord | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job_id = await self._take(
+                keys=[QUEUE, PROCESSING],
+                args=[
+                    worker_id,
+                    self.visibility_ms,
+                    PREFIX + "lease:",
+                    PREFIX + "job:",
+                    time.time(),
+                ],
+            )
+            if job_id:
+                return await self.get(job_id.decode())
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(self.poll_s)
+
+    async def renew(self, job_id: str, worker_id: str) -> bool:
+        return bool(
+            await self._renew(keys=[_lease_key(job_id)], args=[worker_id, self.visibility_ms])
+        )
+
+    async def complete(
+        self, job_id: str, worker_id: str, images: list[bytes], result: dict
+    ) -> bool:
+        # Images go under this attempt's own keys first; the script then points the job at
+        # them only if it is not terminal yet, so a losing duplicate's images are never served.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for index, image in enumerate(images):
+                pipe.set(_image_key(job_id, worker_id, index), image, ex=self.retention_s)
+            await pipe.execute()
+        return await self._finish_job(job_id, "COMPLETED", result, len(images), worker_id, "")
+
+    async def fail(self, job_id: str, worker_id: str, error: str, result: dict) -> bool:
+        return await self._finish_job(job_id, "FAILED", result, 0, worker_id, error)
+
+    async def _finish_job(
+        self, job_id: str, status: str, result: dict, n_images: int, token: str, error: str
+    ) -> bool:
+        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id)]
+        args = [
+            job_id, status, json.dumps(result), time.time(), self.retention_s, n_images, token,
+            error,
+        ]  # fmt: skip
+        return bool(await self._finish(keys=keys, args=args))
+
+    async def release(self, job_id: str, worker_id: str) -> None:
+        keys = [_lease_key(job_id), PROCESSING, QUEUE, _job_key(job_id)]
+        await self._release(keys=keys, args=[worker_id, job_id])
+
+    async def requeue_expired(self) -> int:
+        now = time.monotonic()
+        requeued = 0
+        taken = {raw.decode() for raw in await self.client.lrange(PROCESSING, 0, -1)}
+        for job_id in list(self._unleased_since):
+            if job_id not in taken:
+                del self._unleased_since[job_id]
+        for job_id in taken:
+            if await self.client.exists(_lease_key(job_id)):
+                self._unleased_since.pop(job_id, None)
+                continue
+            first_seen = self._unleased_since.setdefault(job_id, now)
+            if now - first_seen < self.visibility_ms / 1000:
+                continue
+            keys = [_lease_key(job_id), PROCESSING, QUEUE, _job_key(job_id)]
+            requeued += await self._requeue(keys=keys, args=[job_id])
+            self._unleased_since.pop(job_id, None)
+        return requeued
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        fields = await self.client.hgetall(_job_key(job_id))
+        if not fields or b"record" not in fields:
+            return None
+        value = {k.decode(): v.decode() for k, v in fields.items()}
+        record = JobRecord(**json.loads(value["record"]))
+        record.status = value["status"]  # type: ignore[assignment]
+        record.attempts = int(value.get("attempts", 0))
+        record.started_at = float(value["started_at"]) if "started_at" in value else None
+        record.finished_at = float(value["finished_at"]) if "finished_at" in value else None
+        record.error = value.get("error") or None
+        record.result = json.loads(value["result"]) if "result" in value else None
+        record.n_images = int(value.get("n_images", 0))
+        return record
+
+    async def get_image(self, job_id: str, index: int) -> bytes | None:
+        fields = await self.client.hmget(_job_key(job_id), ["status", "images_token", "n_images"])
+        status, token, n_images = fields
+        if status != b"COMPLETED" or not 0 <= index < int(n_images or 0):
+            return None
+        return await self.client.get(_image_key(job_id, token.decode(), index))
+
+    async def queue_depth(self) -> int:
+        return await self.client.llen(QUEUE)
+
+    async def close(self) -> None:
+        await self.client.aclose()

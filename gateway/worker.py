@@ -1,0 +1,154 @@
+"""The v2 worker: takes queued jobs, calls the same runner API as v1, stores the outcome.
+
+Each Gateway process runs `settings.job_workers` take-loops and one reaper. While a job is in
+hand its lease is renewed; on shutdown no new job is taken, jobs in hand get the grace period
+to finish, and whatever is still running then is handed back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+
+from gateway.errors import ApiError
+from gateway.job_store import JobRecord, JobStore
+from gateway.model_specs import MODEL_SPECS
+from gateway.runner_client import RunnerClient
+from runners.jobs import GenerationResult
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TAKE_WAIT_S = 1.0  # how long one take() waits before the loop checks for shutdown
+RETRY_DELAY_S = 2.0  # pause before handing back a job whose runner was unreachable
+
+
+class JobWorker:
+    def __init__(
+        self,
+        store: JobStore,
+        runners: Callable[[], dict[str, RunnerClient]],
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.runners = runners
+        self.settings = settings
+        # Unique per process and start, so a lease names exactly one live worker.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task] = []
+        self._reaper: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._take_loop(), name=f"v2-worker-{i}")
+            for i in range(self.settings.job_workers)
+        ]
+        self._reaper = asyncio.create_task(self._reap_loop(), name="v2-reaper")
+        logger.info("v2 worker %s started (%d slots)", self.worker_id, len(self._loops))
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop taking jobs; let jobs in hand finish within `grace_s`, then hand back the rest."""
+        self._stopping.set()
+        if self._reaper:
+            self._reaper.cancel()
+        _, pending = await asyncio.wait(self._loops, timeout=grace_s) if self._loops else ((), ())
+        for task in pending:
+            task.cancel()  # _run_job hands its job back on cancellation
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        logger.info("v2 worker %s stopped", self.worker_id)
+
+    async def _take_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                record = await self.store.take(self.worker_id, TAKE_WAIT_S)
+            except Exception:
+                logger.exception("v2 worker could not take a job; retrying")
+                await asyncio.sleep(TAKE_WAIT_S)
+                continue
+            if record is not None:
+                await self._run_job(record)
+
+    async def _reap_loop(self) -> None:
+        period = max(0.5, self.settings.job_visibility_timeout_s / 3)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if requeued := await self.store.requeue_expired():
+                    logger.warning("requeued %d job(s) whose worker stopped answering", requeued)
+            except Exception:
+                logger.exception("v2 reaper failed; retrying")
+
+    async def _run_job(self, record: JobRecord) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(record.id))
+        try:
+            result = await self._generate(record)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.store.release(record.id, self.worker_id))
+            raise
+        except ApiError as exc:
+            if exc.status == 502 and record.attempts < self.settings.job_max_attempts:
+                logger.warning("job %s: runner unreachable, handing it back", record.id)
+                await asyncio.sleep(RETRY_DELAY_S)
+                await self.store.release(record.id, self.worker_id)
+            else:
+                await self._fail(record, exc.message)
+            return
+        except Exception:
+            logger.exception("job %s failed", record.id)
+            await self._fail(record, f"internal server error (request id {record.id})")
+            return
+        finally:
+            heartbeat.cancel()
+
+        if result.failure is not None:
+            await self._fail(record, result.failure.message)
+            return
+        body = completed_body(record, result)
+        if not await self.store.complete(record.id, self.worker_id, result.images, body):
+            logger.warning("job %s was already finished elsewhere; result dropped", record.id)
+
+    async def _generate(self, record: JobRecord) -> GenerationResult:
+        spec = MODEL_SPECS[record.model]
+        runner = self.runners()[record.model]
+        job = spec.job.model_validate_json(record.payload)
+        [result] = await runner.generate([job])
+        return result
+
+    async def _fail(self, record: JobRecord, error: str) -> None:
+        body = {"request_id": record.id, "status": "FAILED", "error": error}
+        await self.store.fail(record.id, self.worker_id, error, body)
+
+    async def _heartbeat(self, job_id: str) -> None:
+        period = self.settings.job_visibility_timeout_s / 3
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(period)
+                if not await self.store.renew(job_id, self.worker_id):
+                    logger.warning("lost the lease on job %s", job_id)
+                    return
+
+
+def completed_body(record: JobRecord, result: GenerationResult) -> dict:
+    """The v2 final body: image URLs (or base64 strings) and measured times."""
+    if record.as_base64:
+        output = [base64.b64encode(image).decode("ascii") for image in result.images]
+    else:
+        output = [
+            f"{record.base_url}/v2/requests/{record.id}/output/{index}"
+            for index in range(len(result.images))
+        ]
+    queue_time = (record.started_at or record.submitted_at) - record.submitted_at
+    return {
+        "request_id": record.id,
+        "status": "COMPLETED",
+        "output": output,
+        "seed": result.seed,
+        "metrics": {"inference_time": result.inference_time, "queue_time": queue_time},
+    }
