@@ -7,6 +7,7 @@ so the Gateway process can read settings without loading the ML stack.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -97,11 +98,12 @@ class Settings(BaseSettings):
     @field_validator("safety_thresholds")
     @classmethod
     def _check_thresholds(cls, value: list[float]) -> list[float]:
-        if len(value) != len(DEFAULT_SAFETY_THRESHOLDS):
-            raise ValueError(f"needs {len(DEFAULT_SAFETY_THRESHOLDS)} thresholds, one per tolerance")
+        count = len(DEFAULT_SAFETY_THRESHOLDS)
+        if len(value) != count:
+            raise ValueError(f"needs {count} thresholds, one per tolerance 1..{count}")
         if any(not 0.0 <= threshold <= 1.0 for threshold in value):
             raise ValueError("every threshold is a probability in 0..1")
-        if any(later < earlier for earlier, later in zip(value, value[1:], strict=False)):
+        if any(later < earlier for earlier, later in itertools.pairwise(value)):
             raise ValueError("thresholds must not decrease: tolerance 1 is the strictest")
         return value
 
