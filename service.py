@@ -9,11 +9,14 @@ that runner over HTTP instead, and the same image serves the runner with
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import bentoml
 
 from gateway.app import create_app
 from gateway.runner_client import RunnerClient
+from runners.flux_depth import FluxDepth
+from runners.instantid import InstantID
 from runners.sd15_depth import SD15Depth
 from settings import get_settings
 
@@ -31,20 +34,30 @@ app = create_app(settings)
 @bentoml.asgi_app(app, path="/")
 class Gateway:
     sd15 = bentoml.depends(SD15Depth, url=settings.sd15_runner_url)
+    flux = bentoml.depends(FluxDepth, url=settings.flux_runner_url)
+    instantid = bentoml.depends(InstantID, url=settings.instantid_runner_url)
 
     def __init__(self) -> None:
-        deadline = settings.generation_timeout_s
+        sd15 = runner_client("sd15_depth", self.sd15)
+        instantid = runner_client("instantid", self.instantid)  # one SDXL base, two models
         app.state.runners = {
-            "sd1.5-controlnet-depth": RunnerClient(
-                "sd15_depth", self._sd15_generate, deadline, ready=self.sd15.is_ready
-            ),
+            "sd1.5-controlnet-depth": sd15,
+            "instantid": instantid,
+            "insta-depth": instantid,
+            "flux-depth-pro": runner_client("flux_depth", self.flux),
         }
 
     async def __is_ready__(self) -> bool:
         """/readyz: ready once every runner answers its own /readyz (models loaded)."""
-        checks = [runner.is_ready() for runner in app.state.runners.values()]
-        return all(await asyncio.gather(*checks))
+        runners = set(app.state.runners.values())
+        return all(await asyncio.gather(*(runner.is_ready() for runner in runners)))
 
-    async def _sd15_generate(self, jobs: list) -> list:
+
+def runner_client(name: str, dependency: Any) -> RunnerClient:
+    """A RunnerClient over a BentoML dependency's `generate` API."""
+
+    async def generate(jobs: list) -> list:
         # The async client, so a generation never blocks the Gateway's event loop.
-        return await self.sd15.to_async.call("generate", jobs)
+        return await dependency.to_async.call("generate", jobs)
+
+    return RunnerClient(name, generate, settings.generation_timeout_s, ready=dependency.is_ready)

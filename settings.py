@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     output_long_side: int | None = Field(default=None, ge=8, le=4096)
+    # torch threads of a runner on the CPU; unset: 1 in `tiny` (its tensors are so small that
+    # handing work to a second thread costs more than it saves), torch's default in `full`.
+    cpu_threads: int | None = Field(default=None, ge=1)
 
     # --- serving ------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -48,6 +51,8 @@ class Settings(BaseSettings):
     sd15_runner_url: str | None = None
     # URL of a separately deployed flux_depth runner (Kubernetes); unset = run it in-process.
     flux_runner_url: str | None = None
+    # URL of a separately deployed instantid runner (instantid + insta-depth); unset = in-process.
+    instantid_runner_url: str | None = None
     generation_timeout_s: float = Field(default=300.0, gt=0)
     runner_workers: int = Field(default=1, ge=1)
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote
 
 from fastapi.responses import JSONResponse, Response
 
 from runners.jobs import GenerationResult
 
+PROMPT_USED_HEADER = "x-prompt-used"
+
 
 def generation_headers(result: GenerationResult) -> dict[str, str]:
-    return {"x-seed": str(result.seed), "x-inference-time": f"{result.inference_time:.4f}"}
+    headers = {"x-seed": str(result.seed), "x-inference-time": f"{result.inference_time:.4f}"}
+    if result.prompt_used is not None:
+        # Header values must be latin-1, and a prompt is any Unicode: send it percent-encoded
+        # UTF-8 (RFC 3986; urllib.parse.unquote decodes it), which is plain ASCII.
+        headers[PROMPT_USED_HEADER] = quote(result.prompt_used, safe="")
+    return headers
 
 
 def v1_response(result: GenerationResult, as_base64: bool, media_type: str) -> Response:

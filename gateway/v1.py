@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,13 +9,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from gateway.errors import ApiError
+from gateway.model_specs import MODEL_SPECS
 from gateway.responses import v1_response
-from gateway.schemas import sd15_depth
+from gateway.schemas import flux_depth, insta_depth, instantid, sd15_depth
 from runners.jobs import JobFailure
 
 router = APIRouter(prefix="/v1", tags=["v1 (synchronous)"])
-
-ToJob = Callable[[Any, str, Any], Awaitable[Any]]
 
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -31,16 +29,14 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def generate(
-    request: Request, model: str, body: BaseModel, to_job: ToJob, media_type: str
-) -> Response:
-    settings = request.app.state.settings
+async def generate(request: Request, model: str, body: BaseModel) -> Response:
+    spec = MODEL_SPECS[model]
     runner = request.app.state.runners[model]
-    job = await to_job(body, request.state.request_id, settings)
+    job = await spec.to_job(body, request.state.request_id, request.app.state.settings)
     [result] = await runner.generate([job])
     if result.failure is not None:
         raise failure_error(result.failure)
-    return v1_response(result, as_base64=body.base64, media_type=media_type)
+    return v1_response(result, as_base64=spec.wants_base64(body), media_type=spec.media_type(body))
 
 
 # How a job's failure answers in v1: unusable input is the client's 400, a blocked result 422.
@@ -59,4 +55,55 @@ def failure_error(failure: JobFailure) -> ApiError:
     responses=IMAGE_RESPONSES,
 )
 async def sd15_controlnet_depth(body: sd15_depth.SD15DepthRequest, request: Request) -> Response:
-    return await generate(request, sd15_depth.MODEL, body, sd15_depth.to_job, "image/jpeg")
+    return await generate(request, sd15_depth.MODEL, body)
+
+
+FACE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **IMAGE_RESPONSES,
+    400: {
+        "description": "Malformed JSON, a bad field, an undecodable image, or no face found in "
+        "`face_image` or `pose_image` (the error names the field)."
+    },
+}
+
+
+@router.post(
+    "/instantid",
+    summary="instantid: SDXL keeping the identity of the largest face in `face_image`",
+    response_class=Response,
+    responses=FACE_RESPONSES,
+)
+async def instantid_route(body: instantid.InstantIDRequest, request: Request) -> Response:
+    return await generate(request, instantid.MODEL, body)
+
+
+@router.post(
+    "/insta-depth",
+    summary="insta-depth: instantid, posed by the face and depth map of `pose_image`",
+    response_class=Response,
+    responses=FACE_RESPONSES,
+)
+async def insta_depth_route(body: insta_depth.InstaDepthRequest, request: Request) -> Response:
+    return await generate(request, insta_depth.MODEL, body)
+
+
+FLUX_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **IMAGE_RESPONSES,
+    200: {
+        "description": "The image bytes, JPEG or PNG per `output_format`. With "
+        "`prompt_upsampling`, the `x-prompt-used` header holds the prompt used, "
+        "percent-encoded UTF-8.",
+        "content": {"image/jpeg": {}, "image/png": {}},
+    },
+    422: {"description": "The prompt or the generated image was blocked by the safety checks."},
+}
+
+
+@router.post(
+    "/flux-depth-pro",
+    summary="flux-depth-pro: FLUX.1 Depth [dev] guided by the depth map of `control_image`",
+    response_class=Response,
+    responses=FLUX_RESPONSES,
+)
+async def flux_depth_pro(body: flux_depth.FluxDepthRequest, request: Request) -> Response:
+    return await generate(request, flux_depth.MODEL, body)

@@ -23,12 +23,24 @@ Builder = Callable[[Path], None]
 def _builders() -> dict[str, Builder]:
     # Imported here, not at the top: a fully cached run then never imports torch and diffusers.
     from models.tiny_depth import build_depth_estimator
+    from models.tiny_faces import build_face_models
+    from models.tiny_flux import build_flux_depth
+    from models.tiny_instantid import build_instantid
+    from models.tiny_safety import build_safety_classifier
     from models.tiny_sd15 import build_sd15_base, build_sd15_controlnet
+    from models.tiny_sdxl import build_sdxl_base, build_sdxl_controlnet_depth, build_sdxl_vae
 
     return {
         "sd15-base": build_sd15_base,
         "sd15-controlnet-depth": build_sd15_controlnet,
         "depth-estimator": build_depth_estimator,
+        "flux-depth-dev": build_flux_depth,
+        "safety-checker": build_safety_classifier,
+        "sdxl-base": build_sdxl_base,
+        "sdxl-vae": build_sdxl_vae,
+        "instantid": build_instantid,
+        "sdxl-controlnet-depth": build_sdxl_controlnet_depth,
+        "face-analysis": build_face_models,
     }
 
 

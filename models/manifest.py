@@ -19,6 +19,13 @@ class Checkpoint:
     description: str
 
 
+# Layouts of real repositories that the runners read and the tiny builds copy.
+INSTANTID_IDENTITYNET_FOLDER = "ControlNetModel"  # InstantX/InstantID
+INSTANTID_IP_ADAPTER_FILE = "ip-adapter.bin"
+FACE_DETECTOR_FILE = "scrfd_10g_bnkps.onnx"  # antelopev2
+FACE_RECOGNISER_FILE = "glintr100.onnx"
+
+
 CHECKPOINTS: dict[str, Checkpoint] = {
     "sd15-base": Checkpoint(
         repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -61,12 +68,138 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         allow_patterns=("config.json", "preprocessor_config.json", "model.safetensors"),
         description="Depth Anything V2 Small (relative depth), Apache-2.0",
     ),
+    # flux-depth-pro: the diffusers layout of FLUX.1 Depth [dev], text encoders included
+    # (CLIP-L and T5-XXL v1.1). Gated: accept the licence on the Hub and set HF_TOKEN to pull.
+    "flux-depth-dev": Checkpoint(
+        repo_id="black-forest-labs/FLUX.1-Depth-dev",
+        # No commit sha of this repository could be found offline; pin one (the `sha` of
+        # `huggingface_hub.model_info`) before relying on a reproducible pull.
+        revision="main",
+        allow_patterns=(
+            "model_index.json",
+            "scheduler/scheduler_config.json",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "text_encoder_2/*.json",
+            "text_encoder_2/model*.safetensors",
+            "tokenizer/*.json",
+            "tokenizer/merges.txt",
+            "tokenizer_2/*.json",
+            "tokenizer_2/spiece.model",
+            "transformer/*.json",
+            "transformer/diffusion_pytorch_model*.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+        ),
+        description="FLUX.1 Depth [dev] (diffusers layout), bf16, FLUX.1-dev non-commercial",
+    ),
+    "safety-checker": Checkpoint(
+        repo_id="Falconsai/nsfw_image_detection",
+        revision="04367978d3474804ab1a00a9bd6548b741764069",
+        allow_patterns=("config.json", "preprocessor_config.json", "model.safetensors"),
+        description="ViT image classifier, labels normal/nsfw (flux-depth-pro), Apache-2.0",
+    ),
+    "prompt-upsampler": Checkpoint(
+        repo_id="Qwen/Qwen2.5-0.5B-Instruct",
+        revision="7ae557604adf67be50417f59c2c2f167def9a775",
+        allow_patterns=(
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "merges.txt",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.json",
+        ),
+        description="Qwen2.5 0.5B Instruct, rewrites prompts for prompt_upsampling, Apache-2.0",
+    ),
+    # instantid + insta-depth (runners/instantid.py): one SDXL base for both.
+    "sdxl-base": Checkpoint(
+        repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+        revision="462165984030d82259a11f4367a4eed129e94a7b",
+        allow_patterns=(
+            "model_index.json",
+            "scheduler/scheduler_config.json",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "text_encoder_2/config.json",
+            "text_encoder_2/model.safetensors",
+            "tokenizer/merges.txt",
+            "tokenizer/special_tokens_map.json",
+            "tokenizer/tokenizer_config.json",
+            "tokenizer/vocab.json",
+            "tokenizer_2/merges.txt",
+            "tokenizer_2/special_tokens_map.json",
+            "tokenizer_2/tokenizer_config.json",
+            "tokenizer_2/vocab.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            # Its own VAE is replaced by sdxl-vae; the config keeps model_index.json's folder.
+            "vae/config.json",
+        ),
+        description="Stable Diffusion XL 1.0 base (diffusers layout), CreativeML Open RAIL++-M",
+    ),
+    "sdxl-vae": Checkpoint(
+        repo_id="madebyollin/sdxl-vae-fp16-fix",
+        revision="207b116dae70ace3637169f1ddd2434b91b3a8cd",
+        allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+        description="SDXL VAE fine-tuned to decode in fp16 without overflow, MIT",
+    ),
+    "instantid": Checkpoint(
+        repo_id="InstantX/InstantID",
+        # No commit sha of this repository could be found offline; pin one (the `sha` of
+        # `huggingface_hub.model_info`) before relying on a reproducible pull.
+        revision="main",
+        allow_patterns=(
+            f"{INSTANTID_IDENTITYNET_FOLDER}/config.json",
+            f"{INSTANTID_IDENTITYNET_FOLDER}/diffusion_pytorch_model.safetensors",
+            INSTANTID_IP_ADAPTER_FILE,
+        ),
+        description="InstantID: IdentityNet (SDXL ControlNet) + face IP-Adapter, Apache-2.0",
+    ),
+    "sdxl-controlnet-depth": Checkpoint(
+        repo_id="diffusers/controlnet-depth-sdxl-1.0",
+        # No commit sha found offline either: pin one before relying on a reproducible pull.
+        revision="main",
+        allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+        description="SDXL depth ControlNet (insta-depth), OpenRAIL++",
+    ),
+    "face-analysis": Checkpoint(
+        # insightface's antelopev2 pack (SCRFD-10G detector, ResNet100 Glint360K ArcFace), as
+        # mirrored on the Hub; insightface's own release is not on the Hub. Non-commercial.
+        repo_id="DIAMONIK7777/antelopev2",
+        # No commit sha found offline: pin one before relying on a reproducible pull.
+        revision="main",
+        allow_patterns=(FACE_DETECTOR_FILE, FACE_RECOGNISER_FILE),
+        description="insightface antelopev2: face detector + recogniser, research use only",
+    ),
 }
 
 # The models each runner loads, by name.
 RUNNER_MODELS: dict[str, tuple[str, ...]] = {
     "sd15_depth": ("sd15-base", "sd15-controlnet-depth", "depth-estimator"),
+    # prompt-upsampler only with the "llm" upsampler; `tiny` uses the rule-based one instead.
+    "flux_depth": ("flux-depth-dev", "depth-estimator", "safety-checker", "prompt-upsampler"),
+    "instantid": (
+        "sdxl-base",
+        "sdxl-vae",
+        "instantid",
+        "sdxl-controlnet-depth",
+        "face-analysis",
+        "depth-estimator",
+    ),
 }
 
 # Every model the `tiny` profile builds: the same names, random weights (models/build.py).
-TINY_MODELS: tuple[str, ...] = ("sd15-base", "sd15-controlnet-depth", "depth-estimator")
+TINY_MODELS: tuple[str, ...] = (
+    "sd15-base",
+    "sd15-controlnet-depth",
+    "depth-estimator",
+    "flux-depth-dev",
+    "safety-checker",
+    "sdxl-base",
+    "sdxl-vae",
+    "instantid",
+    "sdxl-controlnet-depth",
+    "face-analysis",
+)

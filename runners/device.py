@@ -22,3 +22,12 @@ def pick_dtype(settings: Settings, device: torch.device, gpu_default: torch.dtyp
     if settings.dtype != "auto":
         return _DTYPES[settings.dtype]
     return gpu_default if device.type == "cuda" else torch.float32
+
+
+def set_cpu_threads(settings: Settings, device: torch.device) -> None:
+    """settings.cpu_threads, or one thread for the tiny models: with the Gateway, other runners
+    and clients on the same few cores, a second thread mostly waits, and a 64-pixel request
+    took seconds instead of a fraction of one. The full profile keeps torch's default."""
+    threads = settings.cpu_threads or (1 if settings.profile == "tiny" else None)
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(threads)

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     WithJsonSchema,
+    model_validator,
 )
 
 OutputFormat = Literal["JPEG", "PNG"]
@@ -83,6 +84,41 @@ class FluxDepthJob(BaseModel):
     output_format: OutputFormat = "JPEG"
     safety_tolerance: int = Field(ge=1, le=6)
     prompt_upsampling: bool = False
+
+
+class InstantIDJob(BaseModel):
+    """One instantid or insta-depth request: `samples` images, sample i seeded with `seed + i`.
+
+    The prompts are final (style applied). The identity comes from the largest face of
+    `face_image`; the keypoints from the largest face of `pose_image` when given, else of
+    `face_image`. `depth_strength` set (insta-depth) adds the depth ControlNet, fed the depth map
+    of `pose_image`; None leaves it out.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    request_id: str
+    prompt: str
+    negative_prompt: str = ""
+    face_image: PILImage
+    pose_image: PILImage | None = None
+    samples: int = Field(ge=1)
+    num_inference_steps: int = Field(ge=1)
+    guidance_scale: float
+    seed: int = Field(ge=0)
+    identity_strength: float = Field(ge=0)
+    adapter_strength: float = Field(ge=0)
+    depth_strength: float | None = Field(default=None, ge=0)
+    enhance_face_region: bool
+    width: int = Field(ge=8)
+    height: int = Field(ge=8)
+    output_format: OutputFormat = "JPEG"
+
+    @model_validator(mode="after")
+    def _depth_needs_a_pose(self) -> InstantIDJob:
+        if self.depth_strength is not None and self.pose_image is None:
+            raise ValueError("depth_strength needs pose_image: the depth map is taken from it")
+        return self
 
 
 class JobFailure(BaseModel):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from models.store import require_model
 from runners.depth import DepthEstimator
-from runners.device import pick_device, pick_dtype
+from runners.device import pick_device, pick_dtype, set_cpu_threads
 from runners.encoding import encode_image
 from runners.jobs import GenerationResult, SD15DepthJob
 from runners.schedulers import make_scheduler
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 class SD15DepthPipelines:
     def __init__(self, settings: Settings) -> None:
         self.device = pick_device(settings)
+        set_cpu_threads(settings, self.device)
         self.dtype = pick_dtype(settings, self.device, gpu_default=torch.float16)
         base_dir = require_model(settings, "sd15-base")
         controlnet_dir = require_model(settings, "sd15-controlnet-depth")

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from settings import Settings
+from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
+from tests.served import serve
+
+SERVED_MAX_BODY_BYTES = 1_000_000
+# One served instance (`bentoml serve service:Gateway`, every runner) for the e2e modules.
+SERVED_ENV = {
+    "DEPTHID_MAX_BODY_BYTES": str(SERVED_MAX_BODY_BYTES),
+    # The URL test fetches from a server on loopback, which is refused unless allowed.
+    "DEPTHID_URL_ALLOWED_NETWORKS": "127.0.0.0/8",
+    # flux-depth-pro: tolerance 1 blocks every image (threshold 0), 2..6 keep their defaults,
+    # so the safety checker's decision can be driven from outside the process.
+    "DEPTHID_SAFETY_THRESHOLDS": ",".join(str(t) for t in (0.0, *DEFAULT_SAFETY_THRESHOLDS[1:])),
+}
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +27,9 @@ def tiny_settings() -> Settings:
     settings = Settings(profile="tiny", device="cpu")
     build_tiny(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def served_url(tiny_settings) -> str:
+    with serve(env=SERVED_ENV) as url:
+        yield url

@@ -49,3 +49,17 @@ def is_ready(base_url: str) -> bool:
         return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def assert_error(response, status: int, field: str | None = None) -> dict:
+    """The contract's error answer: `status`, a JSON object with a non-empty `error` for a
+    person, no stack trace; with `field`, the error names it and `details` lists it."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    payload = response.json()
+    assert isinstance(payload, dict) and isinstance(payload["error"], str) and payload["error"]
+    assert "Traceback" not in response.text
+    if field is not None:
+        assert field in payload["error"]
+        assert payload["details"][0]["field"] == field
+    return payload

@@ -17,22 +17,17 @@ import pytest
 from PIL import Image
 from segmind import SegmindClient
 
+from tests.conftest import SERVED_MAX_BODY_BYTES
 from tests.helpers import b64, free_port, is_ready, scene_image, wait_until
 from tests.served import serve
 
 ROUTE = "/v1/sd1.5-controlnet-depth"
-MAX_BODY = 1_000_000
-SERVER_ENV = {
-    "DEPTHID_MAX_BODY_BYTES": str(MAX_BODY),
-    # The URL test fetches from a server on loopback, which is refused unless allowed.
-    "DEPTHID_URL_ALLOWED_NETWORKS": "127.0.0.0/8",
-}
+MAX_BODY = SERVED_MAX_BODY_BYTES
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_settings) -> str:
-    with serve(env=SERVER_ENV) as url:
-        yield url
+def base_url(served_url) -> str:
+    return served_url
 
 
 @pytest.fixture(scope="module")
@@ -140,17 +135,21 @@ def test_health_metrics_and_docs(http):
     assert http.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
 
 
-def test_gateway_to_runner_under_concurrency(http):
+def test_gateway_to_runner_under_concurrency(base_url):
     """Guards BentoML's gateway-to-runner connection recycling bug: with its default
-    `max_requests` of 100, about one call per hundred fails under concurrency. 200 requests
+    `max_requests` of 100, about one call per hundred fails under concurrency. 150 requests
     from 25 clients at once must all succeed."""
-    total, concurrency = 200, 25
+    total, concurrency = 150, 25
 
-    def one(i: int) -> int:
-        return http.post(ROUTE, json=body(seed=i, num_inference_steps=20)).status_code
+    # A generous timeout: 25 requests queue behind one runner on a 2-core CI machine, and
+    # a dropped call shows up as a hang or an error, not as slowness.
+    with httpx.Client(base_url=base_url, timeout=600) as client:
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        codes = list(pool.map(one, range(total)))
+        def one(i: int) -> int:
+            return client.post(ROUTE, json=body(seed=i, num_inference_steps=20)).status_code
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            codes = list(pool.map(one, range(total)))
     assert codes.count(200) == total, {code: codes.count(code) for code in set(codes)}
 
 

@@ -23,7 +23,7 @@ from runners.encoding import encode_image
 from runners.jobs import GenerationResult, JobFailure, SD15DepthJob
 from runners.schedulers import SCHEDULERS
 from settings import Settings
-from tests.helpers import b64, scene_image
+from tests.helpers import assert_error, b64, scene_image
 
 ROUTE = "/v1/sd1.5-controlnet-depth"
 MODEL = "sd1.5-controlnet-depth"
@@ -70,18 +70,6 @@ def client(recorder: RecordingRunner) -> TestClient:
 
 def body(**fields) -> dict:
     return {"image": b64(scene_image(96, 64)), "prompt": "a house", **fields}
-
-
-def assert_error(response, status: int, field: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    payload = response.json()
-    assert isinstance(payload, dict) and isinstance(payload["error"], str) and payload["error"]
-    assert "Traceback" not in response.text
-    if field is not None:
-        assert field in payload["error"]
-        assert {"field": field, "message": payload["details"][0]["message"]} in payload["details"]
-    return payload
 
 
 # --- defaults and normalisation ------------------------------------------------------------
@@ -382,6 +370,7 @@ def test_openapi_shows_the_schema(client):
 def test_gateway_never_imports_torch():
     code = (
         "import sys, gateway.app, gateway.v1, gateway.images, gateway.runner_client;"
+        "import gateway.styles, gateway.schemas.instantid, gateway.schemas.insta_depth;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -42,10 +42,16 @@ def fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
 
 
-def _safetensors(folder: Path) -> dict[str, bytes]:
+# Weight files of every kind the tiny builds write: diffusers/transformers, ONNX (face
+# analysis), torch.save (InstantID's ip-adapter.bin).
+WEIGHT_SUFFIXES = {".safetensors", ".onnx", ".bin"}
+
+
+def _weight_files(folder: Path) -> dict[str, bytes]:
     return {
         path.relative_to(folder).as_posix(): path.read_bytes()
-        for path in sorted(folder.rglob("*.safetensors"))
+        for path in sorted(folder.rglob("*"))
+        if path.suffix in WEIGHT_SUFFIXES
     }
 
 
@@ -107,9 +113,9 @@ def test_build_tiny_is_deterministic(
     again = Settings(model_store=tmp_path, profile="tiny")
     build_tiny(again, log=lambda line: None)
     for name in TINY_MODELS:
-        first = _safetensors(model_dir(settings, name))
-        assert first, f"{name} has no safetensors"
-        assert _safetensors(model_dir(again, name)) == first, name
+        first = _weight_files(model_dir(settings, name))
+        assert first, f"{name} has no weight files"
+        assert _weight_files(model_dir(again, name)) == first, name
 
 
 def test_build_tiny_rejects_unknown_names(tmp_path: Path) -> None:

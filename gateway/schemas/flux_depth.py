@@ -1,0 +1,84 @@
+"""flux-depth-pro: request schema (ranges and defaults from the hosted endpoint's page).
+
+One image per request and no `base64` field: the page lists neither, so the answer is always the
+image bytes, in `output_format`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.images import load_image
+from gateway.normalize import MAX_SEED, output_size, resolve_seed
+from runners.jobs import FluxDepthJob, OutputFormat
+from settings import Settings
+
+MODEL = "flux-depth-pro"
+SIZE_MULTIPLE = 16  # Flux's VAE downsamples by 8, then the transformer packs 2x2 patches
+DEFAULT_SEED = 96522  # the hosted endpoint's default: fixed, not random
+
+# output_format -> (the runner's encoder format, the answer's content type)
+OUTPUT_FORMATS: dict[str, tuple[OutputFormat, str]] = {
+    "jpg": ("JPEG", "image/jpeg"),
+    "png": ("PNG", "image/png"),
+}
+
+
+class FluxDepthRequest(BaseModel):
+    # strict: a known field with the wrong JSON type is an error, never silently coerced;
+    # extra="ignore": fields outside the table are ignored, as the contract says.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    control_image: str = Field(
+        description="Control image: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP). Its "
+        "depth map guides the generation."
+    )
+    prompt: str = Field(min_length=1, description="Text prompt for image generation.")
+    guidance: float = Field(
+        default=7, ge=1, le=50, description="Prompt adherence; higher follows the text closer."
+    )
+    steps: int = Field(default=40, ge=15, le=50, description="Number of diffusion steps.")
+    seed: int = Field(
+        default=DEFAULT_SEED,
+        ge=-1,
+        le=MAX_SEED,
+        description="Seed for reproducible generation; -1 = random.",
+    )
+    output_format: Literal["jpg", "png"] = Field(
+        default="jpg", description="Format of the output image."
+    )
+    safety_tolerance: int = Field(
+        default=2, ge=1, le=6, description="1 is the most strict, 6 the most permissive."
+    )
+    prompt_upsampling: bool = Field(
+        default=False,
+        description="Expand the prompt before generating; the prompt used is returned in the "
+        "`x-prompt-used` header (percent-encoded UTF-8).",
+    )
+
+
+def media_type(body: FluxDepthRequest) -> str:
+    """The content type of the answer's image."""
+    return OUTPUT_FORMATS[body.output_format][1]
+
+
+async def to_job(body: FluxDepthRequest, request_id: str, settings: Settings) -> FluxDepthJob:
+    decoded = await load_image(body.control_image, field="control_image", settings=settings)
+    width, height = output_size(
+        decoded.width, decoded.height, settings.long_side(MODEL), SIZE_MULTIPLE
+    )
+    return FluxDepthJob(
+        request_id=request_id,
+        prompt=body.prompt,
+        control_image=decoded.image,
+        guidance=body.guidance,
+        steps=body.steps,
+        seed=resolve_seed(body.seed),
+        width=width,
+        height=height,
+        output_format=OUTPUT_FORMATS[body.output_format][0],
+        safety_tolerance=body.safety_tolerance,
+        prompt_upsampling=body.prompt_upsampling,
+    )

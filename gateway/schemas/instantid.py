@@ -1,0 +1,87 @@
+"""instantid: request schema (ranges and defaults from the hosted endpoint's page)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.images import DecodedImage, load_image
+from gateway.normalize import output_size, resolve_seed
+from gateway.styles import NO_STYLE, StyleName, apply_style
+from runners.jobs import InstantIDJob
+from settings import Settings
+
+MODEL = "instantid"
+SIZE_MULTIPLE = 64  # the contract: SDXL output sides are multiples of 64
+
+
+class InstantIDRequest(BaseModel):
+    # strict: a known field with the wrong JSON type is an error, never silently coerced;
+    # extra="ignore": fields outside the table are ignored, as the contract says.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    face_image: str = Field(
+        description="The identity: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP). Its "
+        "largest face is used."
+    )
+    prompt: str = Field(min_length=1, description="Prompt to render.")
+    negative_prompt: str = Field(default="", description="Prompts to exclude.")
+    style: StyleName = Field(default=NO_STYLE, description="Style to apply to the prompts.")
+    samples: int = Field(default=1, ge=1, le=4, description="Number of samples to generate.")
+    num_inference_steps: int = Field(default=10, ge=4, le=100, description="Denoising steps.")
+    guidance_scale: float = Field(default=5, ge=1, le=25, description="Classifier-free guidance.")
+    seed: int = Field(default=-1, ge=-1, le=999_999_999_999_999, description="-1 = random.")
+    identity_strength: float = Field(
+        default=0.8, ge=0, le=1, description="IdentityNet (face keypoints) strength."
+    )
+    adapter_strength: float = Field(
+        default=0.8, ge=0, le=1, description="IP-Adapter (face embedding) strength."
+    )
+    enhance_face_region: bool = Field(
+        default=True, description="Confine the IdentityNet to the (padded) face box."
+    )
+    pose_image: str | None = Field(
+        default=None,
+        description="Optional pose: its largest face's keypoints and the output's aspect ratio.",
+    )
+    base64: bool = Field(default=False, description="Answer JSON with base64 images.")
+
+
+async def load_faces(
+    face_image: str, pose_image: str | None, settings: Settings
+) -> tuple[DecodedImage, DecodedImage | None]:
+    """The decoded face image and, when given, pose image."""
+    face = await load_image(face_image, field="face_image", settings=settings)
+    if pose_image is None:
+        return face, None
+    return face, await load_image(pose_image, field="pose_image", settings=settings)
+
+
+def framed_size(
+    face: DecodedImage, pose: DecodedImage | None, model: str, settings: Settings
+) -> tuple[int, int]:
+    """The output size: the pose (or else face) image's aspect ratio, the model's long side."""
+    framing = pose if pose is not None else face
+    return output_size(framing.width, framing.height, settings.long_side(model), SIZE_MULTIPLE)
+
+
+async def to_job(body: InstantIDRequest, request_id: str, settings: Settings) -> InstantIDJob:
+    face, pose = await load_faces(body.face_image, body.pose_image, settings)
+    width, height = framed_size(face, pose, MODEL, settings)
+    prompt, negative_prompt = apply_style(body.style, body.prompt, body.negative_prompt)
+    return InstantIDJob(
+        request_id=request_id,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        face_image=face.image,
+        pose_image=pose.image if pose is not None else None,
+        samples=body.samples,
+        num_inference_steps=body.num_inference_steps,
+        guidance_scale=body.guidance_scale,
+        seed=resolve_seed(body.seed),
+        identity_strength=body.identity_strength,
+        adapter_strength=body.adapter_strength,
+        enhance_face_region=body.enhance_face_region,
+        width=width,
+        height=height,
+        output_format="JPEG",
+    )

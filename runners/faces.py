@@ -1,0 +1,149 @@
+"""Face analysis with insightface: the largest face's box, keypoints and identity embedding.
+
+A model folder holds a detector (SCRFD) and an ArcFace recogniser, as the real antelopev2 pack
+does; insightface's FaceAnalysis routes each ONNX file by its signature. Only the chosen face is
+recognised: a pose image needs keypoints alone, and other faces are never used.
+
+Also here: the two images InstantID derives from a face, the keypoint image that drives the
+IdentityNet and the face-region mask that confines it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from insightface.app import FaceAnalysis
+from insightface.app.common import Face
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
+
+# InstantID's detector input size; faces are found on the image letterboxed into it.
+DETECTION_SIZE = (640, 640)
+DETECTION_THRESHOLD = 0.5
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+# The keypoint image as InstantID draws it: a limb from each eye and mouth corner to the nose,
+# dimmed, then a dot per point, one colour per point. Sizes are for a 1024-pixel long side.
+KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
+NOSE = 2
+LIMB_WIDTH_AT_1024 = 8
+DOT_RADIUS_AT_1024 = 10
+LIMB_BRIGHTNESS = 0.6
+REFERENCE_LONG_SIDE = 1024
+
+# enhance_face_region: the IdentityNet acts on the face box grown by this fraction on each side.
+FACE_REGION_PADDING = 0.1
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the image's pixels
+    keypoints: np.ndarray  # (5, 2): left eye, right eye, nose, left and right mouth corner
+    embedding: np.ndarray | None  # (512,) ArcFace embedding, when asked for
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    def scaled(self, scale_x: float, scale_y: float) -> DetectedFace:
+        """The same face in an image resized by (scale_x, scale_y)."""
+        x1, y1, x2, y2 = self.box
+        box = (x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y)
+        return DetectedFace(box, self.keypoints * np.array([scale_x, scale_y]), self.embedding)
+
+
+def onnx_providers(use_cuda: bool) -> list[str]:
+    """onnxruntime's CUDA provider (with CPU fallback) when asked for and present, else CPU."""
+    if use_cuda and CUDA_PROVIDER in onnxruntime.get_available_providers():
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+class FaceAnalyzer:
+    def __init__(self, model_dir: Path, use_cuda: bool) -> None:
+        providers = onnx_providers(use_cuda)
+        analysis = FaceAnalysis(
+            name=str(model_dir),
+            allowed_modules=["detection", "recognition"],
+            providers=providers,
+        )
+        # ctx_id: 0 keeps the session's providers (CUDA first), -1 forces CPU.
+        analysis.prepare(
+            ctx_id=0 if providers[0] == CUDA_PROVIDER else -1,
+            det_thresh=DETECTION_THRESHOLD,
+            det_size=DETECTION_SIZE,
+        )
+        self.providers = providers
+        self._detector = analysis.det_model
+        self._recogniser = analysis.models["recognition"]
+        logger.info("face analysis loaded from %s on %s", model_dir, providers[0])
+
+    def faces(self, image: Image.Image) -> list[DetectedFace]:
+        """Every face in `image` (boxes and keypoints, no embeddings)."""
+        return self._detect(_bgr(image))
+
+    def largest_face(self, image: Image.Image, embed: bool = True) -> DetectedFace | None:
+        """The face with the largest box in `image`, or None when there is none. With `embed`,
+        its identity embedding too (only this face is recognised)."""
+        bgr = _bgr(image)
+        chosen = largest(self._detect(bgr))
+        if chosen is None or not embed:
+            return chosen
+        face = Face(bbox=np.asarray(chosen.box), kps=chosen.keypoints)
+        embedding = np.asarray(self._recogniser.get(bgr, face), dtype=np.float32)
+        return DetectedFace(chosen.box, chosen.keypoints, embedding)
+
+    def _detect(self, bgr: np.ndarray) -> list[DetectedFace]:
+        boxes, keypoints = self._detector.detect(bgr)
+        return [
+            DetectedFace(tuple(float(v) for v in box[:4]), points.astype(np.float32), None)
+            for box, points in zip(boxes, keypoints, strict=True)
+        ]
+
+
+def _bgr(image: Image.Image) -> np.ndarray:
+    """insightface's input: an OpenCV-style BGR array."""
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+
+
+def largest(faces: list[DetectedFace]) -> DetectedFace | None:
+    """The face of largest box area (the first of equals), or None for no faces."""
+    return max(faces, key=lambda face: face.area, default=None)
+
+
+def draw_keypoints(keypoints: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """InstantID's IdentityNet condition: the five keypoints drawn on black, at `size`."""
+    width, height = size
+    scale = max(width, height) / REFERENCE_LONG_SIDE
+    limb_width = max(1, round(LIMB_WIDTH_AT_1024 * scale))
+    radius = max(1, round(DOT_RADIUS_AT_1024 * scale))
+    limbs = Image.new("RGB", size)
+    draw = ImageDraw.Draw(limbs)
+    nose = tuple(keypoints[NOSE])
+    for index, point in enumerate(keypoints):
+        if index != NOSE:
+            draw.line([tuple(point), nose], fill=KEYPOINT_COLOURS[index], width=limb_width)
+    image = Image.eval(limbs, lambda value: math.floor(value * LIMB_BRIGHTNESS))
+    draw = ImageDraw.Draw(image)
+    for index, (x, y) in enumerate(keypoints):
+        box = [x - radius, y - radius, x + radius, y + radius]
+        draw.ellipse(box, fill=KEYPOINT_COLOURS[index])
+    return image
+
+
+def face_region_mask(box: tuple[float, float, float, float], size: tuple[int, int]) -> Image.Image:
+    """A mask (L, 255 inside) of the face box grown by FACE_REGION_PADDING on each side."""
+    x1, y1, x2, y2 = box
+    pad_x, pad_y = (x2 - x1) * FACE_REGION_PADDING, (y2 - y1) * FACE_REGION_PADDING
+    mask = Image.new("L", size, 0)
+    region = [x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y]
+    ImageDraw.Draw(mask).rectangle(region, fill=255)
+    return mask

@@ -1,0 +1,61 @@
+"""The image safety checker: a transformers image classifier scores each generated image.
+
+`full` loads Falconsai/nsfw_image_detection, `tiny` a random-weight classifier of the same
+architecture and labels (models/tiny_safety.py). The score is the classifier's probability of
+its `nsfw` label. safety_tolerance t (1 strictest .. 6 most permissive) picks threshold t from
+settings.safety_thresholds; an image whose score is at or above it is blocked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+UNSAFE_LABEL = "nsfw"
+MIN_TOLERANCE = 1
+
+
+def threshold_for(tolerance: int, thresholds: Sequence[float]) -> float:
+    """The P(nsfw) at or above which an image is blocked at `tolerance` (1-based)."""
+    if not MIN_TOLERANCE <= tolerance <= len(thresholds):
+        raise ValueError(f"safety_tolerance {tolerance} is outside 1..{len(thresholds)}")
+    return thresholds[tolerance - MIN_TOLERANCE]
+
+
+def is_blocked(score: float, tolerance: int, thresholds: Sequence[float]) -> bool:
+    return score >= threshold_for(tolerance, thresholds)
+
+
+class SafetyChecker:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        thresholds: Sequence[float],
+    ) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.thresholds = tuple(thresholds)
+        self.processor = AutoImageProcessor.from_pretrained(model_dir)
+        self.model = AutoModelForImageClassification.from_pretrained(model_dir, dtype=dtype)
+        self.model.to(device).eval()
+        labels = {label.lower(): index for label, index in self.model.config.label2id.items()}
+        if UNSAFE_LABEL not in labels:
+            raise ValueError(f"safety model at {model_dir} has no {UNSAFE_LABEL!r} label")
+        self.unsafe_index = labels[UNSAFE_LABEL]
+
+    @torch.inference_mode()
+    def score(self, image: Image.Image) -> float:
+        """The classifier's probability that `image` is unsafe, 0..1."""
+        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
+        logits = self.model(pixel_values=pixel_values).logits[0].float()
+        return logits.softmax(dim=-1)[self.unsafe_index].item()
+
+    def blocks(self, score: float, tolerance: int) -> bool:
+        return is_blocked(score, tolerance, self.thresholds)
