@@ -37,6 +37,12 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file()
 
 
+def installed_source(path: Path) -> str | None:
+    """What the complete model at `path` was installed from (the marker's text), or None."""
+    marker = path / COMPLETE_MARKER
+    return marker.read_text().strip() if marker.is_file() else None
+
+
 def require_model(settings: Settings, name: str) -> Path:
     """The folder of model `name`, or MissingModelError saying how to provide it."""
     path = model_dir(settings, name)

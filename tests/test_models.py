@@ -106,6 +106,19 @@ def test_build_tiny_builds_all_models_then_reports_them_cached(
     assert sorted(p.name for p in settings.profile_store().iterdir()) == sorted(TINY_MODELS)
 
 
+def test_a_model_built_by_other_builder_code_is_rebuilt(tmp_path: Path) -> None:
+    settings = Settings(model_store=tmp_path, profile="tiny")
+    build_tiny(settings, names=["depth-estimator"], log=lambda _: None)
+    marker = model_dir(settings, "depth-estimator") / COMPLETE_MARKER
+    assert build.builders_fingerprint() in marker.read_text()
+    # As if the builders changed since: the old build must not be reused.
+    marker.write_text("models.build (tiny, random weights) 0000000000000000\n")
+    lines: list[str] = []
+    build_tiny(settings, names=["depth-estimator"], log=lines.append)
+    assert len(lines) == 1 and ": building" in lines[0]
+    assert build.builders_fingerprint() in marker.read_text()
+
+
 def test_build_tiny_is_deterministic(
     tiny_store: tuple[Settings, list[str]], tmp_path: Path
 ) -> None:
