@@ -6,9 +6,13 @@ import base64
 import io
 import socket
 import time
+from typing import Any
 
 import httpx
 from PIL import Image, ImageDraw
+
+from runners.encoding import encode_image
+from runners.jobs import GenerationResult, JobFailure
 
 
 def scene_image(width: int = 96, height: int = 64, fmt: str = "PNG") -> bytes:
@@ -63,3 +67,31 @@ def assert_error(response, status: int, field: str | None = None) -> dict:
         assert field in payload["error"]
         assert payload["details"][0]["field"] == field
     return payload
+
+
+class RecordingRunner:
+    """A runner double for in-process Gateway tests: remembers every job and answers each with
+    `samples` (default 1) real encoded images of the job's size and format, or with `failure`
+    and no images; `prompt_used` is put on every result when set."""
+
+    def __init__(self, failure: JobFailure | None = None, prompt_used: str | None = None) -> None:
+        self.jobs: list[Any] = []
+        self.failure = failure
+        self.prompt_used = prompt_used
+
+    async def __call__(self, jobs: list[Any]) -> list[GenerationResult]:
+        self.jobs.extend(jobs)
+        return [self._answer(job) for job in jobs]
+
+    def _answer(self, job: Any) -> GenerationResult:
+        size, fmt = (job.width, job.height), getattr(job, "output_format", "JPEG")
+        samples = getattr(job, "samples", 1)
+        images = [encode_image(Image.new("RGB", size, (i * 60, 0, 0)), fmt) for i in range(samples)]
+        return GenerationResult(
+            request_id=job.request_id,
+            images=[] if self.failure else images,
+            seed=job.seed,
+            inference_time=0.01,
+            failure=self.failure,
+            prompt_used=self.prompt_used,
+        )

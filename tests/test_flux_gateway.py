@@ -19,41 +19,14 @@ from PIL import Image
 from gateway.app import create_app
 from gateway.normalize import MAX_SEED
 from gateway.runner_client import RunnerClient
-from runners.encoding import encode_image
 from runners.jobs import FluxDepthJob, GenerationResult, JobFailure
 from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
 from tests.flux_helpers import drive_score, restored_classifier
-from tests.helpers import assert_error, b64, scene_image
+from tests.helpers import RecordingRunner, assert_error, b64, scene_image
 
 ROUTE = "/v1/flux-depth-pro"
 MODEL = "flux-depth-pro"
 BLOCKED = "the generated image was blocked by the safety checker at safety_tolerance 2"
-
-
-class RecordingRunner:
-    """Answers each job with one solid image of the job's size and format; remembers the jobs.
-    `failure` and `prompt_used` are put on every result when set."""
-
-    def __init__(self, failure: JobFailure | None = None, prompt_used: str | None = None):
-        self.jobs: list[FluxDepthJob] = []
-        self.failure = failure
-        self.prompt_used = prompt_used
-
-    async def __call__(self, jobs: list[FluxDepthJob]) -> list[GenerationResult]:
-        self.jobs.extend(jobs)
-        return [
-            GenerationResult(
-                request_id=job.request_id,
-                images=[]
-                if self.failure
-                else [encode_image(Image.new("RGB", (job.width, job.height)), job.output_format)],
-                seed=job.seed,
-                inference_time=0.01,
-                failure=self.failure,
-                prompt_used=self.prompt_used,
-            )
-            for job in jobs
-        ]
 
 
 def make_client(call=None, **overrides) -> TestClient:

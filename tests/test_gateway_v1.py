@@ -19,36 +19,13 @@ from PIL import Image
 from gateway.app import create_app
 from gateway.normalize import MAX_SEED
 from gateway.runner_client import RunnerClient
-from runners.encoding import encode_image
-from runners.jobs import GenerationResult, JobFailure, SD15DepthJob
+from runners.jobs import GenerationResult, JobFailure
 from runners.schedulers import SCHEDULERS
 from settings import Settings
-from tests.helpers import assert_error, b64, scene_image
+from tests.helpers import RecordingRunner, assert_error, b64, scene_image
 
 ROUTE = "/v1/sd1.5-controlnet-depth"
 MODEL = "sd1.5-controlnet-depth"
-
-
-class RecordingRunner:
-    """Answers each job with `samples` solid images of the job's size; remembers the jobs."""
-
-    def __init__(self) -> None:
-        self.jobs: list[SD15DepthJob] = []
-
-    async def __call__(self, jobs: list[SD15DepthJob]) -> list[GenerationResult]:
-        self.jobs.extend(jobs)
-        results = []
-        for job in jobs:
-            images = [
-                encode_image(Image.new("RGB", (job.width, job.height), (i * 60, 0, 0)), "JPEG")
-                for i in range(job.samples)
-            ]
-            results.append(
-                GenerationResult(
-                    request_id=job.request_id, images=images, seed=job.seed, inference_time=0.01
-                )
-            )
-        return results
 
 
 def make_client(call=None, deadline_s: float = 30.0, **overrides) -> TestClient:

@@ -17,11 +17,10 @@ from gateway.normalize import MAX_SEED
 from gateway.runner_client import RunnerClient
 from gateway.schemas import insta_depth
 from gateway.styles import STYLES
-from runners.encoding import encode_image
-from runners.jobs import GenerationResult, InstantIDJob, JobFailure
+from runners.jobs import InstantIDJob, JobFailure
 from settings import Settings
 from tests.face_images import b64_image, face_picture, payload_face, payload_pose
-from tests.helpers import assert_error, b64
+from tests.helpers import RecordingRunner, assert_error, b64
 
 INSTANTID = "/v1/instantid"
 INSTA_DEPTH = "/v1/insta-depth"
@@ -32,34 +31,6 @@ FIXED_TEN = [
     "(No style)", "Watercolor", "Film Noir", "Neon", "Jungle", "Mars", "Vibrant Color", "Snow",
     "Line art", "Art Nouveau",
 ]  # fmt: skip
-
-
-class RecordingRunner:
-    """Answers each job with `samples` images of the job's size, or with `failure`."""
-
-    def __init__(self, failure: JobFailure | None = None) -> None:
-        self.jobs: list[InstantIDJob] = []
-        self.failure = failure
-
-    async def __call__(self, jobs: list[InstantIDJob]) -> list[GenerationResult]:
-        self.jobs.extend(jobs)
-        results = []
-        for job in jobs:
-            size = (job.width, job.height)
-            images = [] if self.failure else [
-                encode_image(Image.new("RGB", size, (i * 60, 0, 0)), "JPEG")
-                for i in range(job.samples)
-            ]  # fmt: skip
-            results.append(
-                GenerationResult(
-                    request_id=job.request_id,
-                    images=images,
-                    seed=job.seed,
-                    inference_time=0.01,
-                    failure=self.failure,
-                )
-            )
-        return results
 
 
 def make_client(runner: RecordingRunner, **overrides) -> TestClient:
