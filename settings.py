@@ -59,11 +59,10 @@ class Settings(BaseSettings):
     # --- v2 jobs -------------------------------------------------------------------------
     # Unset: in-process memory (one Gateway process). "redis://host:6379/0": shared by replicas.
     job_store_url: str | None = None
-    job_retention_s: float = Field(default=3600.0, gt=0)
+    job_retention_s: float = Field(default=3600.0, ge=1)  # Redis expiry is whole seconds
     job_queue_max: int = Field(default=1000, ge=1)
     job_workers: int = Field(default=2, ge=1)  # jobs one Gateway process runs at once
     job_visibility_timeout_s: float = Field(default=30.0, gt=0)
-    job_max_attempts: int = Field(default=3, ge=1)
     queue_retry_after_s: int = Field(default=5, ge=1)
     shutdown_grace_s: float = Field(default=60.0, ge=0)
     # Prefix of the status/result URLs v2 answers with (behind a proxy); unset: the request's.

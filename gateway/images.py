@@ -60,6 +60,22 @@ async def load_image(value: str, *, field: str, settings: Settings) -> DecodedIm
     return await asyncio.to_thread(decode_image, data, field=field, settings=settings)
 
 
+# Inputs are kept at most this many times the output's long side: enough detail for the runner's
+# own resize, and a 12-megapixel photo does not travel (or sit in the v2 job store) at full size.
+INPUT_HEADROOM = 2
+
+
+def shrink_for_output(image: Image.Image, output_long_side: int) -> Image.Image:
+    """`image`, scaled down (aspect kept) so its long side is at most INPUT_HEADROOM times the
+    output's long side; never scaled up."""
+    limit = INPUT_HEADROOM * output_long_side
+    if max(image.size) <= limit:
+        return image
+    smaller = image.copy()
+    smaller.thumbnail((limit, limit), Image.Resampling.LANCZOS)
+    return smaller
+
+
 def decode_image(data: bytes, *, field: str, settings: Settings) -> DecodedImage:
     """Decode JPEG, PNG or WebP bytes. Blocking: async code runs it in a thread."""
     if len(data) > settings.max_image_bytes:

@@ -37,10 +37,17 @@ redis.call('LPUSH', KEYS[1], ARGV[2])
 return 1
 """
 
-# Atomic take: move the oldest id to `processing`, lease it, mark it PROCESSING.
+# Atomic take: move the oldest id to `processing`, lease it, mark it PROCESSING. An id whose job
+# is already terminal or gone is dropped instead ('skip').
 _TAKE = """
 local id = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
 if not id then return false end
+local status = redis.call('HGET', ARGV[4] .. id, 'status')
+if (not status) or status == 'COMPLETED' or status == 'FAILED' then
+  -- Finished (by a worker presumed dead) or expired meanwhile: never run it again.
+  redis.call('LREM', KEYS[2], 0, id)
+  return 'skip'
+end
 redis.call('SET', ARGV[3] .. id, ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', ARGV[4] .. id, 'status', 'PROCESSING', 'started_at', ARGV[5])
 redis.call('HINCRBY', ARGV[4] .. id, 'attempts', 1)
@@ -63,6 +70,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result', ARGV[3], 'finished_at',
            'n_images', ARGV[6], 'images_token', ARGV[7], 'error', ARGV[8])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('LREM', KEYS[4], 0, ARGV[1])  -- requeued meanwhile: it must not run again
 redis.call('DEL', KEYS[3])
 return 1
 """
@@ -107,7 +115,10 @@ class RedisJobStore:
     def __init__(
         self, url: str, max_queued: int, retention_s: float, visibility_timeout_s: float
     ) -> None:
-        self.client = redis.Redis.from_url(url)
+        # Socket timeouts, so a half-open connection fails fast instead of hanging workers.
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        )
         self.max_queued = max_queued
         self.retention_s = int(retention_s)
         self.visibility_ms = int(visibility_timeout_s * 1000)
@@ -118,9 +129,6 @@ class RedisJobStore:
         self._finish = self.client.register_script(_FINISH)
         self._release = self.client.register_script(_RELEASE)
         self._requeue = self.client.register_script(_REQUEUE)
-        # Ids seen in `processing` without a lease: the taker may be between its two steps
-        # only for microseconds, so an id still unleased a visibility timeout later is orphaned.
-        self._unleased_since: dict[str, float] = {}
 
     async def submit(self, record: JobRecord) -> None:
         static = json.dumps({name: getattr(record, name) for name in _STATIC_FIELDS})
@@ -141,6 +149,8 @@ class RedisJobStore:
                     time.time(),
                 ],
             )
+            if job_id == b"skip":
+                continue
             if job_id:
                 return await self.get(job_id.decode())
             if time.monotonic() >= deadline:
@@ -169,7 +179,7 @@ class RedisJobStore:
     async def _finish_job(
         self, job_id: str, status: str, result: dict, n_images: int, token: str, error: str
     ) -> bool:
-        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id)]
+        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE]
         args = [
             job_id, status, json.dumps(result), time.time(), self.retention_s, n_images, token,
             error,
@@ -181,22 +191,13 @@ class RedisJobStore:
         await self._release(keys=keys, args=[worker_id, job_id])
 
     async def requeue_expired(self) -> int:
-        now = time.monotonic()
+        # Taking sets the lease in the same script, so a taken id without a lease has been
+        # abandoned: its worker stopped renewing. The script re-checks atomically.
         requeued = 0
-        taken = {raw.decode() for raw in await self.client.lrange(PROCESSING, 0, -1)}
-        for job_id in list(self._unleased_since):
-            if job_id not in taken:
-                del self._unleased_since[job_id]
-        for job_id in taken:
-            if await self.client.exists(_lease_key(job_id)):
-                self._unleased_since.pop(job_id, None)
-                continue
-            first_seen = self._unleased_since.setdefault(job_id, now)
-            if now - first_seen < self.visibility_ms / 1000:
-                continue
+        for raw in await self.client.lrange(PROCESSING, 0, -1):
+            job_id = raw.decode()
             keys = [_lease_key(job_id), PROCESSING, QUEUE, _job_key(job_id)]
             requeued += await self._requeue(keys=keys, args=[job_id])
-            self._unleased_since.pop(job_id, None)
         return requeued
 
     async def get(self, job_id: str) -> JobRecord | None:

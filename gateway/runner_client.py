@@ -52,7 +52,9 @@ class RunnerClient:
             raise ApiError(
                 504, f"generation exceeded its deadline of {self.deadline_s:g} seconds"
             ) from exc
-        except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            # Transport failures only: BentoML turns the runner's HTTP answers into
+            # BentoMLException, handled below.
             logger.warning("runner %s unreachable: %s", self.name, exc)
             raise ApiError(502, f"the {self.name} model runner is unreachable") from exc
         except BentoMLException as exc:
@@ -60,5 +62,7 @@ class RunnerClient:
             if status == 503:
                 # BentoML answers 503 while the runner is starting or overloaded.
                 raise ApiError(502, f"the {self.name} model runner is not available") from exc
+            if status == 504:
+                raise ApiError(504, "generation exceeded the runner's deadline") from exc
             logger.error("runner %s failed (%s): %s", self.name, status, exc)
             raise ApiError(500, "internal error while generating") from exc

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -83,7 +84,8 @@ async def submit(model: str, request: Request) -> JSONResponse:
     record = JobRecord(
         id=job_id,
         model=model,
-        payload=job.model_dump_json(),
+        # Off the event loop: encoding the job's images takes a while for large inputs.
+        payload=await asyncio.to_thread(job.model_dump_json),
         as_base64=spec.wants_base64(body),
         media_type=spec.media_type(body),
         base_url=base_url,

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 
@@ -26,7 +27,8 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 TAKE_WAIT_S = 1.0  # how long one take() waits before the loop checks for shutdown
-RETRY_DELAY_S = 2.0  # pause before handing back a job whose runner was unreachable
+RETRY_DELAY_S = 2.0  # pause between tries while a job's runner is unreachable
+ERROR_PAUSE_S = 1.0  # pause after a store error before the loop goes on
 
 
 class JobWorker:
@@ -65,15 +67,16 @@ class JobWorker:
         logger.info("v2 worker %s stopped", self.worker_id)
 
     async def _take_loop(self) -> None:
+        # Nothing but shutdown ends this loop: a store error (Redis restarting, say) is logged
+        # and the loop goes on, so a replica never silently stops processing.
         while not self._stopping.is_set():
             try:
                 record = await self.store.take(self.worker_id, TAKE_WAIT_S)
+                if record is not None:
+                    await self._run_job(record)
             except Exception:
-                logger.exception("v2 worker could not take a job; retrying")
-                await asyncio.sleep(TAKE_WAIT_S)
-                continue
-            if record is not None:
-                await self._run_job(record)
+                logger.exception("v2 worker: job store error; going on")
+                await asyncio.sleep(ERROR_PAUSE_S)
 
     async def _reap_loop(self) -> None:
         period = max(0.5, self.settings.job_visibility_timeout_s / 3)
@@ -93,12 +96,7 @@ class JobWorker:
             await asyncio.shield(self.store.release(record.id, self.worker_id))
             raise
         except ApiError as exc:
-            if exc.status == 502 and record.attempts < self.settings.job_max_attempts:
-                logger.warning("job %s: runner unreachable, handing it back", record.id)
-                await asyncio.sleep(RETRY_DELAY_S)
-                await self.store.release(record.id, self.worker_id)
-            else:
-                await self._fail(record, exc.message)
+            await self._fail(record, exc.message)
             return
         except Exception:
             logger.exception("job %s failed", record.id)
@@ -115,11 +113,21 @@ class JobWorker:
             logger.warning("job %s was already finished elsewhere; result dropped", record.id)
 
     async def _generate(self, record: JobRecord) -> GenerationResult:
+        """Run the job; while its runner is unreachable (restarting, rolling update), keep the
+        job in hand and try again, up to the generation deadline."""
         spec = MODEL_SPECS[record.model]
         runner = self.runners()[record.model]
-        job = spec.job.model_validate_json(record.payload)
-        [result] = await runner.generate([job])
-        return result
+        job = await asyncio.to_thread(spec.job.model_validate_json, record.payload)
+        give_up_at = time.monotonic() + self.settings.generation_timeout_s
+        while True:
+            try:
+                [result] = await runner.generate([job])
+                return result
+            except ApiError as exc:
+                if exc.status != 502 or time.monotonic() + RETRY_DELAY_S > give_up_at:
+                    raise
+                logger.warning("job %s: %s; trying again", record.id, exc.message)
+                await asyncio.sleep(RETRY_DELAY_S)
 
     async def _fail(self, record: JobRecord, error: str) -> None:
         body = {"request_id": record.id, "status": "FAILED", "error": error}
@@ -130,9 +138,14 @@ class JobWorker:
         with contextlib.suppress(asyncio.CancelledError):
             while True:
                 await asyncio.sleep(period)
-                if not await self.store.renew(job_id, self.worker_id):
-                    logger.warning("lost the lease on job %s", job_id)
-                    return
+                try:
+                    if not await self.store.renew(job_id, self.worker_id):
+                        logger.warning("lost the lease on job %s", job_id)
+                        return
+                except Exception:
+                    # One failed renewal must not end the heartbeat: the lease would lapse
+                    # and the job run twice. The next period tries again.
+                    logger.exception("could not renew the lease on job %s", job_id)
 
 
 def completed_body(record: JobRecord, result: GenerationResult) -> dict:

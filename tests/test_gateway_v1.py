@@ -231,6 +231,14 @@ def test_image_as_base64_and_data_uri(client, recorder, fmt):
     assert recorder.jobs[0].image.size == (80, 80)
 
 
+def test_large_inputs_are_shrunk_before_the_runner(client, recorder):
+    # Tiny long side 64: inputs are kept at most 2 x 64 on their long side, aspect intact.
+    assert client.post(ROUTE, json=body(image=b64(scene_image(1000, 600)))).status_code == 200
+    [job] = recorder.jobs
+    assert job.image.size == (128, 77)
+    assert (job.width, job.height) == (64, 40)  # the output size follows the original
+
+
 def test_undecodable_image(client):
     assert_error(client.post(ROUTE, json=body(image=b64(b"not an image at all"))), 400, None)
     payload = client.post(ROUTE, json=body(image="%%%not base64%%%")).json()

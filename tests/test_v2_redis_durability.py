@@ -50,10 +50,8 @@ def test_dead_workers_job_is_taken_again_and_a_late_duplicate_never_overwrites(t
         taken = await store.take("dead-worker", timeout_s=1)
         assert taken.id == "j" and taken.attempts == 1
         # The worker stops renewing its lease (it died). Nothing is requeued before the
-        # visibility timeout has passed...
+        # visibility timeout has passed; right after it, the job is queued again.
         assert await store.requeue_expired() == 0
-        await asyncio.sleep(0.4)
-        assert await store.requeue_expired() == 0  # lease gone: first sighting only
         await asyncio.sleep(0.4)
         assert await store.requeue_expired() == 1
         assert (await store.get("j")).status == "QUEUED"
@@ -73,6 +71,33 @@ def test_dead_workers_job_is_taken_again_and_a_late_duplicate_never_overwrites(t
         assert await store.get_image("j", 0) == b"live-image"
         assert await store.queue_depth() == 0
         assert await store.client.llen("depthid:processing") == 0
+        await store.close()
+
+    with redis_server(tmp_path) as server:
+        asyncio.run(scenario(server.url))
+
+
+def test_a_job_finished_by_a_presumed_dead_worker_is_never_run_again(tmp_path):
+    """The other order: the job was requeued, then its first worker finishes after all. The
+    result stands, and the queued copy is not taken and run again."""
+
+    async def scenario(url: str) -> None:
+        store = RedisJobStore(url, max_queued=10, retention_s=60, visibility_timeout_s=0.3)
+        await store.submit(record("j"))
+        await store.submit(record("k"))
+        assert (await store.take("slow-worker", timeout_s=1)).id == "j"
+        await asyncio.sleep(0.4)
+        assert await store.requeue_expired() == 1  # j is queued again, behind nothing
+        body = {"request_id": "j", "status": "COMPLETED", "by": "slow"}
+        assert await store.complete("j", "slow-worker", [b"slow-image"], body)
+        # Even a stray copy of j's id in the queue is skipped: the next take gets k, and j
+        # stays COMPLETED with its image.
+        await store.client.rpush("depthid:queue", "j")
+        assert (await store.take("other-worker", timeout_s=1)).id == "k"
+        assert await store.take("other-worker", timeout_s=0.2) is None
+        final = await store.get("j")
+        assert final.status == "COMPLETED" and final.result["by"] == "slow"
+        assert await store.get_image("j", 0) == b"slow-image"
         await store.close()
 
     with redis_server(tmp_path) as server:

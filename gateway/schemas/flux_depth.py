@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import load_image
+from gateway.images import load_image, shrink_for_output
 from gateway.normalize import MAX_SEED, output_size, resolve_seed
 from runners.jobs import FluxDepthJob, OutputFormat
 from settings import Settings
@@ -72,7 +72,7 @@ async def to_job(body: FluxDepthRequest, request_id: str, settings: Settings) ->
     return FluxDepthJob(
         request_id=request_id,
         prompt=body.prompt,
-        control_image=decoded.image,
+        control_image=shrink_for_output(decoded.image, settings.long_side(MODEL)),
         guidance=body.guidance,
         steps=body.steps,
         seed=resolve_seed(body.seed),

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import load_image
+from gateway.images import load_image, shrink_for_output
 from gateway.normalize import output_size, resolve_seed
 from runners.jobs import SD15DepthJob
 from settings import Settings
@@ -62,7 +62,7 @@ async def to_job(body: SD15DepthRequest, request_id: str, settings: Settings) ->
         request_id=request_id,
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
-        image=decoded.image,
+        image=shrink_for_output(decoded.image, settings.long_side(MODEL)),
         samples=body.samples,
         scheduler=body.scheduler,
         num_inference_steps=body.num_inference_steps,
