@@ -95,3 +95,15 @@ class RecordingRunner:
             failure=self.failure,
             prompt_used=self.prompt_used,
         )
+
+
+def assert_bound(response, recorder: RecordingRunner, field: str, value: Any, ok: bool) -> None:
+    """A value at a schema bound: accepted and passed to the runner as given (-1 seeds are
+    resolved), or refused with a 400 naming the field before any runner call."""
+    if ok:
+        assert response.status_code == 200, response.text
+        job_value = getattr(recorder.jobs[0], field)
+        assert job_value == value or (field == "seed" and value == -1)
+    else:
+        assert_error(response, 400, field)
+        assert recorder.jobs == []
