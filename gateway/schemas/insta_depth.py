@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.normalize import resolve_seed
+from gateway.normalize import MAX_SEED, resolve_seed
 from gateway.schemas.instantid import framed_size, load_faces
 from runners.jobs import InstantIDJob
 from settings import Settings
@@ -38,7 +38,7 @@ class InstaDepthRequest(BaseModel):
     negative_prompt: str = Field(default="", description="Prompts to exclude.")
     num_inference_steps: int = Field(default=10, ge=4, le=100, description="Denoising steps.")
     guidance_scale: float = Field(default=3, ge=1, le=15, description="Classifier-free guidance.")
-    seed: int = Field(default=-1, ge=-1, le=999_999_999_999_999, description="-1 = random.")
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1 = random.")
     base64: bool = Field(default=False, description="Answer JSON with base64 images.")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.images import DecodedImage, load_image
-from gateway.normalize import output_size, resolve_seed
+from gateway.normalize import MAX_SEED, output_size, resolve_seed
 from gateway.styles import NO_STYLE, StyleName, apply_style
 from runners.jobs import InstantIDJob
 from settings import Settings
@@ -29,7 +29,7 @@ class InstantIDRequest(BaseModel):
     samples: int = Field(default=1, ge=1, le=4, description="Number of samples to generate.")
     num_inference_steps: int = Field(default=10, ge=4, le=100, description="Denoising steps.")
     guidance_scale: float = Field(default=5, ge=1, le=25, description="Classifier-free guidance.")
-    seed: int = Field(default=-1, ge=-1, le=999_999_999_999_999, description="-1 = random.")
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1 = random.")
     identity_strength: float = Field(
         default=0.8, ge=0, le=1, description="IdentityNet (face keypoints) strength."
     )

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.images import load_image, shrink_for_output
-from gateway.normalize import output_size, resolve_seed
+from gateway.normalize import MAX_SEED, output_size, resolve_seed
 from runners.jobs import SD15DepthJob
 from settings import Settings
 
@@ -49,7 +49,7 @@ class SD15DepthRequest(BaseModel):
     strength: float = Field(
         default=1.0, ge=0.1, le=1, description="img2img strength; 1 = from noise."
     )
-    seed: int = Field(default=-1, ge=-1, le=999_999_999_999_999, description="-1 = random.")
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1 = random.")
     base64: bool = Field(default=False, description="Answer JSON with base64 images.")
 
 
