@@ -13,7 +13,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Tests start their own redis-server on 127.0.0.1; install it when the machine lacks it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test lint format models redis-server pull bench-latency clean
+.PHONY: install serve test lint format models redis-server pull bench-latency bench bench-gpu bento loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,34 @@ test: lint models redis-server
 bench-latency: models
 	$(BIN)/python -m benchmarks.latency
 
+# Gateway overhead, adaptive batching gain, v2 queue time: tiny profile, CPU (benchmarks/bench.py).
+bench: models
+	$(BIN)/python -m benchmarks.bench
+
+# Seconds per image on one GPU: real architectures, random weights, each acceleration in turn
+# (benchmarks/gpu.py; ARGS= passes options, e.g. ARGS="--model flux-depth-pro --runs 1").
+bench-gpu: install
+	$(BIN)/python -m benchmarks.gpu $(ARGS)
+
 pull: install
 	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full
+
+# The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
+# store; `bentoml containerize depthid:latest` then makes the image (README "Container").
+bento: install
+	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml build
+
+# The load test and release gate (loadtests/run.py): LOADTEST_PROFILE's scenario and thresholds
+# against LOADTEST_HOST, or HOST/PORT when given; with neither, against a tiny instance served
+# for the run on a free port. LOADTEST_API_KEY is sent as x-api-key. Non-zero on a breach.
+LOADTEST_PROFILE ?= smoke
+ifneq ($(LOADTEST_HOST),)
+LOADTEST_TARGET := --host $(LOADTEST_HOST)
+else ifneq ($(filter command line environment,$(origin HOST) $(origin PORT)),)
+LOADTEST_TARGET := --host http://$(HOST):$(PORT)
+endif
+loadtest: models
+	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m loadtests.run --profile $(LOADTEST_PROFILE) $(LOADTEST_TARGET)
 
 clean:
 	rm -rf $(VENV) .models .pytest_cache .ruff_cache

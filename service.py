@@ -14,13 +14,16 @@ from typing import Any
 import bentoml
 
 from gateway.app import create_app
+from gateway.middleware import JsonErrorBodies
 from gateway.runner_client import RunnerClient
+from log_format import configure_logging
 from runners.flux_depth import FluxDepth
 from runners.instantid import InstantID
 from runners.sd15_depth import SD15Depth
 from settings import get_settings
 
 settings = get_settings()
+configure_logging(settings.log_format)  # BentoML's logging, our format (log_format.py)
 app = create_app(settings)
 
 
@@ -51,6 +54,10 @@ class Gateway:
         """/readyz: ready once every runner answers its own /readyz (models loaded)."""
         runners = set(app.state.runners.values())
         return all(await asyncio.gather(*(runner.is_ready() for runner in runners)))
+
+
+# The few errors BentoML answers itself, before our app, get the contract's body too.
+Gateway.add_asgi_middleware(JsonErrorBodies)
 
 
 def runner_client(name: str, dependency: Any) -> RunnerClient:

@@ -44,6 +44,17 @@ class Settings(BaseSettings):
     # handing work to a second thread costs more than it saves), torch's default in `full`.
     cpu_threads: int | None = Field(default=None, ge=1)
 
+    # --- GPU accelerations (runners/acceleration.py): "auto" = on for CUDA, off on the CPU ---
+    attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto: PyTorch's SDPA
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    fuse_qkv: Literal["auto", "on", "off"] = "auto"
+    # Off unless asked: each new input shape (size, batch) compiles for minutes at first sight.
+    compile: Literal["auto", "on", "off"] = "off"
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "max-autotune-no-cudagraphs"
+    warmup: Literal["auto", "on", "off"] = "auto"  # one generation at start-up
+
     # --- serving ------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
@@ -56,22 +67,52 @@ class Settings(BaseSettings):
     generation_timeout_s: float = Field(default=300.0, gt=0)
     runner_workers: int = Field(default=1, ge=1)
 
+    # --- adaptive batching (per runner) ----------------------------------------------------
+    # Most samples one pipeline call holds; 1 switches batching off. A request's samples count.
+    sd15_max_batch_size: int = Field(default=8, ge=1)
+    instantid_max_batch_size: int = Field(default=4, ge=1)
+    flux_max_batch_size: int = Field(default=2, ge=1)
+    # BentoML refuses (503) a queued call it expects to finish later than this: keep it at
+    # least the generation deadline, so batching never refuses what the deadline would allow.
+    sd15_max_latency_ms: int = Field(default=300_000, ge=1)
+    instantid_max_latency_ms: int = Field(default=300_000, ge=1)
+    flux_max_latency_ms: int = Field(default=300_000, ge=1)
+
     # --- v2 jobs -------------------------------------------------------------------------
     # Unset: in-process memory (one Gateway process). "redis://host:6379/0": shared by replicas.
     job_store_url: str | None = None
     job_retention_s: float = Field(default=3600.0, ge=1)  # Redis expiry is whole seconds
     job_queue_max: int = Field(default=1000, ge=1)
-    job_workers: int = Field(default=2, ge=1)  # jobs one Gateway process runs at once
+    # Jobs one Gateway process runs at once: enough to fill a runner batch (max batch size 8).
+    job_workers: int = Field(default=8, ge=1)
     job_visibility_timeout_s: float = Field(default=30.0, gt=0)
     queue_retry_after_s: int = Field(default=5, ge=1)
     shutdown_grace_s: float = Field(default=60.0, ge=0)
     # Prefix of the status/result URLs v2 answers with (behind a proxy); unset: the request's.
     public_base_url: str | None = None
 
+    # --- API keys, credits and per-key limits (README: "API keys, credits and limits") ------
+    # JSON file of hashed keys; unset: no keys, no credits, no per-key limits (embedded default).
+    api_keys_file: Path | None = None
+    # Per-key defaults, overridable per key in the keys file; 0 = no limit. Shared through
+    # Redis when job_store_url is set, else counted in this process.
+    key_requests_per_minute: int = Field(default=60, ge=0)  # generation requests, burst = this
+    key_concurrent_jobs: int = Field(default=4, ge=0)  # v1 generations running + v2 unfinished
+    concurrency_retry_after_s: int = Field(default=5, ge=1)  # Retry-After on that 429
+
     # --- request limits -----------------------------------------------------------------
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=36_000_000, ge=64)
+    # JSON bodies (gateway/json_limits.py): nesting of objects/arrays, and the length of every
+    # string but the image fields', which carry base64 up to max_image_bytes and are bounded by
+    # that limit instead. Our bodies are flat objects and prompts a few hundred characters.
+    max_json_depth: int = Field(default=32, ge=1, le=500)  # below Python's recursion limit
+    max_string_chars: int = Field(default=16_384, ge=256)
+
+    # --- logging (log_format.py) ------------------------------------------------------------
+    # "json": one JSON object per line (the served default), "text": BentoML-like lines.
+    log_format: Literal["json", "text"] = "json"
 
     # --- image URL fetching -------------------------------------------------------------
     url_fetch_timeout_s: float = Field(default=10.0, gt=0)

@@ -7,6 +7,7 @@ in `app.state.runners`. Every failure answers `{"error": ...}`: never a list, HT
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,9 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway import v1, v2
+from gateway.api_keys import load_key_ring
+from gateway.credits import Credits, make_ledger
 from gateway.errors import ApiError, validation_to_api_error
 from gateway.job_store import JobStore, MemoryJobStore
 from gateway.middleware import RequestContextMiddleware
+from gateway.openapi import install as install_openapi
+from gateway.rate_limits import RateLimits, make_limit_store
 from gateway.redis_job_store import RedisJobStore
 from gateway.runner_client import RunnerClient
 from gateway.worker import JobWorker
@@ -55,13 +60,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The v2 job store and worker live as long as the app serves."""
     settings: Settings = app.state.settings
     app.state.job_store = make_job_store(settings)
-    worker = JobWorker(app.state.job_store, lambda: app.state.runners, settings)
+    worker = JobWorker(
+        app.state.job_store,
+        lambda: app.state.runners,
+        settings,
+        on_finished=functools.partial(v2.on_job_finished, app.state),
+    )
     worker.start()
     try:
         yield
     finally:
         await worker.stop(settings.shutdown_grace_s)
         await app.state.job_store.close()
+        await app.state.credits.close()
+        await app.state.rate_limits.close()
 
 
 def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = None) -> FastAPI:
@@ -75,11 +87,16 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
     )
     app.state.settings = settings
     app.state.runners = runners if runners is not None else {}
+    # Here, not in the lifespan, so a bad keys file stops the start; and v1 needs no lifespan.
+    app.state.api_keys = load_key_ring(settings)  # None: keys off
+    app.state.credits = Credits(make_ledger(settings))
+    app.state.rate_limits = RateLimits(make_limit_store(settings), settings)
     app.include_router(v1.router)
     app.include_router(v2.router)
     _add_error_handlers(app)
     _add_docs_and_fallback_routes(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, settings=settings)
+    install_openapi(app)  # the contract's error answers in /openapi.json (gateway/openapi.py)
     return app
 
 

@@ -16,6 +16,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from gateway.api_keys import ANONYMOUS
+
 Status = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
 TERMINAL: tuple[Status, ...] = ("COMPLETED", "FAILED")
 
@@ -35,6 +37,8 @@ class JobRecord:
     media_type: str  # content type of the output images
     base_url: str  # absolute URL prefix for output links
     submitted_at: float
+    owner: str = ANONYMOUS  # the tenant (API key name) that submitted it; only it may see it
+    credits_charged: int = 0  # refunded if the job FAILS
     status: Status = "QUEUED"
     attempts: int = 0
     started_at: float | None = None

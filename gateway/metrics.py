@@ -1,50 +1,167 @@
 """Prometheus metrics of the API, exposed on BentoML's /metrics next to its own.
 
-STUB: the function names and metric names below are the interface other modules call and the
-Grafana dashboard, ServiceMonitor and autoscalers read; the implementation is being written.
+The function and metric names are an interface: the middleware, runner client and v2 worker call
+these functions, and the Grafana dashboard (observability/grafana-dashboard.json), the
+ServiceMonitor and the autoscalers read these names.
 
 Metric names (all prefixed `depthid_`):
-- depthid_requests_total{model, route, code}          counter   every API answer
-- depthid_request_duration_seconds{model, route}      histogram end-to-end time of an answer
-- depthid_generation_seconds{model}                    histogram runner time per generation
-- depthid_in_flight{model}                             gauge     generations being run now
-- depthid_queue_depth                                  gauge     v2 jobs queued, not started
-- depthid_queue_wait_seconds{model}                    histogram v2 submit -> start
-- depthid_batch_size{model}                            histogram samples per runner call
-- depthid_credits_refused_total{model}                 counter   406 answers
-- depthid_rate_limited_total{reason}                   counter   429 answers (rate|concurrency|queue)
+- depthid_requests_total{model, route, code}       counter   every API answer
+- depthid_request_duration_seconds{model, route}   histogram end-to-end time of an answer
+- depthid_generation_seconds{model}                histogram runner time per generation
+- depthid_in_flight{model}                         gauge     generations being run now
+- depthid_queue_depth                              gauge     v2 jobs queued, not started
+- depthid_queue_wait_seconds{model}                histogram v2 submit -> start
+- depthid_batch_size{model}                        histogram samples per runner call
+- depthid_credits_refused_total{model}             counter   406 answers
+- depthid_rate_limited_total{reason}               counter   429 answers (rate|concurrency|queue)
+
+`route` is "v1", "v2" or "other" (docs, schema, unknown paths); `model` is one of the served
+models or "" (routes without one, unknown names: a caller cannot grow the label set).
+
+How they reach /metrics: `bentoml serve` runs every service in worker processes that share a
+prometheus_client multiprocess directory (PROMETHEUS_MULTIPROC_DIR, set in the workers'
+environment), and the Gateway's /metrics reads all of it. So the metrics are created lazily, on
+first use inside the process that records them (never at import, which also happens in
+BentoML's supervising process), and each gauge says how the processes' values combine. Outside
+BentoML (tests, create_app alone) the same calls record into prometheus_client's default
+registry.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+# Buckets, in the unit of each histogram. Requests: a 400 takes milliseconds, a generation on a
+# GPU seconds, one on a CPU or behind a queue minutes.
+REQUEST_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+GENERATION_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+QUEUE_WAIT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 900, 3600)
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    kind: Literal["Counter", "Gauge", "Histogram"]  # the prometheus_client class
+    help: str
+    labels: tuple[str, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()  # buckets, multiprocess_mode
+
+
+# Counter names are given without `_total`: prometheus_client adds it when it exposes them.
+METRICS: dict[str, MetricSpec] = {
+    "depthid_requests": MetricSpec("Counter", "API answers", ("model", "route", "code")),
+    "depthid_request_duration_seconds": MetricSpec(
+        "Histogram",
+        "End-to-end time of an API answer",
+        ("model", "route"),
+        (("buckets", REQUEST_SECONDS_BUCKETS),),
+    ),
+    "depthid_generation_seconds": MetricSpec(
+        "Histogram",
+        "How long the runner took for one generation, as the Gateway waited for it",
+        ("model",),
+        (("buckets", GENERATION_SECONDS_BUCKETS),),
+    ),
+    "depthid_in_flight": MetricSpec(
+        "Gauge",
+        "Generations being run now",
+        ("model",),
+        # Each Gateway process counts its own: the total is the sum over the live ones.
+        (("multiprocess_mode", "livesum"),),
+    ),
+    "depthid_queue_depth": MetricSpec(
+        "Gauge",
+        "v2 jobs queued and not yet started",
+        (),
+        # Every process reads the same shared queue (Redis): its latest reading is the depth.
+        (("multiprocess_mode", "livemostrecent"),),
+    ),
+    "depthid_queue_wait_seconds": MetricSpec(
+        "Histogram",
+        "How long a v2 job waited between submit and start",
+        ("model",),
+        (("buckets", QUEUE_WAIT_SECONDS_BUCKETS),),
+    ),
+    "depthid_batch_size": MetricSpec(
+        "Histogram",
+        "Samples in the runner's pipeline call that made a request's images",
+        ("model",),
+        (("buckets", BATCH_SIZE_BUCKETS),),
+    ),
+    "depthid_credits_refused": MetricSpec(
+        "Counter", "Requests refused with 406 for lack of credits", ("model",)
+    ),
+    "depthid_rate_limited": MetricSpec(
+        "Counter",
+        "Requests refused with 429 (reason: rate, concurrency or queue)",
+        ("reason",),
+    ),
+}
+
+
+def exposed_names() -> set[str]:
+    """Every series name these metrics appear under on /metrics (with _total, _bucket...)."""
+    names: set[str] = set()
+    for name, spec in METRICS.items():
+        if spec.kind == "Counter":
+            names |= {f"{name}_total"}
+        elif spec.kind == "Histogram":
+            names |= {name, f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            names |= {name}
+    return names
+
+
+@cache
+def _metric(name: str) -> Any:
+    """The metric `name`, created in this process on first use (see the module docstring)."""
+    # Imported here, not at the top: prometheus_client picks its multiprocess mode from the
+    # environment when first imported, which must be inside the worker, after BentoML set it.
+    import prometheus_client
+
+    spec = METRICS[name]
+    kind = getattr(prometheus_client, spec.kind)
+    return kind(name, spec.help, spec.labels, **dict(spec.options))
+
 
 def observe_request(model: str, route: str, code: int, seconds: float) -> None:
-    """One API answer: `route` is "v1" or "v2"; model "" for routes without one."""
+    """One API answer: `route` is "v1", "v2" or "other"; model "" for routes without one."""
+    _metric("depthid_requests").labels(model=model, route=route, code=str(code)).inc()
+    _metric("depthid_request_duration_seconds").labels(model=model, route=route).observe(seconds)
 
 
 def observe_generation(model: str, seconds: float) -> None:
     """One finished generation (v1 or v2), as long as the runner took."""
+    _metric("depthid_generation_seconds").labels(model=model).observe(seconds)
 
 
 def track_in_flight(model: str, delta: int) -> None:
     """+1 when a generation starts, -1 when it ends."""
+    _metric("depthid_in_flight").labels(model=model).inc(delta)
 
 
 def set_queue_depth(depth: int) -> None:
     """Jobs queued and not yet started, as the job store counts them."""
+    _metric("depthid_queue_depth").set(depth)
 
 
 def observe_queue_wait(model: str, seconds: float) -> None:
     """How long a v2 job waited between submit and start."""
+    _metric("depthid_queue_wait_seconds").labels(model=model).observe(seconds)
 
 
 def observe_batch_size(model: str, samples: int) -> None:
     """How many samples the runner's pipeline call held (reported by the runner's result)."""
+    _metric("depthid_batch_size").labels(model=model).observe(samples)
 
 
 def count_credits_refused(model: str) -> None:
     """A request refused with 406 for lack of credits."""
+    _metric("depthid_credits_refused").labels(model=model).inc()
 
 
 def count_rate_limited(reason: str) -> None:
     """A request refused with 429: reason is "rate", "concurrency" or "queue"."""
+    _metric("depthid_rate_limited").labels(reason=reason).inc()

@@ -1,23 +1,35 @@
-"""ASGI middleware for every route of the API: request ids, the body size limit, and a last
-line of defence that turns any unexpected exception into the contract's 500 body."""
+"""ASGI middleware for every route of the API: request ids (header, logs), the body limits, the
+request metrics, and a last line of defence that turns any unexpected exception into the
+contract's 500 body. And one for the BentoML service around the app: JSON bodies for the few
+errors BentoML answers itself."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import time
 import uuid
+from http import HTTPStatus
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import metrics
 from gateway.errors import ApiError
+from gateway.json_limits import check_json_body
+from gateway.model_specs import MODEL_SPECS
+from log_format import request_id_var
+from settings import Settings
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's own request id is kept when it is short and harmless to echo and log.
 _CALLER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Methods whose body the routes read: it is read here first, whole, and checked as JSON (every
+# body this API takes is a JSON object).
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+API_ROUTES = ("v1", "v2")
 
 
 def request_id_from(scope: Scope) -> str:
@@ -29,10 +41,24 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def metric_labels(path: str) -> tuple[str, str]:
+    """(model, route) of a request path, from fixed sets only, so that no caller can grow the
+    metrics' label values: route "v1", "v2" or "other"; model a served model's name or ""."""
+    parts = path.strip("/").split("/")
+    route = parts[0] if parts[0] in API_ROUTES else "other"
+    if route != "other" and len(parts) > 1 and parts[1] in MODEL_SPECS:
+        return parts[1], route
+    return "", route
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its body arrived: there is no one to answer."""
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,12 +66,15 @@ class RequestContextMiddleware:
             return
         request_id = request_id_from(scope)
         scope.setdefault("state", {})["request_id"] = request_id
-        started = False
+        # Every log line written while this request is handled names it (log_format.py).
+        token = request_id_var.set(request_id)
+        started_at = time.perf_counter()
+        status: int | None = None  # of the answer, once it starts
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
                 message = {**message, "headers": headers}
@@ -53,37 +82,103 @@ class RequestContextMiddleware:
 
         try:
             self._check_declared_length(scope)
-            await self.app(scope, self._limited(receive), send_with_id)
+            if scope["method"] in BODY_METHODS:
+                body = await self._read_body(receive)
+                if body:
+                    check_json_body(body, self.settings)
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_with_id)
+        except _ClientGone:
+            pass
         except ApiError as exc:
-            if not started:
+            if status is None:
                 await _send_json(send_with_id, exc.status, exc.body(), exc.headers)
         except Exception:
             logger.exception("internal error (request id %s)", request_id)
-            if not started:
+            if status is None:
                 body = {"error": f"internal server error (request id {request_id})"}
                 await _send_json(send_with_id, 500, body, None)
+        finally:
+            if status is not None:
+                model, route = metric_labels(scope["path"])
+                metrics.observe_request(model, route, status, time.perf_counter() - started_at)
+            request_id_var.reset(token)
 
     def _check_declared_length(self, scope: Scope) -> None:
+        limit = self.settings.max_body_bytes
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                raise _too_large(self.max_body_bytes)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
 
-    def _limited(self, receive: Receive) -> Receive:
-        """Count the body as it streams in: a missing or false Content-Length cannot bypass it."""
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The whole body, counted as it streams in: a missing or false Content-Length cannot
+        bypass the limit."""
+        limit = self.settings.max_body_bytes
+        chunks, received = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    # An HTTPException, because FastAPI turns any other error raised while it
-                    # reads the body into a generic 400; the app's handler renders this one.
-                    raise HTTPException(413, _too_large(self.max_body_bytes).message)
-            return message
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        return limited_receive
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then waits on the real one (which
+    reports a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class JsonErrorBodies:
+    """On the BentoML service (service.py), around its router and our app: an error answer
+    that is not JSON, so not ours (BentoML's plain-text 404 for a path its router cannot match,
+    such as one holding a newline), gets the contract's body instead; its status and other
+    headers are kept."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def send_json_errors(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start":
+                status, headers = message["status"], dict(message.get("headers", []))
+                if status >= 400 and not headers.get(b"content-type", b"").startswith(
+                    b"application/json"
+                ):
+                    replaced = True
+                    kept = {
+                        name.decode("latin-1"): value.decode("latin-1")
+                        for name, value in headers.items()
+                        if name not in (b"content-type", b"content-length")
+                    }
+                    body = {"error": HTTPStatus(status).phrase}
+                    await _send_json(send, status, body, kept)
+                    return
+            elif replaced:
+                return  # the plain-text body, replaced above
+            await send(message)
+
+        await self.app(scope, receive, send_json_errors)
 
 
 def _too_large(limit: int) -> ApiError:

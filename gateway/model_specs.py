@@ -1,5 +1,11 @@
 """What the Gateway knows of each model: its request schema, how a request becomes a runner
-job, and what its images are. v2 routes and the v2 worker look models up here."""
+job, what its images are and what it costs. v2 routes and the v2 worker look models up here.
+
+Credits (when a key has them, see gateway/credits.py): a request costs
+``samples × steps × credits_per_step``. One credit is one denoising step of one image of
+sd1.5-controlnet-depth at its full-profile size (512 px); the other models' prices per step are
+rough multiples of it by GPU work per step (SDXL at 1024 px with its ControlNets; Flux's 12B
+transformer at 1024 px). Recalibrate them from `depthid_generation_seconds` on your GPUs."""
 
 from __future__ import annotations
 
@@ -23,6 +29,13 @@ class ModelSpec:
     job: type[BaseModel]  # the runner job it becomes
     to_job: ToJob
     media_type: Callable[[Any], str]  # content type of the images, given the request
+    credits_per_step: int  # the price of one denoising step of one image
+    steps_field: str = "num_inference_steps"  # the request field holding the step count
+
+    def credit_cost(self, body: BaseModel) -> int:
+        """Credits this request costs: samples × steps × credits_per_step."""
+        samples = getattr(body, "samples", 1)  # models without `samples` make one image
+        return samples * getattr(body, self.steps_field) * self.credits_per_step
 
     def wants_base64(self, body: BaseModel) -> bool:
         # Models without a `base64` field (flux-depth-pro) always answer with the bytes.
@@ -40,6 +53,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         job=SD15DepthJob,
         to_job=sd15_depth.to_job,
         media_type=jpeg,
+        credits_per_step=1,
     ),
     instantid.MODEL: ModelSpec(
         name=instantid.MODEL,
@@ -47,6 +61,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         job=InstantIDJob,
         to_job=instantid.to_job,
         media_type=jpeg,
+        credits_per_step=4,
     ),
     insta_depth.MODEL: ModelSpec(
         name=insta_depth.MODEL,
@@ -54,6 +69,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         job=InstantIDJob,
         to_job=insta_depth.to_job,
         media_type=jpeg,
+        credits_per_step=5,
     ),
     flux_depth.MODEL: ModelSpec(
         name=flux_depth.MODEL,
@@ -61,5 +77,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         job=FluxDepthJob,
         to_job=flux_depth.to_job,
         media_type=flux_depth.media_type,
+        credits_per_step=16,
+        steps_field="steps",
     ),
 }

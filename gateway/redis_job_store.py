@@ -96,7 +96,10 @@ return 1
 """
 
 # The fields fixed at submit time, stored together as JSON in the hash's `record` field.
-_STATIC_FIELDS = ("id", "model", "payload", "as_base64", "media_type", "base_url", "submitted_at")
+_STATIC_FIELDS = (
+    "id", "model", "payload", "as_base64", "media_type", "base_url", "submitted_at", "owner",
+    "credits_charged",
+)  # fmt: skip
 
 
 def _job_key(job_id: str) -> str:

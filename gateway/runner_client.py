@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from bentoml.exceptions import BentoMLException
 
+from gateway import metrics
 from gateway.errors import ApiError
+from runners.batching import merge_results, split_samples
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,28 @@ class RunnerClient:
             logger.info("runner %s not ready: %s", self.name, type(exc).__name__)
             return False
 
-    async def generate(self, jobs: list[Any]) -> list[Any]:
+    async def generate(self, jobs: list[Any], *, model: str) -> list[Any]:
+        """Run `jobs` of `model`, one result each. Sent as one-sample jobs, so that samples
+        count toward the runner's batch size (runners/batching.py). Records the generation
+        metrics: in flight, time, batch size."""
+        per_job = [split_samples(job) for job in jobs]
+        metrics.track_in_flight(model, len(jobs))
+        started = time.perf_counter()
+        try:
+            results = await self._send([part for parts in per_job for part in parts])
+        finally:
+            metrics.track_in_flight(model, -len(jobs))
+        seconds = time.perf_counter() - started
+        merged, start = [], 0
+        for job, parts in zip(jobs, per_job, strict=True):
+            result = merge_results(job, results[start : start + len(parts)])
+            metrics.observe_generation(model, seconds)
+            metrics.observe_batch_size(model, result.batch_size)
+            merged.append(result)
+            start += len(parts)
+        return merged
+
+    async def _send(self, jobs: list[Any]) -> list[Any]:
         try:
             async with asyncio.timeout(self.deadline_s):
                 return await self._call(jobs)

@@ -1,4 +1,5 @@
-"""v1: synchronous generation. Validate, normalise, call the runner, answer with the result."""
+"""v1: synchronous generation. Admit the caller, validate, normalise, charge, call the runner,
+answer with the result."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from gateway.admission import Admitted
+from gateway.api_keys import Tenant
 from gateway.errors import ApiError
 from gateway.model_specs import MODEL_SPECS
+from gateway.openapi import V1_BASE64_SCHEMA
 from gateway.responses import v1_response
 from gateway.schemas import flux_depth, insta_depth, instantid, sd15_depth
 from runners.jobs import JobFailure
@@ -20,23 +24,36 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The image bytes; JSON with base64 images when `base64` is true or "
         "more than one image was asked for.",
-        "content": {"image/jpeg": {}, "application/json": {}},
+        "content": {"image/jpeg": {}, "application/json": {"schema": V1_BASE64_SCHEMA}},
     },
     400: {"description": "Malformed JSON, a bad field, or an undecodable image."},
+    401: {"description": "API keys are on and `x-api-key` is missing or unknown."},
+    403: {"description": "This API key may not use this model."},
+    406: {"description": "Not enough credits left on this API key."},
     413: {"description": "Body or image larger than the configured limit."},
+    429: {"description": "This API key's rate or concurrency limit; see `Retry-After`."},
     502: {"description": "The model runner is unreachable."},
     504: {"description": "Generation exceeded its deadline."},
 }
 
 
-async def generate(request: Request, model: str, body: BaseModel) -> Response:
+async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant) -> Response:
+    """The caller is admitted (key, model, request rate: gateway/admission.py) and `body` valid;
+    now a concurrency slot, the images decoded into a job, the credits, the runner."""
     spec = MODEL_SPECS[model]
-    runner = request.app.state.runners[model]
-    job = await spec.to_job(body, request.state.request_id, request.app.state.settings)
-    [result] = await runner.generate([job])
-    if result.failure is not None:
-        raise failure_error(result.failure)
-    return v1_response(result, as_base64=spec.wants_base64(body), media_type=spec.media_type(body))
+    state = request.app.state
+    async with state.rate_limits.in_flight(tenant):  # 429: too many jobs at once
+        job = await spec.to_job(body, request.state.request_id, state.settings)
+        async with state.credits.charge(tenant, model, spec.credit_cost(body)) as charge:  # 406
+            # Whatever fails in here (a failed job, 502, 504...) gives the credits back.
+            [result] = await state.runners[model].generate([job], model=model)
+            if result.failure is not None:
+                raise failure_error(result.failure)
+    response = v1_response(
+        result, as_base64=spec.wants_base64(body), media_type=spec.media_type(body)
+    )
+    response.headers.update(charge.headers())
+    return response
 
 
 # How a job's failure answers in v1: unusable input is the client's 400, a blocked result 422.
@@ -54,8 +71,10 @@ def failure_error(failure: JobFailure) -> ApiError:
     response_class=Response,
     responses=IMAGE_RESPONSES,
 )
-async def sd15_controlnet_depth(body: sd15_depth.SD15DepthRequest, request: Request) -> Response:
-    return await generate(request, sd15_depth.MODEL, body)
+async def sd15_controlnet_depth(
+    body: sd15_depth.SD15DepthRequest, request: Request, tenant: Admitted
+) -> Response:
+    return await generate(request, sd15_depth.MODEL, body, tenant)
 
 
 FACE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -73,8 +92,10 @@ FACE_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     responses=FACE_RESPONSES,
 )
-async def instantid_route(body: instantid.InstantIDRequest, request: Request) -> Response:
-    return await generate(request, instantid.MODEL, body)
+async def instantid_route(
+    body: instantid.InstantIDRequest, request: Request, tenant: Admitted
+) -> Response:
+    return await generate(request, instantid.MODEL, body, tenant)
 
 
 @router.post(
@@ -83,8 +104,10 @@ async def instantid_route(body: instantid.InstantIDRequest, request: Request) ->
     response_class=Response,
     responses=FACE_RESPONSES,
 )
-async def insta_depth_route(body: insta_depth.InstaDepthRequest, request: Request) -> Response:
-    return await generate(request, insta_depth.MODEL, body)
+async def insta_depth_route(
+    body: insta_depth.InstaDepthRequest, request: Request, tenant: Admitted
+) -> Response:
+    return await generate(request, insta_depth.MODEL, body, tenant)
 
 
 FLUX_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -105,5 +128,7 @@ FLUX_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     responses=FLUX_RESPONSES,
 )
-async def flux_depth_pro(body: flux_depth.FluxDepthRequest, request: Request) -> Response:
-    return await generate(request, flux_depth.MODEL, body)
+async def flux_depth_pro(
+    body: flux_depth.FluxDepthRequest, request: Request, tenant: Admitted
+) -> Response:
+    return await generate(request, flux_depth.MODEL, body, tenant)

@@ -1,5 +1,6 @@
-"""v2: asynchronous generation. Submit validates exactly as v1 and answers at once; the worker
-(gateway/worker.py) runs the job; the request routes report on it until it expires."""
+"""v2: asynchronous generation. Submit admits and validates exactly as v1 and answers at once;
+the worker (gateway/worker.py) runs the job; the request routes report on it, to the key that
+submitted it only, until it expires."""
 
 from __future__ import annotations
 
@@ -9,12 +10,24 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
+from fastapi.datastructures import State
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from gateway.admission import Admitted
+from gateway.api_keys import Authenticated, Tenant
 from gateway.errors import ApiError, validation_to_api_error
-from gateway.job_store import JobRecord, JobStore, QueueFull
+from gateway.job_store import JobRecord, JobStore, QueueFull, Status
 from gateway.model_specs import MODEL_SPECS, ModelSpec
+from gateway.openapi import (
+    V2_MODEL,
+    V2_OUTPUT_RESPONSES,
+    V2_RESULT_RESPONSES,
+    V2_STATUS_RESPONSES,
+    V2_SUBMIT_BODY,
+    V2_SUBMIT_OK,
+)
+from gateway.rate_limits import too_many
 
 router = APIRouter(prefix="/v2", tags=["v2 (asynchronous)"])
 
@@ -50,11 +63,28 @@ def _base_url(request: Request) -> str:
     return (configured or str(request.base_url)).rstrip("/")
 
 
-async def _record(request: Request, request_id: str) -> JobRecord:
+async def _record(request: Request, request_id: str, tenant: Tenant) -> JobRecord:
     record = await _store(request).get(request_id)
-    if record is None:
+    # Another key's job answers as if it did not exist: its status and images stay its own.
+    if record is None or record.owner != tenant.name:
         raise ApiError(404, f"no request '{request_id}' (unknown, or its result has expired)")
     return record
+
+
+async def _enqueue(request: Request, record: JobRecord) -> None:
+    try:
+        await _store(request).submit(record)
+    except QueueFull as exc:
+        retry_after = request.app.state.settings.queue_retry_after_s
+        raise too_many("queue", retry_after, "the queue is full; retry later") from exc
+
+
+async def on_job_finished(state: State, record: JobRecord, status: Status) -> None:
+    """The worker calls this once per job, when its write made the job terminal: the job's
+    concurrency slot is freed, and a FAILED job's credits are given back."""
+    await state.rate_limits.release_job(record.owner, record.id)
+    if status == "FAILED":
+        await state.credits.refund(record.owner, record.credits_charged)
 
 
 def _status_body(record: JobRecord) -> dict:
@@ -68,71 +98,88 @@ def _status_body(record: JobRecord) -> dict:
     "/{model}",
     summary="Submit a generation; poll status_url, then fetch response_url",
     responses={
-        200: {"description": "Queued: request_id, status_url, response_url, status"},
+        200: V2_SUBMIT_OK,
         400: {"description": "Malformed JSON, a bad field, or an undecodable image."},
+        401: {"description": "API keys are on and `x-api-key` is missing or unknown."},
+        403: {"description": "This API key may not use this model."},
         404: {"description": "Unknown model."},
-        429: {"description": "The queue is full; retry after `Retry-After` seconds."},
+        406: {"description": "Not enough credits left on this API key."},
+        429: {
+            "description": "The queue is full, or this API key's rate or concurrency limit; "
+            "retry after `Retry-After` seconds."
+        },
     },
+    openapi_extra=V2_SUBMIT_BODY,
 )
-async def submit(model: str, request: Request) -> JSONResponse:
+async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> JSONResponse:
     spec = _spec(request, model)
     body = await _parse(request, spec.request)
-    settings = request.app.state.settings
+    state = request.app.state
     job_id = uuid.uuid4().hex
-    job = await spec.to_job(body, job_id, settings)  # decodes images: bad input is a 400 now
     base_url = _base_url(request)
-    record = JobRecord(
-        id=job_id,
-        model=model,
-        # Off the event loop: encoding the job's images takes a while for large inputs.
-        payload=await asyncio.to_thread(job.model_dump_json),
-        as_base64=spec.wants_base64(body),
-        media_type=spec.media_type(body),
-        base_url=base_url,
-        submitted_at=time.time(),
-    )
-    try:
-        await _store(request).submit(record)
-    except QueueFull as exc:
-        raise ApiError(
-            429,
-            "the queue is full; retry later",
-            headers={"Retry-After": str(settings.queue_retry_after_s)},
-        ) from exc
+    # The job keeps its slot and its charge until it finishes (on_job_finished); whatever fails
+    # before it is queued gives both back.
+    async with state.rate_limits.job_slot(tenant, job_id):  # 429: too many jobs at once
+        job = await spec.to_job(body, job_id, state.settings)  # decodes images: 400 now
+        record = JobRecord(
+            id=job_id,
+            model=model,
+            # Off the event loop: encoding the job's images takes a while for large inputs.
+            payload=await asyncio.to_thread(job.model_dump_json),
+            as_base64=spec.wants_base64(body),
+            media_type=spec.media_type(body),
+            base_url=base_url,
+            submitted_at=time.time(),
+            owner=tenant.name,
+        )
+        async with state.credits.charge(tenant, model, spec.credit_cost(body)) as charge:  # 406
+            record.credits_charged = charge.amount
+            await _enqueue(request, record)  # 429: the queue is full
     return JSONResponse(
         {
             "request_id": job_id,
             "status_url": f"{base_url}/v2/requests/{job_id}/status",
             "response_url": f"{base_url}/v2/requests/{job_id}",
             "status": "QUEUED",
-        }
+        },
+        headers=charge.headers(),
     )
 
 
-@router.get("/requests/{request_id}/status", summary="A request's status")
-async def status(request_id: str, request: Request) -> JSONResponse:
-    record = await _record(request, request_id)
+@router.get(
+    "/requests/{request_id}/status", summary="A request's status", responses=V2_STATUS_RESPONSES
+)
+async def status(request_id: str, request: Request, tenant: Authenticated) -> JSONResponse:
+    record = await _record(request, request_id, tenant)
     code = 422 if record.status == "FAILED" else 200
     return JSONResponse(_status_body(record), status_code=code)
 
 
-@router.get("/requests/{request_id}", summary="A request's final body (202 until it is done)")
-async def result(request_id: str, request: Request) -> JSONResponse:
-    record = await _record(request, request_id)
+@router.get(
+    "/requests/{request_id}",
+    summary="A request's final body (202 until it is done)",
+    responses=V2_RESULT_RESPONSES,
+)
+async def result(request_id: str, request: Request, tenant: Authenticated) -> JSONResponse:
+    record = await _record(request, request_id, tenant)
+    if record.status not in ("COMPLETED", "FAILED"):
+        return JSONResponse(_status_body(record), status_code=202)
+    headers = await request.app.state.credits.remaining_headers(tenant)
     if record.status == "COMPLETED" and record.result is not None:
-        headers = {
-            "x-seed": str(record.result["seed"]),
-            "x-inference-time": f"{record.result['metrics']['inference_time']:.4f}",
-        }
+        headers["x-seed"] = str(record.result["seed"])
+        headers["x-inference-time"] = f"{record.result['metrics']['inference_time']:.4f}"
         return JSONResponse(record.result, headers=headers)
-    if record.status == "FAILED":
-        return JSONResponse(record.result or _status_body(record), status_code=422)
-    return JSONResponse(_status_body(record), status_code=202)
+    return JSONResponse(record.result or _status_body(record), status_code=422, headers=headers)
 
 
-@router.get("/requests/{request_id}/output/{index}", summary="Image `index` of a result")
-async def output(request_id: str, index: int, request: Request) -> Response:
-    record = await _record(request, request_id)
+@router.get(
+    "/requests/{request_id}/output/{index}",
+    summary="Image `index` of a result",
+    response_class=Response,
+    responses=V2_OUTPUT_RESPONSES,
+)
+async def output(request_id: str, index: int, request: Request, tenant: Authenticated) -> Response:
+    record = await _record(request, request_id, tenant)
     image = await _store(request).get_image(request_id, index)
     if image is None:
         raise ApiError(404, f"request '{request_id}' has no output {index}")

@@ -1,8 +1,9 @@
 """The v2 worker: takes queued jobs, calls the same runner API as v1, stores the outcome.
 
-Each Gateway process runs `settings.job_workers` take-loops and one reaper. While a job is in
-hand its lease is renewed; on shutdown no new job is taken, jobs in hand get the grace period
-to finish, and whatever is still running then is handed back to the queue.
+Each Gateway process runs `settings.job_workers` take-loops, one reaper and one loop that
+reports the queue depth (gateway/metrics.py). While a job is in hand its lease is renewed; on
+shutdown no new job is taken, jobs in hand get the grace period to finish, and whatever is
+still running then is handed back to the queue.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from gateway import metrics
 from gateway.errors import ApiError
-from gateway.job_store import JobRecord, JobStore
+from gateway.job_store import JobRecord, JobStore, Status
 from gateway.model_specs import MODEL_SPECS
 from gateway.runner_client import RunnerClient
+from log_format import request_id_var
 from runners.jobs import GenerationResult
 from settings import Settings
 
@@ -29,6 +32,10 @@ logger = logging.getLogger(__name__)
 TAKE_WAIT_S = 1.0  # how long one take() waits before the loop checks for shutdown
 RETRY_DELAY_S = 2.0  # pause between tries while a job's runner is unreachable
 ERROR_PAUSE_S = 1.0  # pause after a store error before the loop goes on
+QUEUE_DEPTH_PERIOD_S = 1.0  # how often the queue depth metric is read from the store
+
+# Called once per job, by the worker whose write made it terminal (credits, concurrency slot).
+JobFinished = Callable[[JobRecord, Status], Awaitable[None]]
 
 
 class JobWorker:
@@ -37,15 +44,18 @@ class JobWorker:
         store: JobStore,
         runners: Callable[[], dict[str, RunnerClient]],
         settings: Settings,
+        on_finished: JobFinished | None = None,
     ) -> None:
         self.store = store
         self.runners = runners
         self.settings = settings
+        self.on_finished = on_finished
         # Unique per process and start, so a lease names exactly one live worker.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task] = []
         self._reaper: asyncio.Task | None = None
+        self._queue_gauge: asyncio.Task | None = None
 
     def start(self) -> None:
         self._loops = [
@@ -53,6 +63,7 @@ class JobWorker:
             for i in range(self.settings.job_workers)
         ]
         self._reaper = asyncio.create_task(self._reap_loop(), name="v2-reaper")
+        self._queue_gauge = asyncio.create_task(self._queue_depth_loop(), name="v2-queue-gauge")
         logger.info("v2 worker %s started (%d slots)", self.worker_id, len(self._loops))
 
     async def stop(self, grace_s: float) -> None:
@@ -60,6 +71,8 @@ class JobWorker:
         self._stopping.set()
         if self._reaper:
             self._reaper.cancel()
+        if self._queue_gauge:
+            self._queue_gauge.cancel()
         _, pending = await asyncio.wait(self._loops, timeout=grace_s) if self._loops else ((), ())
         for task in pending:
             task.cancel()  # _run_job hands its job back on cancellation
@@ -73,10 +86,28 @@ class JobWorker:
             try:
                 record = await self.store.take(self.worker_id, TAKE_WAIT_S)
                 if record is not None:
-                    await self._run_job(record)
+                    await self._run_taken(record)
             except Exception:
                 logger.exception("v2 worker: job store error; going on")
                 await asyncio.sleep(ERROR_PAUSE_S)
+
+    async def _run_taken(self, record: JobRecord) -> None:
+        # Every line logged for the job names its request id (log_format.py).
+        token = request_id_var.set(record.id)
+        try:
+            started_at = record.started_at or time.time()
+            metrics.observe_queue_wait(record.model, started_at - record.submitted_at)
+            await self._run_job(record)
+        finally:
+            request_id_var.reset(token)
+
+    async def _queue_depth_loop(self) -> None:
+        while True:
+            try:
+                metrics.set_queue_depth(await self.store.queue_depth())
+            except Exception:
+                logger.exception("could not read the queue depth; retrying")
+            await asyncio.sleep(QUEUE_DEPTH_PERIOD_S)
 
     async def _reap_loop(self) -> None:
         period = max(0.5, self.settings.job_visibility_timeout_s / 3)
@@ -111,6 +142,8 @@ class JobWorker:
         body = completed_body(record, result)
         if not await self.store.complete(record.id, self.worker_id, result.images, body):
             logger.warning("job %s was already finished elsewhere; result dropped", record.id)
+            return
+        await self._finished(record, "COMPLETED")
 
     async def _generate(self, record: JobRecord) -> GenerationResult:
         """Run the job; while its runner is unreachable (restarting, rolling update), keep the
@@ -121,7 +154,7 @@ class JobWorker:
         give_up_at = time.monotonic() + self.settings.generation_timeout_s
         while True:
             try:
-                [result] = await runner.generate([job])
+                [result] = await runner.generate([job], model=record.model)
                 return result
             except ApiError as exc:
                 if exc.status != 502 or time.monotonic() + RETRY_DELAY_S > give_up_at:
@@ -131,7 +164,18 @@ class JobWorker:
 
     async def _fail(self, record: JobRecord, error: str) -> None:
         body = {"request_id": record.id, "status": "FAILED", "error": error}
-        await self.store.fail(record.id, self.worker_id, error, body)
+        # Only the write that made the job FAILED reports it: a refund happens exactly once,
+        # even when a presumed-dead worker on another replica fails the same job too.
+        if await self.store.fail(record.id, self.worker_id, error, body):
+            await self._finished(record, "FAILED")
+
+    async def _finished(self, record: JobRecord, status: Status) -> None:
+        if self.on_finished is None:
+            return
+        try:
+            await self.on_finished(record, status)
+        except Exception:
+            logger.exception("job %s: could not settle its credits and slot", record.id)
 
     async def _heartbeat(self, job_id: str) -> None:
         period = self.settings.job_visibility_timeout_s / 3

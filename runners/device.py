@@ -18,7 +18,15 @@ def pick_device(settings: Settings) -> torch.device:
 
 
 def pick_dtype(settings: Settings, device: torch.device, gpu_default: torch.dtype) -> torch.dtype:
-    """The configured dtype; "auto" means `gpu_default` on CUDA and float32 on CPU."""
+    """The configured dtype; "auto" means `gpu_default` on CUDA and float32 on CPU.
+
+    float16 on the CPU is refused at start-up: PyTorch's CPU kernels for it are missing or slow
+    and its range overflows in the VAEs; bfloat16 runs there (slowly) if asked for."""
+    if settings.dtype == "float16" and device.type != "cuda":
+        raise RuntimeError(
+            f"DEPTHID_DTYPE=float16 needs CUDA, but the runner is on {device.type}: "
+            "use DEPTHID_DTYPE=auto (float32 on the CPU) or float32"
+        )
     if settings.dtype != "auto":
         return _DTYPES[settings.dtype]
     return gpu_default if device.type == "cuda" else torch.float32

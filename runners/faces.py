@@ -81,10 +81,19 @@ class FaceAnalyzer:
             det_thresh=DETECTION_THRESHOLD,
             det_size=DETECTION_SIZE,
         )
-        self.providers = providers
         self._detector = analysis.det_model
         self._recogniser = analysis.models["recognition"]
-        logger.info("face analysis loaded from %s on %s", model_dir, providers[0])
+        # What the sessions actually use: onnxruntime falls back to the CPU, with only a log
+        # line of its own, when the CUDA provider is listed but its libraries fail to load.
+        self.providers = list(self._detector.session.get_providers())
+        logger.info("face analysis loaded from %s on %s", model_dir, self.providers[0])
+        if use_cuda and self.providers[0] != CUDA_PROVIDER:
+            logger.warning(
+                "face analysis runs on the CPU although the runner is on CUDA: onnxruntime's "
+                "CUDA provider is not usable here (the GPU image needs onnxruntime-gpu, not "
+                "onnxruntime, and the CUDA/cuDNN libraries it was built for); available: %s",
+                onnxruntime.get_available_providers(),
+            )
 
     def faces(self, image: Image.Image) -> list[DetectedFace]:
         """Every face in `image` (boxes and keypoints, no embeddings)."""

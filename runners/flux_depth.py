@@ -9,19 +9,21 @@ from __future__ import annotations
 import bentoml
 
 from runners.jobs import FluxDepthJob, GenerationResult
-from runners.service_config import runner_service_config
+from runners.service_config import batching_options, runner_service_config
 from settings import get_settings
 
+SETTINGS = get_settings()
 
-@bentoml.service(name="flux_depth", **runner_service_config(get_settings()))
+
+@bentoml.service(name="flux_depth", **runner_service_config(SETTINGS))
 class FluxDepth:
     def __init__(self) -> None:
         from runners.flux_pipeline import FluxDepthPipeline
 
-        self.pipeline = FluxDepthPipeline(get_settings())
+        self.pipeline = FluxDepthPipeline(SETTINGS)
 
-    @bentoml.api
+    @bentoml.api(**batching_options(SETTINGS.flux_max_batch_size, SETTINGS.flux_max_latency_ms))
     def generate(self, jobs: list[FluxDepthJob]) -> list[GenerationResult]:
-        """Run each job. Batch-shaped, so adaptive batching can be switched on later
-        without any caller changing."""
-        return [self.pipeline.run(job) for job in jobs]
+        """Run the jobs, one result each: jobs that can share a pipeline call share one.
+        With adaptive batching, BentoML gathers concurrent calls into one list."""
+        return self.pipeline.run_batch(jobs)

@@ -17,8 +17,17 @@ from diffusers import FluxControlPipeline
 from PIL import Image
 
 from models.store import require_model
+from runners.acceleration import (
+    WARMUP_STEPS,
+    accelerate,
+    guard_finite_decode,
+    log_accelerations,
+    resolve_accelerations,
+    warm_up,
+)
+from runners.batching import run_batched
 from runners.depth import DepthEstimator
-from runners.device import pick_device, pick_dtype, set_cpu_threads
+from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
 from runners.jobs import FluxDepthJob, GenerationResult, JobFailure
 from runners.prompt_filter import PromptFilter
@@ -29,6 +38,7 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens of the prompt FLUX.1 [dev] attends to
+SERVED_MODEL = "flux-depth-pro"  # the warm-up generates at its output size
 PROMPT_BLOCKED = "the prompt was blocked by the content filter: it contains {term!r}"
 UPSAMPLED_PROMPT_BLOCKED = (
     "the upsampled prompt was blocked by the content filter: it contains {term!r}; "
@@ -45,7 +55,8 @@ class FluxDepthPipeline:
         self.device = pick_device(settings)
         set_cpu_threads(settings, self.device)
         # bf16 on GPU: FLUX.1 was trained in it, and fp16 overflows in its activations.
-        self.dtype = pick_dtype(settings, self.device, gpu_default=torch.bfloat16)
+        self.accelerations = resolve_accelerations(settings, self.device, gpu_dtype=torch.bfloat16)
+        self.dtype = self.accelerations.dtype
         flux_dir = require_model(settings, "flux-depth-dev")
         depth_dir = require_model(settings, "depth-estimator")
         safety_dir = require_model(settings, "safety-checker")
@@ -53,6 +64,12 @@ class FluxDepthPipeline:
         self.pipe = FluxControlPipeline.from_pretrained(flux_dir, dtype=self.dtype)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        accelerated = accelerate(
+            self.accelerations,
+            {"transformer": self.pipe.transformer, "vae": self.pipe.vae},
+            compiled=("transformer",),
+        )
+        guard_finite_decode(self.pipe.vae, "flux_depth")
         self.depth = DepthEstimator(depth_dir, self.device, self.dtype)
         self.safety = SafetyChecker(
             safety_dir, self.device, self.dtype, thresholds=settings.safety_thresholds
@@ -63,6 +80,10 @@ class FluxDepthPipeline:
         # same device. The scheduler is reset by every call (set_timesteps), so one pipeline
         # serves every request.
         self._lock = threading.Lock()
+        self.max_batch_size = settings.flux_max_batch_size
+        if self.accelerations.warmup:
+            accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
+        log_accelerations("flux_depth", self.accelerations, accelerated)
         logger.info(
             "flux_depth loaded: profile=%s device=%s dtype=%s terms=%d upsampler=%s",
             settings.profile,
@@ -72,58 +93,125 @@ class FluxDepthPipeline:
             type(self.upsampler).__name__,
         )
 
+    def _warm_up(self, side: int) -> None:
+        """One generation at the default output size, as a request runs it (depth map, T5 at
+        its full sequence length, VAE decode, safety score), only with fewer steps."""
+        blank = Image.new("RGB", (side, side))
+        image = self.pipe(
+            prompt="warm-up",
+            control_image=self.depth(blank, (side, side)),
+            height=side,
+            width=side,
+            num_inference_steps=WARMUP_STEPS,
+            generator=torch.Generator(device=self.device).manual_seed(0),
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        ).images[0]
+        self.safety.score(image)
+
     def run(self, job: FluxDepthJob) -> GenerationResult:
+        return self.run_batch([job])[0]
+
+    def run_batch(self, jobs: list[FluxDepthJob]) -> list[GenerationResult]:
+        """One result per job. Jobs with the same size, steps and guidance share one pipeline
+        call, each with its own prompt, seed and depth map; each image is screened at its own
+        job's tolerance."""
+        return run_batched(jobs, _call_key, self._run_call, self.max_batch_size)
+
+    def _run_call(self, jobs: list[FluxDepthJob]) -> list[GenerationResult]:
+        """Screen each prompt, then one pipeline call for the jobs that pass."""
         start = time.perf_counter()
+        results: dict[int, GenerationResult] = {}
+        passed: list[tuple[int, str, str | None]] = []
+        for index, job in enumerate(jobs):
+            prompt, prompt_used, blocked = self._screened_prompt(job)
+            if blocked is not None:
+                results[index] = _failed(job, blocked, prompt_used, start)
+            else:
+                passed.append((index, prompt, prompt_used))
+        if passed:
+            group = [jobs[index] for index, _, _ in passed]
+            images, scores = self._generate(group, [prompt for _, prompt, _ in passed])
+            elapsed = time.perf_counter() - start
+            for (index, _, prompt_used), job, image, score in zip(
+                passed, group, images, scores, strict=True
+            ):
+                if self.safety.blocks(score, job.safety_tolerance):
+                    logger.info(
+                        "request %s blocked: score %.4f at tolerance %d",
+                        job.request_id,
+                        score,
+                        job.safety_tolerance,
+                    )
+                    message = IMAGE_BLOCKED.format(tolerance=job.safety_tolerance)
+                    results[index] = _failed(job, message, prompt_used, start)
+                    continue
+                results[index] = GenerationResult(
+                    request_id=job.request_id,
+                    images=[encode_image(image, job.output_format)],
+                    seed=job.seed,
+                    inference_time=elapsed,
+                    prompt_used=prompt_used,
+                    batch_size=len(group),
+                )
+        return [results[i] for i in range(len(jobs))]
 
-        def failed(message: str, prompt_used: str | None = None) -> GenerationResult:
-            return GenerationResult(
-                request_id=job.request_id,
-                images=[],
-                seed=job.seed,
-                inference_time=time.perf_counter() - start,
-                failure=JobFailure(kind="blocked", message=message),
-                prompt_used=prompt_used,
-            )
-
+    def _screened_prompt(self, job: FluxDepthJob) -> tuple[str, str | None, str | None]:
+        """(prompt to generate from, the upsampled prompt if any, why it is blocked if it is)."""
         term = self.prompt_filter.blocked_term(job.prompt)
         if term is not None:
-            return failed(PROMPT_BLOCKED.format(term=term))
-
-        size = (job.width, job.height)
-        control = job.control_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-        prompt, prompt_used = job.prompt, None
+            return job.prompt, None, PROMPT_BLOCKED.format(term=term)
+        if not job.prompt_upsampling:
+            return job.prompt, None, None
         with self._lock:
-            if job.prompt_upsampling:
-                prompt = prompt_used = self.upsampler(job.prompt)
-                # The expansion is new text: it passes the same screen as the user's.
-                term = self.prompt_filter.blocked_term(prompt)
-                if term is not None:
-                    return failed(UPSAMPLED_PROMPT_BLOCKED.format(term=term), prompt_used)
-            depth_map = self.depth(control, size)
-            image = self.pipe(
-                prompt=prompt,
-                control_image=depth_map,
-                height=job.height,
-                width=job.width,
-                num_inference_steps=job.steps,
-                guidance_scale=job.guidance,
-                generator=torch.Generator(device=self.device).manual_seed(job.seed),
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
-            ).images[0]
-            score = self.safety.score(image)
+            prompt = self.upsampler(job.prompt)
+        # The expansion is new text: it passes the same screen as the user's.
+        term = self.prompt_filter.blocked_term(prompt)
+        if term is not None:
+            return prompt, prompt, UPSAMPLED_PROMPT_BLOCKED.format(term=term)
+        return prompt, prompt, None
 
-        if self.safety.blocks(score, job.safety_tolerance):
-            logger.info(
-                "request %s blocked: score %.4f at tolerance %d",
-                job.request_id,
-                score,
-                job.safety_tolerance,
-            )
-            return failed(IMAGE_BLOCKED.format(tolerance=job.safety_tolerance), prompt_used)
-        return GenerationResult(
-            request_id=job.request_id,
-            images=[encode_image(image, job.output_format)],
-            seed=job.seed,
-            inference_time=time.perf_counter() - start,
-            prompt_used=prompt_used,
-        )
+    def _generate(
+        self, jobs: list[FluxDepthJob], prompts: list[str]
+    ) -> tuple[list[Image.Image], list[float]]:
+        """One pipeline call for jobs of one size, steps and guidance; with safety scores."""
+        first = jobs[0]
+        size = (first.width, first.height)
+        with self._lock:
+            depth_maps = [
+                self.depth(
+                    job.control_image.convert("RGB").resize(size, Image.Resampling.LANCZOS), size
+                )
+                for job in jobs
+            ]
+            images = self.pipe(
+                prompt=prompts,
+                control_image=depth_maps,
+                height=first.height,
+                width=first.width,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
+                generator=[
+                    torch.Generator(device=self.device).manual_seed(job.seed) for job in jobs
+                ],
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+            ).images
+            scores = [self.safety.score(image) for image in images]
+        return images, scores
+
+
+def _call_key(job: FluxDepthJob) -> tuple:
+    """What must be equal for jobs to share one pipeline call."""
+    return (job.width, job.height, job.steps, job.guidance)
+
+
+def _failed(
+    job: FluxDepthJob, message: str, prompt_used: str | None, start: float
+) -> GenerationResult:
+    return GenerationResult(
+        request_id=job.request_id,
+        images=[],
+        seed=job.seed,
+        inference_time=time.perf_counter() - start,
+        failure=JobFailure(kind="blocked", message=message),
+        prompt_used=prompt_used,
+    )

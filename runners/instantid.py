@@ -9,20 +9,23 @@ from __future__ import annotations
 import bentoml
 
 from runners.jobs import GenerationResult, InstantIDJob
-from runners.service_config import runner_service_config
+from runners.service_config import batching_options, runner_service_config
 from settings import get_settings
 
+SETTINGS = get_settings()
 
-@bentoml.service(name="instantid", **runner_service_config(get_settings()))
+
+@bentoml.service(name="instantid", **runner_service_config(SETTINGS))
 class InstantID:
     def __init__(self) -> None:
         from runners.instantid_pipeline import InstantIDPipelines
 
-        self.pipelines = InstantIDPipelines(get_settings())
+        self.pipelines = InstantIDPipelines(SETTINGS)
 
-    @bentoml.api
+    @bentoml.api(
+        **batching_options(SETTINGS.instantid_max_batch_size, SETTINGS.instantid_max_latency_ms)
+    )
     def generate(self, jobs: list[InstantIDJob]) -> list[GenerationResult]:
-        """Run each job; a job without a usable face answers its failure, not an exception.
-        Batch-shaped, so adaptive batching can be switched on later without any caller
-        changing."""
-        return [self.pipelines.run(job) for job in jobs]
+        """Run the jobs, one result each: jobs that can share a pipeline call share one.
+        With adaptive batching, BentoML gathers concurrent calls into one list."""
+        return self.pipelines.run_batch(jobs)

@@ -14,28 +14,45 @@ import logging
 import threading
 import time
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLPipeline
 from PIL import Image
 
 from models.manifest import INSTANTID_IDENTITYNET_FOLDER, INSTANTID_IP_ADAPTER_FILE
 from models.store import require_model
+from runners.acceleration import (
+    WARMUP_STEPS,
+    accelerate,
+    guard_finite_decode,
+    log_accelerations,
+    resolve_accelerations,
+    warm_up,
+)
+from runners.batching import run_batched
 from runners.depth import DepthEstimator
-from runners.device import pick_device, pick_dtype, set_cpu_threads
+from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
 from runners.faces import DetectedFace, FaceAnalyzer, draw_keypoints, face_region_mask
-from runners.instantid_sampler import ControlUnit, SampleRequest, sample
+from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
 from runners.jobs import GenerationResult, InstantIDJob, JobFailure
 from settings import Settings
 
 logger = logging.getLogger(__name__)
 
+SERVED_MODEL = "insta-depth"  # the warm-up generates at its output size, with both ControlNets
+# Warm-up strengths and guidance: any non-zero strength runs its module (at 0 a ControlNet or
+# the face attention is skipped), and guidance above 1 runs the unconditional half too.
+WARMUP_STRENGTH = 1.0
+WARMUP_GUIDANCE = 5.0
+
 
 class InstantIDPipelines:
     def __init__(self, settings: Settings) -> None:
         self.device = pick_device(settings)
-        self.dtype = pick_dtype(settings, self.device, gpu_default=torch.float16)
+        self.accelerations = resolve_accelerations(settings, self.device, gpu_dtype=torch.float16)
+        self.dtype = self.accelerations.dtype
         set_cpu_threads(settings, self.device)
         instantid_dir = require_model(settings, "instantid")
         vae = AutoencoderKL.from_pretrained(
@@ -67,6 +84,17 @@ class InstantIDPipelines:
         self.depth_controlnet = ControlNetModel.from_pretrained(
             require_model(settings, "sdxl-controlnet-depth"), torch_dtype=self.dtype
         ).to(self.device)
+        accelerated = accelerate(
+            self.accelerations,
+            {
+                "unet": base.unet,
+                "identitynet": self.identitynet,
+                "depth_controlnet": self.depth_controlnet,
+                "vae": vae,
+            },
+            compiled=("unet", "identitynet", "depth_controlnet"),
+        )
+        guard_finite_decode(vae, "instantid")
         self.depth = DepthEstimator(
             require_model(settings, "depth-estimator"), self.device, self.dtype
         )
@@ -76,12 +104,60 @@ class InstantIDPipelines:
         # One pipeline call at a time per process: concurrent calls would only fight for the
         # same device.
         self._lock = threading.Lock()
+        self.max_batch_size = settings.instantid_max_batch_size
+        if self.accelerations.warmup:
+            accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
+        log_accelerations(
+            "instantid", self.accelerations, accelerated, faces=self.faces.providers[0]
+        )
         logger.info(
             "instantid loaded: profile=%s device=%s dtype=%s",
             settings.profile,
             self.device,
             self.dtype,
         )
+
+    def _warm_up(self, side: int) -> None:
+        """One insta-depth generation at the default output size (both ControlNets, the face
+        region mask, classifier-free guidance), with a zero face embedding and fewer steps. The
+        face detector runs on a blank picture (no face, so the recogniser waits for a request)."""
+        size = (side, side)
+        blank = Image.new("RGB", size)
+        self.faces.largest_face(blank)
+        box = (side / 4, side / 4, 3 * side / 4, 3 * side / 4)
+        keypoints = np.array([[0.4, 0.4], [0.6, 0.4], [0.5, 0.5], [0.4, 0.6], [0.6, 0.6]]) * side
+        controls = [
+            ControlUnit(
+                model=self.identitynet,
+                image=draw_keypoints(keypoints, size),
+                scale=WARMUP_STRENGTH,
+                sees_face=True,
+                mask=face_region_mask(box, size),
+            ),
+            ControlUnit(
+                model=self.depth_controlnet,
+                image=self.depth(blank, size),
+                scale=WARMUP_STRENGTH,
+                sees_face=False,
+            ),
+        ]
+        embedding_size = self.face_projection.proj_in.in_features
+        warm = Sample(
+            prompt="warm-up",
+            negative_prompt="",
+            face_embedding=np.zeros(embedding_size, dtype=np.float32),
+            adapter_scale=WARMUP_STRENGTH,
+            controls=controls,
+            seed=0,
+        )
+        request = SampleRequest(
+            samples=[warm],
+            num_inference_steps=WARMUP_STEPS,
+            guidance_scale=WARMUP_GUIDANCE,
+            width=side,
+            height=side,
+        )
+        sample(self._pipeline(), self.face_projection, request)
 
     def _pipeline(self) -> StableDiffusionXLPipeline:
         """A pipeline object around the loaded modules, with a scheduler of its own."""
@@ -95,28 +171,71 @@ class InstantIDPipelines:
         return pipe
 
     def run(self, job: InstantIDJob) -> GenerationResult:
+        return self.run_batch([job])[0]
+
+    def run_batch(self, jobs: list[InstantIDJob]) -> list[GenerationResult]:
+        """One result per job. Samples of the same route (instantid or insta-depth), size,
+        steps and guidance share one denoising loop, each with its own prompt, seed, face,
+        keypoints, depth map, mask and strengths. A job without a usable face fails alone."""
+        return run_batched(jobs, _call_key, self._run_call, self.max_batch_size)
+
+    def _run_call(self, rows: list[InstantIDJob]) -> list[GenerationResult]:
+        """Find each sample's faces, then one denoising loop for those that have them."""
         start = time.perf_counter()
+        results: dict[int, GenerationResult] = {}
+        ready: list[tuple[int, Sample]] = []
         with self._lock:
-            identity = self.faces.largest_face(job.face_image)
-            if identity is None:
-                return _no_face(job, "face_image", start)
-            pose_face = identity
-            if job.pose_image is not None:
-                pose_face = self.faces.largest_face(job.pose_image, embed=False)
-                if pose_face is None:
-                    return _no_face(job, "pose_image", start)
-            request = self._sample_request(job, identity, pose_face)
-            images = sample(self._pipeline(), self.face_projection, request)
-        return GenerationResult(
-            request_id=job.request_id,
-            images=[encode_image(image, job.output_format) for image in images],
-            seed=job.seed,
-            inference_time=time.perf_counter() - start,
+            # Samples of one request share its image objects: analyse each image once.
+            faces: dict[tuple[int, bool], DetectedFace | None] = {}
+
+            def largest_face(image: Image.Image, embed: bool) -> DetectedFace | None:
+                if (id(image), embed) not in faces:
+                    faces[id(image), embed] = self.faces.largest_face(image, embed=embed)
+                return faces[id(image), embed]
+
+            for index, row in enumerate(rows):
+                identity = largest_face(row.face_image, embed=True)
+                pose_face = identity
+                if row.pose_image is not None and identity is not None:
+                    pose_face = largest_face(row.pose_image, embed=False)
+                if identity is None or pose_face is None:
+                    field = "face_image" if identity is None else "pose_image"
+                    results[index] = _no_face(row, field, start)
+                    continue
+                ready.append((index, self._sample(row, identity, pose_face)))
+            if ready:
+                first = rows[ready[0][0]]
+                request = SampleRequest(
+                    samples=[sample for _, sample in ready],
+                    num_inference_steps=first.num_inference_steps,
+                    guidance_scale=first.guidance_scale,
+                    width=first.width,
+                    height=first.height,
+                )
+                images = sample(self._pipeline(), self.face_projection, request)
+                elapsed = time.perf_counter() - start
+                for (index, _), image in zip(ready, images, strict=True):
+                    row = rows[index]
+                    results[index] = GenerationResult(
+                        request_id=row.request_id,
+                        images=[encode_image(image, row.output_format)],
+                        seed=row.seed,
+                        inference_time=elapsed,
+                        batch_size=len(ready),
+                    )
+        return [results[i] for i in range(len(rows))]
+
+    def _sample(self, row: InstantIDJob, identity: DetectedFace, pose_face: DetectedFace) -> Sample:
+        return Sample(
+            prompt=row.prompt,
+            negative_prompt=row.negative_prompt,
+            face_embedding=identity.embedding,
+            adapter_scale=row.adapter_strength,
+            controls=self._controls(row, pose_face),
+            seed=row.seed,
         )
 
-    def _sample_request(
-        self, job: InstantIDJob, identity: DetectedFace, pose_face: DetectedFace
-    ) -> SampleRequest:
+    def _controls(self, job: InstantIDJob, pose_face: DetectedFace) -> list[ControlUnit]:
         size = (job.width, job.height)
         framing = job.pose_image if job.pose_image is not None else job.face_image
         # Faces were found on the input image; the output has its aspect ratio at another size.
@@ -140,18 +259,13 @@ class InstantIDPipelines:
                     sees_face=False,
                 )
             )
-        return SampleRequest(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            face_embedding=identity.embedding,
-            adapter_scale=job.adapter_strength,
-            controls=controls,
-            num_inference_steps=job.num_inference_steps,
-            guidance_scale=job.guidance_scale,
-            width=job.width,
-            height=job.height,
-            seeds=[job.seed + i for i in range(job.samples)],
-        )
+        return controls
+
+
+def _call_key(job: InstantIDJob) -> tuple:
+    """What must be equal for samples to share one denoising loop."""
+    insta_depth = job.depth_strength is not None
+    return (insta_depth, job.width, job.height, job.num_inference_steps, job.guidance_scale)
 
 
 def _no_face(job: InstantIDJob, field: str, start: float) -> GenerationResult:

@@ -9,6 +9,7 @@ instead of the text, its residuals masked to the face region, and the adapter sc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from runners.ip_adapter_attention import SCALE_KWARG
 
 @dataclass(frozen=True)
 class ControlUnit:
-    """One ControlNet's part in a call."""
+    """One ControlNet's part in one sample."""
 
     model: ControlNetModel
     image: Image.Image  # the condition, at the output size
@@ -36,38 +37,54 @@ class ControlUnit:
 
 
 @dataclass(frozen=True)
-class SampleRequest:
+class Sample:
+    """One image to generate: everything that may differ between samples of one call."""
+
     prompt: str
     negative_prompt: str
     face_embedding: np.ndarray  # (512,) ArcFace embedding of the identity
     adapter_scale: float
-    controls: list[ControlUnit]
+    controls: list[ControlUnit]  # the call's ControlNets, in the same order in every sample
+    seed: int
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One denoising loop for a batch of samples that share steps, guidance and size."""
+
+    samples: list[Sample]
     num_inference_steps: int
     guidance_scale: float
     width: int
     height: int
-    seeds: list[int]  # one image per seed
 
 
 @torch.inference_mode()
 def sample(
     pipe: StableDiffusionXLPipeline, face_projection: nn.Module, request: SampleRequest
 ) -> list[Image.Image]:
-    """Generate one image per seed. `pipe` must hold a scheduler of its own (it is stepped)."""
+    """Generate one image per sample. `pipe` must hold a scheduler of its own (it is stepped)."""
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
-    batch = len(request.seeds)
+    samples = request.samples
+    batch = len(samples)
     # As diffusers: at guidance 1 the unconditional half changes nothing, so it is not run.
     guided = request.guidance_scale > 1.0
 
+    def both_halves(rows: torch.Tensor) -> torch.Tensor:
+        """Per-sample rows for the model input: [unconditional; conditional] when guided."""
+        return torch.cat([rows, rows]) if guided else rows
+
     prompt_embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
+        prompt=[s.prompt for s in samples],
+        negative_prompt=[s.negative_prompt for s in samples],
         device=device,
-        num_images_per_prompt=batch,
+        num_images_per_prompt=1,
         do_classifier_free_guidance=guided,
     )
-    embedding = torch.as_tensor(request.face_embedding, device=device, dtype=dtype)
-    embedding = embedding.reshape(1, 1, -1).expand(batch, -1, -1)
+    embedding = torch.stack(
+        [torch.as_tensor(s.face_embedding, dtype=dtype) for s in samples]
+    ).reshape(batch, 1, -1)
+    embedding = embedding.to(device)
     face_tokens = face_projection(embedding)
     # SDXL micro-conditioning: original size, crop top-left, target size.
     time_ids = torch.tensor(
@@ -81,15 +98,22 @@ def sample(
         prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
         pooled = torch.cat([negative_pooled, pooled])
         time_ids = torch.cat([time_ids, time_ids])
-    rows = prompt_embeds.shape[0]
     added_cond = {"text_embeds": pooled, "time_ids": time_ids}
-    controls = [
-        (unit, _control_tensor(unit.image, rows, device, dtype), _mask_tensor(unit.mask, device))
-        for unit in request.controls
-        if unit.scale > 0  # a ControlNet at scale 0 adds exactly nothing: skip it
-    ]
+    adapter_scale = _per_row([s.adapter_scale for s in samples], both_halves, device)
 
-    generators = [torch.Generator(device=device).manual_seed(seed) for seed in request.seeds]
+    controls = []
+    for index, unit in enumerate(samples[0].controls):
+        units = [s.controls[index] for s in samples]
+        scales = [u.scale for u in units]
+        if not any(scales):
+            continue  # a ControlNet at scale 0 adds exactly nothing: skip it
+        images = both_halves(torch.cat([_control_tensor(u.image, device, dtype) for u in units]))
+        masks = None
+        if any(u.mask is not None for u in units):
+            masks = both_halves(torch.cat([_mask_tensor(u.mask, u.image, device) for u in units]))
+        controls.append((unit, images, _per_row(scales, both_halves, device), masks))
+
+    generators = [torch.Generator(device=device).manual_seed(s.seed) for s in samples]
     scale_factor = pipe.vae_scale_factor
     shape = (
         batch,
@@ -103,22 +127,25 @@ def sample(
     latents = latents * scheduler.init_noise_sigma
 
     for t in scheduler.timesteps:
-        model_input = torch.cat([latents, latents]) if guided else latents
+        model_input = both_halves(latents)
         model_input = scheduler.scale_model_input(model_input, t)
         down, mid = None, None
-        for unit, image, mask in controls:
+        for unit, images, scale, masks in controls:
             unit_down, unit_mid = unit.model(
                 model_input,
                 t,
                 encoder_hidden_states=face_tokens if unit.sees_face else prompt_embeds,
-                controlnet_cond=image,
-                conditioning_scale=unit.scale,
+                controlnet_cond=images,
+                conditioning_scale=scale if isinstance(scale, float) else 1.0,
                 added_cond_kwargs=added_cond,
                 return_dict=False,
             )
-            if mask is not None:
-                unit_down = [_masked(residual, mask) for residual in unit_down]
-                unit_mid = _masked(unit_mid, mask)
+            if isinstance(scale, torch.Tensor):  # different scales per sample
+                unit_down = [_scaled(residual, scale) for residual in unit_down]
+                unit_mid = _scaled(unit_mid, scale)
+            if masks is not None:
+                unit_down = [_masked(residual, masks) for residual in unit_down]
+                unit_mid = _masked(unit_mid, masks)
             down = (
                 unit_down if down is None else [a + b for a, b in zip(down, unit_down, strict=True)]
             )
@@ -127,7 +154,7 @@ def sample(
             model_input,
             t,
             encoder_hidden_states=(prompt_embeds, face_tokens),
-            cross_attention_kwargs={SCALE_KWARG: request.adapter_scale},
+            cross_attention_kwargs={SCALE_KWARG: adapter_scale},
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
             added_cond_kwargs=added_cond,
@@ -143,17 +170,32 @@ def sample(
     return pipe.image_processor.postprocess(decoded, output_type="pil")
 
 
-def _control_tensor(
-    image: Image.Image, rows: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """A ControlNet condition: RGB in 0..1, (rows, 3, H, W)."""
+def _per_row(
+    values: list[float], both_halves: Callable[[torch.Tensor], torch.Tensor], device: torch.device
+) -> float | torch.Tensor:
+    """A scale for the model input's rows: one float when every sample has the same (exactly
+    what a call of one sample computes), else a tensor of one value per row."""
+    if len(set(values)) == 1:
+        return float(values[0])
+    return both_halves(torch.tensor(values, dtype=torch.float32, device=device))
+
+
+def _scaled(residual: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return residual * scale.view(-1, 1, 1, 1).to(residual.dtype)
+
+
+def _control_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A ControlNet condition: RGB in 0..1, (1, 3, H, W)."""
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
-    return pixels.permute(2, 0, 1)[None].expand(rows, -1, -1, -1).to(device, dtype)
+    return pixels.permute(2, 0, 1)[None].to(device, dtype)
 
 
-def _mask_tensor(mask: Image.Image | None, device: torch.device) -> torch.Tensor | None:
+def _mask_tensor(
+    mask: Image.Image | None, image: Image.Image, device: torch.device
+) -> torch.Tensor:
+    """Residual weights (1, 1, H, W): the mask, or ones (everywhere) for a sample without one."""
     if mask is None:
-        return None
+        return torch.ones((1, 1, image.height, image.width), device=device)
     weights = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
     return weights[None, None].to(device)
 

@@ -37,8 +37,10 @@ class FaceAdapterAttnProcessor(nn.Module):
         encoder_hidden_states: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        ip_adapter_scale: float = 0.0,
+        ip_adapter_scale: float | torch.Tensor = 0.0,
     ) -> torch.Tensor:
+        """`ip_adapter_scale`: one float for every row, or a tensor of one scale per row of
+        `hidden_states` (a batch of samples with different adapter strengths)."""
         text_tokens, face_tokens = encoder_hidden_states
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -59,8 +61,12 @@ class FaceAdapterAttnProcessor(nn.Module):
         if attn.norm_cross:
             text_tokens = attn.norm_encoder_hidden_states(text_tokens)
         out = _attend(attn, query, attn.to_k(text_tokens), attn.to_v(text_tokens), attention_mask)
-        if ip_adapter_scale != 0:  # at 0 the face adds exactly nothing: skip its attention
+        # At 0 the face adds exactly nothing: skip its attention. A per-row tensor is never all
+        # zero (the sampler passes the float 0 then).
+        if isinstance(ip_adapter_scale, torch.Tensor) or ip_adapter_scale != 0:
             face = _attend(attn, query, self.to_k_ip(face_tokens), self.to_v_ip(face_tokens), None)
+            if isinstance(ip_adapter_scale, torch.Tensor):
+                ip_adapter_scale = ip_adapter_scale.view(-1, 1, 1).to(face.dtype)
             out = out + ip_adapter_scale * face
 
         out = attn.to_out[1](attn.to_out[0](out))  # linear projection, then dropout
@@ -82,7 +88,7 @@ class SelfAttnProcessor(AttnProcessor2_0):
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        ip_adapter_scale: float = 0.0,
+        ip_adapter_scale: float | torch.Tensor = 0.0,
     ) -> torch.Tensor:
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 import bentoml
 
 from runners.jobs import GenerationResult, SD15DepthJob
-from runners.service_config import runner_service_config
+from runners.service_config import batching_options, runner_service_config
 from settings import get_settings
 
+SETTINGS = get_settings()
 
-@bentoml.service(name="sd15_depth", **runner_service_config(get_settings()))
+
+@bentoml.service(name="sd15_depth", **runner_service_config(SETTINGS))
 class SD15Depth:
     def __init__(self) -> None:
         from runners.sd15_pipeline import SD15DepthPipelines
 
-        self.pipelines = SD15DepthPipelines(get_settings())
+        self.pipelines = SD15DepthPipelines(SETTINGS)
 
-    @bentoml.api
+    @bentoml.api(**batching_options(SETTINGS.sd15_max_batch_size, SETTINGS.sd15_max_latency_ms))
     def generate(self, jobs: list[SD15DepthJob]) -> list[GenerationResult]:
-        """Run each job. Batch-shaped, so adaptive batching can be switched on later
-        without any caller changing."""
-        return [self.pipelines.run(job) for job in jobs]
+        """Run the jobs, one result each: jobs that can share a pipeline call share one.
+        With adaptive batching, BentoML gathers concurrent calls into one list."""
+        return self.pipelines.run_batch(jobs)

@@ -19,8 +19,17 @@ from diffusers import (
 from PIL import Image
 
 from models.store import require_model
+from runners.acceleration import (
+    WARMUP_STEPS,
+    accelerate,
+    guard_finite_decode,
+    log_accelerations,
+    resolve_accelerations,
+    warm_up,
+)
+from runners.batching import run_batched
 from runners.depth import DepthEstimator
-from runners.device import pick_device, pick_dtype, set_cpu_threads
+from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
 from runners.jobs import GenerationResult, SD15DepthJob
 from runners.schedulers import make_scheduler
@@ -28,12 +37,16 @@ from settings import Settings
 
 logger = logging.getLogger(__name__)
 
+SERVED_MODEL = "sd1.5-controlnet-depth"  # the warm-up generates at its output size
+WARMUP_SCHEDULER = "UniPC"  # the contract's default
+
 
 class SD15DepthPipelines:
     def __init__(self, settings: Settings) -> None:
         self.device = pick_device(settings)
         set_cpu_threads(settings, self.device)
-        self.dtype = pick_dtype(settings, self.device, gpu_default=torch.float16)
+        self.accelerations = resolve_accelerations(settings, self.device, gpu_dtype=torch.float16)
+        self.dtype = self.accelerations.dtype
         base_dir = require_model(settings, "sd15-base")
         controlnet_dir = require_model(settings, "sd15-controlnet-depth")
         depth_dir = require_model(settings, "depth-estimator")
@@ -47,17 +60,40 @@ class SD15DepthPipelines:
             torch_dtype=self.dtype,
         )
         base.to(self.device)
+        accelerated = accelerate(
+            self.accelerations,
+            {"unet": base.unet, "controlnet": controlnet, "vae": base.vae},
+            compiled=("unet", "controlnet"),
+        )
+        guard_finite_decode(base.vae, "sd15_depth")
         self.components = base.components
         self.scheduler_config = base.scheduler.config
         self.depth = DepthEstimator(depth_dir, self.device, self.dtype)
         # One pipeline call at a time per process: concurrent calls would only fight for the
         # same device; adaptive batching is what runs several requests in one call.
         self._lock = threading.Lock()
+        self.max_batch_size = settings.sd15_max_batch_size
+        if self.accelerations.warmup:
+            accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
+        log_accelerations("sd15_depth", self.accelerations, accelerated)
         logger.info(
             "sd15_depth loaded: profile=%s device=%s dtype=%s",
             settings.profile,
             self.device,
             self.dtype,
+        )
+
+    def _warm_up(self, side: int) -> None:
+        """One text-to-image generation at the default output size, as a request runs it (depth
+        map, classifier-free guidance, VAE decode), only with fewer steps."""
+        blank = Image.new("RGB", (side, side))
+        self._pipeline(WARMUP_SCHEDULER, img2img=False)(
+            prompt="warm-up",
+            image=self.depth(blank, (side, side)),
+            num_inference_steps=WARMUP_STEPS,
+            height=side,
+            width=side,
+            generator=torch.Generator(device=self.device).manual_seed(0),
         )
 
     def _pipeline(
@@ -77,38 +113,71 @@ class SD15DepthPipelines:
         return pipe
 
     def run(self, job: SD15DepthJob) -> GenerationResult:
+        return self.run_batch([job])[0]
+
+    def run_batch(self, jobs: list[SD15DepthJob]) -> list[GenerationResult]:
+        """One result per job. Samples that agree on everything a pipeline call holds fixed
+        (form, size, steps, scheduler, guidance, strength) share one call, each with its own
+        prompt, seed, depth map and input image."""
+        return run_batched(jobs, _call_key, self._run_call, self.max_batch_size)
+
+    def _run_call(self, rows: list[SD15DepthJob]) -> list[GenerationResult]:
+        """One pipeline call for one-sample jobs with the same `_call_key`."""
         start = time.perf_counter()
-        size = (job.width, job.height)
-        init_image = job.image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        first = rows[0]
+        size = (first.width, first.height)
         # strength 1 means "from noise, guided by depth only": the text-to-image form is exact,
         # where img2img at strength 1 would still mix in a trace of the input.
-        img2img = job.strength < 1.0
+        img2img = first.strength < 1.0
         with self._lock:
-            depth_map = self.depth(init_image, size)
-            pipe = self._pipeline(job.scheduler, img2img)
-            generators = [
-                torch.Generator(device=self.device).manual_seed(job.seed + i)
-                for i in range(job.samples)
-            ]
+            # Samples of one request share its image object: estimate its depth once.
+            prepared: dict[int, tuple[Image.Image, Image.Image]] = {}
+            for row in rows:
+                if id(row.image) not in prepared:
+                    image = row.image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+                    prepared[id(row.image)] = (image, self.depth(image, size))
+            inputs = [prepared[id(row.image)][0] for row in rows]
+            depth_maps = [prepared[id(row.image)][1] for row in rows]
+            pipe = self._pipeline(first.scheduler, img2img)
             common = {
-                "prompt": [job.prompt] * job.samples,
-                "negative_prompt": [job.negative_prompt] * job.samples,
-                "num_inference_steps": job.num_inference_steps,
-                "guidance_scale": job.guidance_scale,
-                "generator": generators,
-                "height": job.height,
-                "width": job.width,
+                "prompt": [row.prompt for row in rows],
+                "negative_prompt": [row.negative_prompt for row in rows],
+                "num_inference_steps": first.num_inference_steps,
+                "guidance_scale": first.guidance_scale,
+                "generator": [
+                    torch.Generator(device=self.device).manual_seed(row.seed) for row in rows
+                ],
+                "height": first.height,
+                "width": first.width,
             }
             if img2img:
                 output = pipe(
-                    image=init_image, control_image=depth_map, strength=job.strength, **common
+                    image=inputs, control_image=depth_maps, strength=first.strength, **common
                 )
             else:
-                output = pipe(image=depth_map, **common)
-        images = [encode_image(image, job.output_format) for image in output.images]
-        return GenerationResult(
-            request_id=job.request_id,
-            images=images,
-            seed=job.seed,
-            inference_time=time.perf_counter() - start,
-        )
+                output = pipe(image=depth_maps, **common)
+        elapsed = time.perf_counter() - start
+        return [
+            GenerationResult(
+                request_id=row.request_id,
+                images=[encode_image(image, row.output_format)],
+                seed=row.seed,
+                inference_time=elapsed,
+                batch_size=len(rows),
+            )
+            for row, image in zip(rows, output.images, strict=True)
+        ]
+
+
+def _call_key(job: SD15DepthJob) -> tuple:
+    """What must be equal for samples to share one pipeline call."""
+    img2img = job.strength < 1.0
+    return (
+        img2img,
+        job.width,
+        job.height,
+        job.num_inference_steps,
+        job.scheduler,
+        job.guidance_scale,
+        job.strength if img2img else None,
+    )

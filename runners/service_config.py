@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from settings import Settings
+from log_format import configure_logging
+from settings import Settings, get_settings
+
+# Every runner module imports this one, in each BentoML process that serves it, once BentoML
+# has configured logging: the moment to put our log format in place (log_format.py).
+configure_logging(get_settings().log_format)
 
 # BentoML's gateway-to-runner client recycles its HTTP session after `max_requests` calls or
 # `max_age` seconds, closing it under calls still in flight: under concurrency about one call
@@ -19,3 +24,11 @@ def runner_service_config(settings: Settings) -> dict[str, Any]:
         "traffic": {"timeout": settings.generation_timeout_s},
         "runner_connection": NEVER_RECYCLE,
     }
+
+
+def batching_options(max_batch_size: int, max_latency_ms: int) -> dict[str, Any]:
+    """`@bentoml.api` options for a runner's `generate`: adaptive batching up to
+    `max_batch_size` list items (one-sample jobs), or none at 1 (BentoML wants more than 1)."""
+    if max_batch_size == 1:
+        return {}
+    return {"batchable": True, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
-from tests.served import serve
+from tests.served import serve_process
 
 SERVED_MAX_BODY_BYTES = 1_000_000
 # One served instance (`bentoml serve service:Gateway`, every runner) for the e2e modules.
@@ -30,6 +32,12 @@ def tiny_settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def served_url(tiny_settings) -> str:
-    with serve(env=SERVED_ENV) as url:
-        yield url
+def served_process(tiny_settings) -> tuple[str, subprocess.Popen]:
+    """The one served instance: its base URL and its process (whose stdout is its log)."""
+    with serve_process(env=SERVED_ENV) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def served_url(served_process) -> str:
+    return served_process[0]

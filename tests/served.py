@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,8 +41,12 @@ def serve_process(
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Like serve(), also yielding the server's process (the leader of its process group)."""
     port = port or free_port()
+    # A BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir
+    # when it starts, which would wipe the metrics of a server already running beside it.
+    home = tempfile.mkdtemp(prefix="depthid-bentoml-home-")
     full_env = {
         **os.environ,
+        "BENTOML_HOME": home,
         "BENTOML_DO_NOT_TRACK": "true",
         "DEPTHID_PROFILE": "tiny",
         "DEPTHID_DEVICE": "cpu",
@@ -69,6 +74,7 @@ def serve_process(
     finally:
         stop(process)
         log.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def process_tree(process: subprocess.Popen) -> list[psutil.Process]:

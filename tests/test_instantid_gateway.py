@@ -98,9 +98,11 @@ def test_instantid_fields_reach_the_runner(client, recorder):
     response = client.post(INSTANTID, json=instantid_body(**fields))
     assert response.status_code == 200, response.text
     assert len(response.json()["images"]) == 3
-    [job] = recorder.jobs
-    assert (job.samples, job.num_inference_steps, job.guidance_scale) == (3, 30, 7.5)
-    assert (job.seed, job.identity_strength, job.adapter_strength) == (42, 0.25, 0.5)
+    # Sent as one-sample jobs, so samples count toward the runner's batch size.
+    assert [(job.samples, job.seed) for job in recorder.jobs] == [(1, 42), (1, 43), (1, 44)]
+    job = recorder.jobs[0]
+    assert (job.num_inference_steps, job.guidance_scale) == (30, 7.5)
+    assert (job.identity_strength, job.adapter_strength) == (0.25, 0.5)
     assert job.enhance_face_region is False and job.negative_prompt == "blurry"
     assert job.pose_image.size == (192, 256) and job.depth_strength is None
 

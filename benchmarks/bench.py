@@ -1,0 +1,183 @@
+"""`make bench`: what the Gateway costs, what adaptive batching gains, how long v2 jobs wait.
+Tiny profile, this machine's CPU. Every figure is min / median / max over --rounds rounds.
+
+(a) Gateway overhead per model: median end-to-end v1 latency minus median direct pipeline time
+    (the same job, the runner's pipeline called in this process). Target: <= 10 ms.
+(b) Adaptive batching per runner: throughput at 8 concurrent v1 clients with batching on (the
+    default max batch sizes) over the same with every max batch size 1. Target: >= 1.8x.
+(c) v2 queue time (submit -> a worker starts the job): median at idle (one job at a time) and
+    under load (--load jobs submitted at once).
+
+    make bench                      (or: python -m benchmarks.bench --rounds 3 [--part a|b|c])
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import statistics
+import time
+
+import httpx
+
+from benchmarks.latency import MODELS, time_pipeline
+from settings import Settings
+from tests.served import serve
+
+CLIENTS = 8
+# Runners, and the model each is driven through for (b). insta-depth runs on instantid's.
+RUNNER_MODELS = {
+    "sd15_depth": "sd1.5-controlnet-depth",
+    "instantid": "instantid",
+    "flux_depth": "flux-depth-pro",
+}
+BATCHING_OFF = {
+    "DEPTHID_SD15_MAX_BATCH_SIZE": "1",
+    "DEPTHID_INSTANTID_MAX_BATCH_SIZE": "1",
+    "DEPTHID_FLUX_MAX_BATCH_SIZE": "1",
+}
+
+
+def spread(values: list[float], unit: str = "ms", scale: float = 1000.0) -> str:
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return (
+        f"min {low * scale:8.2f} {unit}  median {mid * scale:8.2f} {unit}  "
+        f"max {high * scale:8.2f} {unit}"
+    )
+
+
+def post(client: httpx.Client, model: str, body: dict) -> httpx.Response:
+    response = client.post(f"/v1/{model}", json=body)
+    response.raise_for_status()
+    return response
+
+
+# --- (a) Gateway overhead ---------------------------------------------------------------------
+
+
+def http_times(base_url: str, model: str, runs: int, warmup: int) -> list[float]:
+    body = MODELS[model][2]()
+    times = []
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        for i in range(warmup + runs):
+            start = time.perf_counter()
+            post(client, model, body)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def gateway_overhead(base_url: str, rounds: int, runs: int) -> None:
+    print(f"(a) Gateway overhead: median v1 end to end - median pipeline, {runs} requests a round")
+    for model in MODELS:
+        overheads = []
+        for _ in range(rounds):
+            direct = statistics.median(time_pipeline(model, runs, warmup=2))
+            over_http = statistics.median(http_times(base_url, model, runs, warmup=2))
+            overheads.append(over_http - direct)
+        print(f"  {model:<24} {spread(overheads)}   (target <= 10 ms)")
+
+
+# --- (b) adaptive batching --------------------------------------------------------------------
+
+
+def throughput(base_url: str, model: str, requests: int) -> float:
+    """Requests per second from CLIENTS clients sending `requests` requests in all."""
+    body = MODELS[model][2]()
+    # Distinct seeds: nothing is cached, every request is a generation of its own.
+    bodies = [{**body, "seed": seed} for seed in range(requests)]
+    with (
+        httpx.Client(base_url=base_url, timeout=300) as client,
+        concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool,
+    ):
+        start = time.perf_counter()
+        list(pool.map(lambda b: post(client, model, b), bodies))
+        return requests / (time.perf_counter() - start)
+
+
+def measure_throughputs(base_url: str, rounds: int, requests: int) -> dict[str, list[float]]:
+    figures: dict[str, list[float]] = {}
+    for runner, model in RUNNER_MODELS.items():
+        # BentoML's dispatcher times its first calls one by one before it batches: warm up.
+        throughput(base_url, model, 2 * CLIENTS)
+        figures[runner] = [throughput(base_url, model, requests) for _ in range(rounds)]
+    return figures
+
+
+def batching_gain(rounds: int, requests: int) -> None:
+    print(f"(b) Adaptive batching: {CLIENTS} clients, {requests} v1 requests a round")
+    with serve() as base_url:
+        on = measure_throughputs(base_url, rounds, requests)
+    with serve(env=BATCHING_OFF) as base_url:
+        off = measure_throughputs(base_url, rounds, requests)
+    for runner in RUNNER_MODELS:
+        ratios = [a / b for a, b in zip(on[runner], off[runner], strict=True)]
+        print(f"  {runner:<12} batching on   {spread(on[runner], 'req/s', 1)}")
+        print(f"  {'':<12} max batch 1   {spread(off[runner], 'req/s', 1)}")
+        print(f"  {'':<12} gain          {spread(ratios, 'x', 1)}   (target >= 1.8x)")
+
+
+# --- (c) v2 queue time ------------------------------------------------------------------------
+
+
+def run_v2_jobs(client: httpx.Client, model: str, count: int) -> list[float]:
+    """Submit `count` jobs at once, poll until all are done; their queue times."""
+    body = MODELS[model][2]()
+    ids = []
+    for seed in range(count):
+        response = client.post(f"/v2/{model}", json={**body, "seed": seed})
+        response.raise_for_status()
+        ids.append(response.json()["request_id"])
+    queue_times: dict[str, float] = {}
+    while len(queue_times) < count:
+        for request_id in ids:
+            if request_id in queue_times:
+                continue
+            response = client.get(f"/v2/requests/{request_id}")
+            if response.status_code == 200:
+                queue_times[request_id] = response.json()["metrics"]["queue_time"]
+            elif response.status_code != 202:
+                raise RuntimeError(f"v2 job {request_id}: {response.status_code} {response.text}")
+        time.sleep(0.02)
+    return list(queue_times.values())
+
+
+def v2_queue_time(rounds: int, load: int) -> None:
+    model = "sd1.5-controlnet-depth"
+    print(f"(c) v2 queue time ({model}): median of a round; idle = one job at a time")
+    with serve() as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+        run_v2_jobs(client, model, 2)  # warm up
+        idle = [
+            statistics.median([run_v2_jobs(client, model, 1)[0] for _ in range(5)])
+            for _ in range(rounds)
+        ]
+        loaded = [statistics.median(run_v2_jobs(client, model, load)) for _ in range(rounds)]
+    print(f"  at idle          {spread(idle)}")
+    print(f"  {load} at once    {spread(loaded)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=15, help="(a): requests per round")
+    parser.add_argument("--requests", type=int, default=48, help="(b): requests per round")
+    parser.add_argument("--load", type=int, default=32, help="(c): jobs at once under load")
+    parser.add_argument("--part", action="append", choices=["a", "b", "c"], help="repeatable")
+    args = parser.parse_args()
+    parts = args.part or ["a", "b", "c"]
+
+    from models.build import build_tiny
+
+    build_tiny(Settings(profile="tiny", device="cpu"), log=lambda _line: None)
+    print(f"tiny profile, CPU; {args.rounds} rounds per figure")
+    if "a" in parts:
+        with serve() as base_url:
+            gateway_overhead(base_url, args.rounds, args.runs)
+    if "b" in parts:
+        batching_gain(args.rounds, args.requests)
+    if "c" in parts:
+        v2_queue_time(args.rounds, args.load)
+
+
+if __name__ == "__main__":
+    main()

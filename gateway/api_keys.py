@@ -1,0 +1,264 @@
+"""API keys: who is calling. The keys file, the `x-api-key` check (401) and a CLI to make keys.
+
+Off unless `DEPTHID_API_KEYS_FILE` names a keys file; then every /v1 and /v2 route needs a
+known key (health, metrics, /docs and /openapi.json stay open). The file holds only each key's
+SHA-256, never the key:
+
+    {"keys": [{"name": "team-a", "sha256": "<64 hex digits>", "models": ["instantid"],
+               "credits": 100000, "requests_per_minute": 120, "concurrent_jobs": 8}]}
+
+`name` is the tenant id of logs, metrics and the credit ledger; everything after `sha256` is
+optional (all models; no credit limit; the settings' per-key limits). Why a plain SHA-256 and
+not a slow password hash: the keys are 256-bit random strings (`new` below), so a leaked file
+cannot be brute-forced back into keys, which is all a slow hash buys for guessable passwords;
+and a fast hash keeps the check per request at microseconds, a dictionary lookup by hash that
+never compares secrets character by character.
+
+    python -m gateway.api_keys new --name team-a [--models M ...] [--credits N]
+prints a new key once, and the entry to add to the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import ApiError
+from gateway.model_specs import MODEL_SPECS
+from settings import Settings
+
+HEADER = "x-api-key"
+KEY_PREFIX = "did_"  # makes a DepthID key recognisable (secret scanners, support tickets)
+KEY_BYTES = 32  # 256 random bits
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # safe in Redis keys, logs and labels
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+ANONYMOUS = "anonymous"  # the one tenant when keys are off; reserved, never a key's name
+
+# Declares the header in the OpenAPI schema (an "Authorize" button in /docs); the check is ours.
+api_key_header = APIKeyHeader(
+    name=HEADER,
+    auto_error=False,
+    description="Your API key (needed when the server has API keys configured).",
+)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A caller as the limits and the ledger see it: a key's entry with the defaults filled in."""
+
+    name: str
+    models: frozenset[str] | None  # None: every model
+    credits: int | None  # None: no credit limit (the ledger is not used)
+    requests_per_minute: int  # 0: no limit
+    concurrent_jobs: int  # 0: no limit
+
+
+# When keys are off: everyone is this tenant, with no credits and no per-key limits.
+NO_KEYS_TENANT = Tenant(
+    name=ANONYMOUS, models=None, credits=None, requests_per_minute=0, concurrent_jobs=0
+)
+
+
+class ApiKeysFileError(Exception):
+    """The keys file cannot be used; the message says which file and why."""
+
+
+class KeyEntry(BaseModel):
+    """One entry of the keys file."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
+    name: str
+    sha256: str
+    models: list[str] | None = Field(default=None, min_length=1)
+    credits: int | None = Field(default=None, ge=0)
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    concurrent_jobs: int | None = Field(default=None, ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not SHA256_HEX.fullmatch(value.lower()):
+            raise ValueError("must be the key's SHA-256 as 64 hex digits, not the key itself")
+        return value.lower()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not NAME.fullmatch(value):
+            raise ValueError("1 to 64 letters, digits, '.', '_' or '-', not starting with . _ -")
+        if value == ANONYMOUS:
+            raise ValueError(f"'{ANONYMOUS}' is reserved for the server without keys")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(MODEL_SPECS))
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; models are {sorted(MODEL_SPECS)}")
+        return value
+
+
+class KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[KeyEntry] = Field(min_length=1)
+
+
+def hash_key(key: str) -> str:
+    """The form a key is stored and looked up in: its SHA-256, as hex."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class KeyRing:
+    """The configured keys, looked up by hash."""
+
+    def __init__(self, tenants_by_hash: dict[str, Tenant]) -> None:
+        self._by_hash = tenants_by_hash
+
+    def find(self, key: str) -> Tenant | None:
+        return self._by_hash.get(hash_key(key))
+
+    @classmethod
+    def load(cls, path: Path, settings: Settings) -> KeyRing:
+        """Read and check the keys file; any problem is an ApiKeysFileError naming it."""
+        where = f"API keys file {path} (DEPTHID_API_KEYS_FILE)"
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ApiKeysFileError(f"{where}: cannot be read: {exc}") from exc
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ApiKeysFileError(f"{where}: is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ApiKeysFileError(f'{where}: must be a JSON object: {{"keys": [...]}}')
+        try:
+            entries = KeysFile.model_validate(data).keys
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise ApiKeysFileError(f"{where}: {problems}") from exc
+        for field in ("name", "sha256"):
+            values = [getattr(entry, field) for entry in entries]
+            duplicates = sorted({value for value in values if values.count(value) > 1})
+            if duplicates:
+                shown = duplicates if field == "name" else [d[:12] + "…" for d in duplicates]
+                raise ApiKeysFileError(f"{where}: the same {field} twice: {shown}")
+        return cls({entry.sha256: tenant_of(entry, settings) for entry in entries})
+
+
+def tenant_of(entry: KeyEntry, settings: Settings) -> Tenant:
+    """A key's entry with the settings' defaults for what it leaves out."""
+    return Tenant(
+        name=entry.name,
+        models=frozenset(entry.models) if entry.models is not None else None,
+        credits=entry.credits,
+        requests_per_minute=(
+            entry.requests_per_minute
+            if entry.requests_per_minute is not None
+            else settings.key_requests_per_minute
+        ),
+        concurrent_jobs=(
+            entry.concurrent_jobs
+            if entry.concurrent_jobs is not None
+            else settings.key_concurrent_jobs
+        ),
+    )
+
+
+def load_key_ring(settings: Settings) -> KeyRing | None:
+    """The configured keys, or None when keys are off (no DEPTHID_API_KEYS_FILE)."""
+    if settings.api_keys_file is None:
+        return None
+    return KeyRing.load(settings.api_keys_file, settings)
+
+
+async def authenticate(
+    request: Request, key: Annotated[str | None, Security(api_key_header)]
+) -> Tenant:
+    """The caller's tenant (a route dependency): with keys configured, the `x-api-key` header
+    must name a known key, else 401. The key itself is never logged or echoed."""
+    ring: KeyRing | None = request.app.state.api_keys
+    if ring is None:
+        tenant = NO_KEYS_TENANT
+    elif not key:
+        raise ApiError(401, f"an API key is required: send it in the {HEADER} header")
+    elif (found := ring.find(key)) is None:
+        raise ApiError(401, "unknown API key")
+    else:
+        tenant = found
+    request.state.tenant = tenant.name  # for logs and metrics
+    return tenant
+
+
+Authenticated = Annotated[Tenant, Depends(authenticate)]
+
+
+def authorize(tenant: Tenant, model: str) -> None:
+    """403 when the key is limited to some models and `model` is not one of them."""
+    if tenant.models is not None and model not in tenant.models:
+        allowed = ", ".join(sorted(tenant.models))
+        raise ApiError(403, f"this API key may not use '{model}'; it may use: {allowed}")
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.api_keys", description="Make DepthID API keys."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    new = commands.add_parser("new", help="make a key: prints it once, and its file entry")
+    new.add_argument("--name", required=True, help="tenant id (logs, metrics, credit ledger)")
+    new.add_argument("--models", nargs="+", help="models it may use (default: all)")
+    new.add_argument("--credits", type=int, help="credits it may spend (default: no limit)")
+    new.add_argument("--requests-per-minute", type=int, help="override the setting's default")
+    new.add_argument("--concurrent-jobs", type=int, help="override the setting's default")
+    args = parser.parse_args(argv)
+
+    key = new_key()
+    fields = {
+        "name": args.name,
+        "sha256": hash_key(key),
+        "models": args.models,
+        "credits": args.credits,
+        "requests_per_minute": args.requests_per_minute,
+        "concurrent_jobs": args.concurrent_jobs,
+    }
+    try:
+        entry = KeyEntry.model_validate(fields)
+    except ValidationError as exc:
+        for error in exc.errors():
+            option = "--" + str(error["loc"][0]).replace("_", "-")
+            print(f"error: {option}: {error['msg']}", file=sys.stderr)
+        return 2
+    print(f"API key for '{entry.name}' (shown only now; hand it over, it cannot be recovered):")
+    print(key)
+    print()
+    print('Add this entry to the "keys" list of the file DEPTHID_API_KEYS_FILE names:')
+    print(json.dumps(entry.model_dump(exclude_none=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The OpenAPI document, held to the contract: every error answer documented with its body.
+
+The routes document what is particular to them (v1.py, v2.py; the answer bodies below). What
+holds for every route is added here, once, to the document FastAPI generates:
+
+- every error answer (4xx, 5xx) has the contract's body, `ERROR_SCHEMA`;
+- request validation answers 400, not FastAPI's default 422 `{"detail": [...]}`, so that
+  default is dropped (a route's own 422, a blocked or FAILED job, stays);
+- every route can answer 500 (an internal fault); a route with a body or parameters can answer
+  400 (a bad one); a body can be 413 (over the size limit); a path parameter that names
+  nothing (a model, a request id) is 404.
+
+tests/test_fuzz.py holds the served API to this document.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path
+from fastapi.openapi.utils import get_openapi
+
+from gateway.model_specs import MODEL_SPECS
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "minLength": 1, "description": "What went wrong, in words."},
+        "details": {
+            "type": "array",
+            "description": "Validation: one entry per bad field.",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+GENERIC_ERRORS = {
+    400: "Malformed JSON, a bad field or parameter, or an undecodable image.",
+    404: "Nothing by that name: unknown model or request id (or an expired one).",
+    413: "Body larger than the configured limit.",
+    500: "An internal fault; the error names the request id it was logged with.",
+}
+FASTAPI_VALIDATION_REF = "#/components/schemas/HTTPValidationError"
+
+# --- answer bodies, for the routes' `responses` ---------------------------------------------
+
+_METRICS = {
+    "type": "object",
+    "required": ["inference_time"],
+    "properties": {
+        "inference_time": {"type": "number", "description": "The runner's compute, seconds."},
+        "queue_time": {"type": "number", "description": "v2: submit to start, seconds."},
+    },
+}
+V1_BASE64_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["image", "images", "seed", "metrics"],
+    "properties": {
+        "image": {"type": "string", "description": "The first image, base64."},
+        "images": {"type": "array", "items": {"type": "string"}, "description": "All, base64."},
+        "seed": {"type": "integer"},
+        "metrics": _METRICS,
+    },
+}
+_STATUS = {"type": "string", "enum": ["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]}
+V2_STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["request_id", "status"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "status": _STATUS,
+        "error": {"type": "string", "description": "Why it failed (FAILED only)."},
+    },
+}
+V2_FAILED_SCHEMA: dict[str, Any] = {
+    # The status body of a FAILED job: also the contract's error body.
+    "type": "object",
+    "required": ["request_id", "status", "error"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["FAILED"]},
+        "error": {"type": "string", "minLength": 1},
+    },
+}
+V2_SUBMITTED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["request_id", "status_url", "response_url", "status"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "status_url": {"type": "string", "description": "Absolute URL of the status route."},
+        "response_url": {"type": "string", "description": "Absolute URL of the result route."},
+        "status": {"type": "string", "enum": ["QUEUED"]},
+    },
+}
+V2_RESULT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["request_id", "status", "output", "seed", "metrics"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["COMPLETED"]},
+        "output": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Image URLs, or base64 images when the request's `base64` was true.",
+        },
+        "seed": {"type": "integer"},
+        "metrics": {**_METRICS, "required": ["inference_time", "queue_time"]},
+    },
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+_FAILED_422 = {
+    "description": "The job FAILED; `error` says why.",
+    "content": _json(V2_FAILED_SCHEMA),
+}
+V2_SUBMIT_OK = {"description": "Queued.", "content": _json(V2_SUBMITTED_SCHEMA)}
+V2_STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "QUEUED, PROCESSING or COMPLETED.", "content": _json(V2_STATUS_SCHEMA)},
+    422: _FAILED_422,
+}
+V2_RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The final body.", "content": _json(V2_RESULT_SCHEMA)},
+    202: {"description": "Not done yet: the status body.", "content": _json(V2_STATUS_SCHEMA)},
+    422: _FAILED_422,
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+V2_OUTPUT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The image bytes, in the request's output format.",
+        "content": {"image/jpeg": _BINARY, "image/png": _BINARY},
+    },
+}
+
+
+# POST /v2/{model} reads its body by hand (its schema depends on the model): documented here.
+V2_MODEL = Annotated[
+    str, Path(description="The model to run.", json_schema_extra={"enum": sorted(MODEL_SPECS)})
+]
+V2_SUBMIT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The same body as `POST /v1/{model}`.",
+        "content": _json(
+            {
+                "anyOf": [
+                    {"$ref": f"#/components/schemas/{spec.request.__name__}"}
+                    for spec in MODEL_SPECS.values()
+                ]
+            }
+        ),
+    }
+}
+
+
+def install(app: FastAPI) -> None:
+    """Serve `contract_openapi(app)` at /openapi.json (built once, on first request)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = contract_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+def contract_openapi(app: FastAPI) -> dict[str, Any]:
+    spec = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            _complete_responses(operation)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR_SCHEMA
+    # Referenced only by the 422s dropped above.
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    return spec
+
+
+def _complete_responses(operation: dict[str, Any]) -> None:
+    responses = operation["responses"]
+    default_422 = responses.get("422", {}).get("content", {}).get("application/json", {})
+    if default_422.get("schema", {}).get("$ref") == FASTAPI_VALIDATION_REF:
+        del responses["422"]
+    parameters = operation.get("parameters", [])
+    has_body = "requestBody" in operation
+    codes = [500]
+    if has_body or parameters:
+        codes.append(400)
+    if has_body:
+        codes.append(413)
+    if any(parameter["in"] == "path" for parameter in parameters):
+        codes.append(404)
+    for code in codes:
+        responses.setdefault(str(code), {"description": GENERIC_ERRORS[code]})
+    for code, response in responses.items():
+        if code[0] in "45" and not response.get("content"):
+            response["content"] = _json(ERROR_REF)

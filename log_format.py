@@ -1,0 +1,95 @@
+"""Log lines of the served processes: one JSON object per line (or plain text), each carrying the
+id of the request it was written for.
+
+The Gateway's middleware sets `request_id_var` for the life of a request and the v2 worker for
+the life of a job, so every line logged meanwhile, by our code, by BentoML (its access line) or
+by a library, names the request. Shared by the Gateway and the runners, like settings.py.
+
+BentoML configures logging in each of its processes before it imports the service, from its
+dict `SERVER_LOGGING_CONFIG`; `configure_logging`, called when the services are imported, puts
+our formatter into that dict and re-applies it, so BentoML's handlers (stdout) keep their place
+and only the format changes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import logging.config
+from datetime import UTC, datetime
+from typing import Literal
+
+from bentoml._internal import log as bentoml_log
+from bentoml._internal.context import server_context
+
+LogFormat = Literal["json", "text"]
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "depthid_request_id", default=None
+)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [request_id=%(request_id)s] %(message)s"
+# Our own code logs at INFO (worker start, runner not ready, requeued jobs); libraries keep
+# BentoML's WARNING.
+PROJECT_LOGGERS = ("gateway", "runners", "models")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, request_id, service."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": request_id_var.get(),
+            # Which BentoML service wrote it (gateway, sd15_depth...): None outside BentoML.
+            "service": server_context.service_name,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """BentoML-like text, with the request id."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.request_id = request_id_var.get() or "-"
+        return super().format(record)
+
+
+FORMATTERS: dict[str, type[logging.Formatter]] = {"json": JsonFormatter, "text": TextFormatter}
+
+
+def configure_logging(log_format: LogFormat) -> None:
+    """Use `log_format` on BentoML's server logging: in its config dict (which it applies again
+    in processes it starts later) and, in a process where it is already applied, right now.
+    Elsewhere (tests, scripts) logging is left as it is."""
+    config = bentoml_log.SERVER_LOGGING_CONFIG
+    config["formatters"]["depthid"] = {"()": FORMATTERS[log_format]}
+    for handler in config["handlers"].values():
+        handler["formatter"] = "depthid"
+    for name in PROJECT_LOGGERS:
+        config["loggers"][name] = {"level": logging.INFO}
+    # Our modules were imported, their loggers made, before this runs: keep them enabled.
+    config["disable_existing_loggers"] = False
+    if _bentoml_server_logging_applied():
+        logging.config.dictConfig(config)
+        logging.captureWarnings(True)  # library warnings become log lines in the same format
+
+
+def _bentoml_server_logging_applied() -> bool:
+    """Whether this process's root logger has BentoML's server handler (its trace filter)."""
+    return any(
+        isinstance(log_filter, bentoml_log.TraceRecordFilter)
+        for handler in logging.getLogger().handlers
+        for log_filter in handler.filters
+    )

@@ -1,0 +1,70 @@
+"""Which jobs share one pipeline call: the runners' half of adaptive batching.
+
+BentoML gathers concurrent calls into one list of jobs. Here every job is cut into one-sample
+rows (sample i seeded with `seed + i`), rows that agree on what a pipeline call holds fixed are
+grouped, and each group runs in calls of at most `max_batch_size` rows, so a request's samples
+count toward the batch and memory stays bounded whoever sends what. The Gateway sends
+one-sample jobs already (same functions), because BentoML's batch size counts list items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+from runners.jobs import GenerationResult
+
+Job = TypeVar("Job", bound=Any)
+
+
+def split_samples(job: Job) -> list[Job]:
+    """The one-sample jobs a job stands for (itself when it is one sample or has no samples)."""
+    samples = getattr(job, "samples", 1)
+    if samples == 1:
+        return [job]
+    return [job.model_copy(update={"samples": 1, "seed": job.seed + i}) for i in range(samples)]
+
+
+def merge_results(job: Any, parts: list[GenerationResult]) -> GenerationResult:
+    """The result of `job` from the results of its one-sample jobs, in sample order: a failure
+    of any sample is the job's failure (samples share their inputs, so they fail alike)."""
+    if len(parts) == 1:
+        return parts[0]
+    failed = next((part for part in parts if part.failure is not None), None)
+    return GenerationResult(
+        request_id=job.request_id,
+        images=[] if failed else [image for part in parts for image in part.images],
+        seed=job.seed,
+        # Samples run side by side in one call or in consecutive ones: the longest is the
+        # time the caller waited for compute.
+        inference_time=max(part.inference_time for part in parts),
+        failure=failed.failure if failed else None,
+        prompt_used=parts[0].prompt_used,
+        batch_size=max(part.batch_size for part in parts),
+    )
+
+
+def run_batched(
+    jobs: list[Job],
+    call_key: Callable[[Job], Hashable],
+    run_call: Callable[[list[Job]], list[GenerationResult]],
+    max_batch_size: int,
+) -> list[GenerationResult]:
+    """One result per job. `run_call` gets one-sample jobs with equal `call_key` (at most
+    `max_batch_size` of them) and answers one result per job, in order."""
+    rows = [row for job in jobs for row in split_samples(job)]
+    groups: dict[Hashable, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(call_key(row), []).append(index)
+    row_results: dict[int, GenerationResult] = {}
+    for indexes in groups.values():
+        for start in range(0, len(indexes), max_batch_size):
+            chunk = indexes[start : start + max_batch_size]
+            results = run_call([rows[i] for i in chunk])
+            row_results.update(zip(chunk, results, strict=True))
+    merged, start = [], 0
+    for job in jobs:
+        count = getattr(job, "samples", 1)
+        merged.append(merge_results(job, [row_results[start + i] for i in range(count)]))
+        start += count
+    return merged

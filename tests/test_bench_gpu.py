@@ -1,0 +1,63 @@
+"""benchmarks/gpu.py at `--scale tiny` on the CPU: the same script as on a GPU, with toy configs,
+so that it cannot rot between the (rare) runs on a GPU. The figures themselves are not tested:
+timings belong in the benchmark; what is checked is that every model and row ran and reported."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from benchmarks import gpu
+from benchmarks.real_configs import REAL, TINY
+
+# Everything but compiling (which takes a minute per model on this CPU), in a few seconds.
+ROWS = ["baseline", "sdpa", "channels_last", "fused_qkv"]
+ARGS = ["--scale", "tiny", "--device", "cpu", "--runs", "1", "--warmup", "0", "--steps", "2"]
+
+
+def test_every_model_and_row_reports_seconds_per_image(capsys):
+    gpu.main([*ARGS, "--rows", ",".join(ROWS), "--batches", "1,2"])
+    out = capsys.readouterr().out
+    for model in gpu.MODELS:
+        assert f"### {model}: 64x64, 2 steps" in out
+    rows = re.findall(r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \(batch ([12])\) \|$", out, re.M)
+    assert [label for label, *_ in rows] == [gpu.ROW_LABELS[row] for row in ROWS] * 4
+    assert all(float(batch_one) > 0 and float(best) > 0 for _, batch_one, best, _ in rows)
+    assert "target" not in out  # targets are for the real sizes on a GPU only
+    assert torch.get_default_dtype() == torch.float32  # building restored it
+
+
+def test_defaults_follow_the_contract_and_the_runners_batch_limits():
+    args = gpu.parse_args(["--scale", "tiny", "--device", "cpu"])
+    assert args.rows == [row for row in gpu.ROWS if row != "xformers"]  # no xformers on a CPU
+    assert args.batches == {
+        "sd1.5-controlnet-depth": [1, 2, 4, 8],
+        "instantid": [1, 2, 4],
+        "insta-depth": [1, 2, 4],
+        "flux-depth-pro": [1, 2],
+    }
+    assert args.size == {"sd15": 64, "sdxl": 64, "flux": 64}
+    defaults = {model: (d.steps, d.guidance) for model, d in gpu.DEFAULTS.items()}
+    assert defaults == {
+        "sd1.5-controlnet-depth": (20, 7.5),
+        "instantid": (10, 5),
+        "insta-depth": (10, 3),
+        "flux-depth-pro": (40, 7),
+    }
+
+
+def test_the_real_scale_refuses_a_machine_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        gpu.parse_args([])
+    assert "the real scale needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_real_and_tiny_configs_have_the_same_structure():
+    """The tiny configs only shrink sizes: same sections, same keys per module."""
+    for family in ("sd15", "sdxl", "flux"):
+        real, tiny = getattr(REAL, family), getattr(TINY, family)
+        for name in real.__dataclass_fields__:
+            assert set(getattr(real, name)) == set(getattr(tiny, name)), f"{family}.{name}"
