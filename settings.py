@@ -25,6 +25,11 @@ FULL_LONG_SIDE = {
     "flux-depth-pro": 1024,
 }
 TINY_LONG_SIDE = 64
+# T5 tokens of the prompt flux attends to: FLUX.1 [dev]'s 512 in `full`. The tiny profile
+# scales it down like its 64 px output: at 512, attention over mostly padding is nearly all of
+# a tiny CPU run, which no real GPU run resembles.
+FULL_FLUX_TEXT_TOKENS = 512
+TINY_FLUX_TEXT_TOKENS = 64
 # flux-depth-pro: the classifier's P(nsfw) at or above which an output is blocked, for
 # safety_tolerance 1 (strictest) .. 6 (most permissive). Calibrated for the `full` profile's
 # Falconsai/nsfw_image_detection; the README's "Content safety" section has the table.
@@ -71,7 +76,9 @@ class Settings(BaseSettings):
     # Most samples one pipeline call holds; 1 switches batching off. A request's samples count.
     sd15_max_batch_size: int = Field(default=8, ge=1)
     instantid_max_batch_size: int = Field(default=4, ge=1)
-    flux_max_batch_size: int = Field(default=2, ge=1)
+    flux_max_batch_size: int = Field(default=4, ge=1)
+    # T5 tokens of the prompt flux attends to; unset: 512 (full), 64 (tiny).
+    flux_max_sequence_length: int | None = Field(default=None, ge=1, le=FULL_FLUX_TEXT_TOKENS)
     # BentoML refuses (503) a queued call it expects to finish later than this: keep it at
     # least the generation deadline, so batching never refuses what the deadline would allow.
     sd15_max_latency_ms: int = Field(default=300_000, ge=1)
@@ -164,6 +171,12 @@ class Settings(BaseSettings):
         if self.output_long_side is not None:
             return self.output_long_side
         return TINY_LONG_SIDE if self.profile == "tiny" else FULL_LONG_SIDE[model]
+
+    def flux_text_tokens(self) -> int:
+        """T5 tokens of the prompt flux attends to: the explicit setting, else the profile's."""
+        if self.flux_max_sequence_length is not None:
+            return self.flux_max_sequence_length
+        return TINY_FLUX_TEXT_TOKENS if self.profile == "tiny" else FULL_FLUX_TEXT_TOKENS
 
     def profile_store(self) -> Path:
         """Folder holding this profile's weights: ``<model_store>/<profile>``."""

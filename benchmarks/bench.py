@@ -67,8 +67,8 @@ def http_times(base_url: str, model: str, runs: int, warmup: int) -> list[float]
     return times
 
 
-def gateway_overhead(base_url: str, rounds: int, runs: int) -> None:
-    print(f"(a) Gateway overhead: median v1 end to end - median pipeline, {runs} requests a round")
+def gateway_overhead(base_url: str, rounds: int, runs: int, label: str) -> None:
+    print(f"(a) Gateway overhead, {label}: median v1 end to end - median pipeline, {runs} requests")
     for model in MODELS:
         overheads = []
         for _ in range(rounds):
@@ -171,8 +171,12 @@ def main() -> None:
     build_tiny(Settings(profile="tiny", device="cpu"), log=lambda _line: None)
     print(f"tiny profile, CPU; {args.rounds} rounds per figure")
     if "a" in parts:
+        # Without batching: the Gateway and the hop alone. With it (the default), one request
+        # at a time also pays BentoML's cork wait, which grows with the waits of past batches.
+        with serve(env=BATCHING_OFF) as base_url:
+            gateway_overhead(base_url, args.rounds, args.runs, "max batch size 1")
         with serve() as base_url:
-            gateway_overhead(base_url, args.rounds, args.runs)
+            gateway_overhead(base_url, args.rounds, args.runs, "adaptive batching on")
     if "b" in parts:
         batching_gain(args.rounds, args.requests)
     if "c" in parts:

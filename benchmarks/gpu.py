@@ -90,11 +90,10 @@ from runners.acceleration import (
     apply_fused_qkv,
 )
 from runners.faces import draw_keypoints, face_region_mask
-from runners.flux_pipeline import MAX_SEQUENCE_LENGTH
 from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
 from runners.schedulers import make_scheduler
-from settings import FULL_LONG_SIDE, TINY_LONG_SIDE, Settings
+from settings import FULL_FLUX_TEXT_TOKENS, FULL_LONG_SIDE, TINY_LONG_SIDE, Settings
 
 SD15, INSTANTID, INSTA_DEPTH, FLUX = (
     "sd1.5-controlnet-depth",
@@ -416,7 +415,7 @@ def build_flux(
             num_inference_steps=steps or defaults.steps,
             guidance_scale=defaults.guidance,
             generator=_generators(device, batch),
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            max_sequence_length=FULL_FLUX_TEXT_TOKENS,
         )
 
     return Family(

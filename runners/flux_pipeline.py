@@ -37,7 +37,6 @@ from settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MAX_SEQUENCE_LENGTH = 512  # T5 tokens of the prompt FLUX.1 [dev] attends to
 SERVED_MODEL = "flux-depth-pro"  # the warm-up generates at its output size
 PROMPT_BLOCKED = "the prompt was blocked by the content filter: it contains {term!r}"
 UPSAMPLED_PROMPT_BLOCKED = (
@@ -81,6 +80,7 @@ class FluxDepthPipeline:
         # serves every request.
         self._lock = threading.Lock()
         self.max_batch_size = settings.flux_max_batch_size
+        self.text_tokens = settings.flux_text_tokens()
         if self.accelerations.warmup:
             accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
         log_accelerations("flux_depth", self.accelerations, accelerated)
@@ -104,7 +104,7 @@ class FluxDepthPipeline:
             width=side,
             num_inference_steps=WARMUP_STEPS,
             generator=torch.Generator(device=self.device).manual_seed(0),
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            max_sequence_length=self.text_tokens,
         ).images[0]
         self.safety.score(image)
 
@@ -193,7 +193,7 @@ class FluxDepthPipeline:
                 generator=[
                     torch.Generator(device=self.device).manual_seed(job.seed) for job in jobs
                 ],
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                max_sequence_length=self.text_tokens,
             ).images
             scores = [self.safety.score(image) for image in images]
         return images, scores

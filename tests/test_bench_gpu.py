@@ -36,7 +36,7 @@ def test_defaults_follow_the_contract_and_the_runners_batch_limits():
         "sd1.5-controlnet-depth": [1, 2, 4, 8],
         "instantid": [1, 2, 4],
         "insta-depth": [1, 2, 4],
-        "flux-depth-pro": [1, 2],
+        "flux-depth-pro": [1, 2, 4],
     }
     assert args.size == {"sd15": 64, "sdxl": 64, "flux": 64}
     defaults = {model: (d.steps, d.guidance) for model, d in gpu.DEFAULTS.items()}
