@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import redis
 
 from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
+from tests.redis_server import redis_server
 from tests.served import serve_process
 
 SERVED_MAX_BODY_BYTES = 1_000_000
@@ -19,6 +21,23 @@ SERVED_ENV = {
     # so the safety checker's decision can be driven from outside the process.
     "DEPTHID_SAFETY_THRESHOLDS": ",".join(str(t) for t in (0.0, *DEFAULT_SAFETY_THRESHOLDS[1:])),
 }
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A redis-server of the module's own (tests/redis_server.py), on a free port."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request) -> dict:
+    """Settings overrides for each job store: in-process memory, and Redis (emptied first)."""
+    if request.param == "memory":
+        return {}
+    url = request.getfixturevalue("redis_url")
+    redis.Redis.from_url(url).flushall()
+    return {"job_store_url": url}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import json
 import logging
 
 import pytest
-import redis
 
 from gateway.api_keys import ApiKeysFileError, main
 from gateway.app import create_app
@@ -28,22 +27,6 @@ from tests.api_key_helpers import (
     write_keys,
 )
 from tests.helpers import RecordingRunner, assert_error, wait_until
-from tests.redis_server import redis_server
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request) -> dict:
-    if request.param == "memory":
-        return {}
-    url = request.getfixturevalue("redis_url")
-    redis.Redis.from_url(url).flushall()
-    return {"job_store_url": url}
 
 
 def test_keys_are_off_by_default():

@@ -24,24 +24,8 @@ from tests.api_key_helpers import (
     write_keys,
 )
 from tests.helpers import assert_error, b64, wait_until
-from tests.redis_server import redis_server
 
 V1, V2 = f"/v1/{SD15}", f"/v2/{SD15}"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request) -> dict:
-    if request.param == "memory":
-        return {}
-    url = request.getfixturevalue("redis_url")
-    redis.Redis.from_url(url).flushall()
-    return {"job_store_url": url}
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from runners.encoding import encode_image
 from runners.jobs import GenerationResult, JobFailure
 from settings import Settings
 from tests.helpers import b64, scene_image, wait_until
-from tests.redis_server import redis_server
 
 MODEL = "sd1.5-controlnet-depth"
 
@@ -54,20 +53,6 @@ class GatedRunner:
             )
             for job in jobs
         ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request, redis_url) -> dict:
-    if request.param == "memory":
-        return {}
-    redis.Redis.from_url(redis_url).flushall()
-    return {"job_store_url": redis_url}
 
 
 @pytest.fixture
