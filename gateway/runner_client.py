@@ -17,7 +17,7 @@ from bentoml.exceptions import BentoMLException
 
 from gateway import metrics
 from gateway.errors import ApiError
-from runners.batching import merge_results, split_samples
+from runners.batching import merge_jobs, split_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +51,17 @@ class RunnerClient:
         """Run `jobs` of `model`, one result each. Sent as one-sample jobs, so that samples
         count toward the runner's batch size (runners/batching.py). Records the generation
         metrics: in flight, time, batch size."""
-        per_job = [split_samples(job) for job in jobs]
         metrics.track_in_flight(model, len(jobs))
         started = time.perf_counter()
         try:
-            results = await self._send([part for parts in per_job for part in parts])
+            results = merge_jobs(jobs, await self._send(split_jobs(jobs)))
         finally:
             metrics.track_in_flight(model, -len(jobs))
         seconds = time.perf_counter() - started
-        merged, start = [], 0
-        for job, parts in zip(jobs, per_job, strict=True):
-            result = merge_results(job, results[start : start + len(parts)])
+        for result in results:
             metrics.observe_generation(model, seconds)
             metrics.observe_batch_size(model, result.batch_size)
-            merged.append(result)
-            start += len(parts)
-        return merged
+        return results
 
     async def _send(self, jobs: list[Any]) -> list[Any]:
         try:

@@ -44,6 +44,21 @@ def merge_results(job: Any, parts: list[GenerationResult]) -> GenerationResult:
     )
 
 
+def split_jobs(jobs: list[Job]) -> list[Job]:
+    """Every job's one-sample jobs, in order."""
+    return [row for job in jobs for row in split_samples(job)]
+
+
+def merge_jobs(jobs: list[Any], row_results: list[GenerationResult]) -> list[GenerationResult]:
+    """One result per job from the results of `split_jobs(jobs)`, in the same order."""
+    merged, start = [], 0
+    for job in jobs:
+        count = getattr(job, "samples", 1)
+        merged.append(merge_results(job, row_results[start : start + count]))
+        start += count
+    return merged
+
+
 def run_batched(
     jobs: list[Job],
     call_key: Callable[[Job], Hashable],
@@ -52,7 +67,7 @@ def run_batched(
 ) -> list[GenerationResult]:
     """One result per job. `run_call` gets one-sample jobs with equal `call_key` (at most
     `max_batch_size` of them) and answers one result per job, in order."""
-    rows = [row for job in jobs for row in split_samples(job)]
+    rows = split_jobs(jobs)
     groups: dict[Hashable, list[int]] = {}
     for index, row in enumerate(rows):
         groups.setdefault(call_key(row), []).append(index)
@@ -62,9 +77,4 @@ def run_batched(
             chunk = indexes[start : start + max_batch_size]
             results = run_call([rows[i] for i in chunk])
             row_results.update(zip(chunk, results, strict=True))
-    merged, start = [], 0
-    for job in jobs:
-        count = getattr(job, "samples", 1)
-        merged.append(merge_results(job, [row_results[start + i] for i in range(count)]))
-        start += count
-    return merged
+    return merge_jobs(jobs, [row_results[i] for i in range(len(rows))])
