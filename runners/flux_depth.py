@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import bentoml
 
-from runners.jobs import FluxDepthJob, GenerationResult
-from runners.service_config import batching_options, runner_service_config
+from runners.jobs import FluxDepthJob
+from runners.service_config import (
+    GenerationResults,
+    batching_options,
+    runner_service_config,
+)
 from settings import get_settings
 
 SETTINGS = get_settings()
@@ -23,7 +27,7 @@ class FluxDepth:
         self.pipeline = FluxDepthPipeline(SETTINGS)
 
     @bentoml.api(**batching_options(SETTINGS.flux_max_batch_size, SETTINGS.flux_max_latency_ms))
-    def generate(self, jobs: list[FluxDepthJob]) -> list[GenerationResult]:
+    def generate(self, jobs: list[FluxDepthJob]) -> GenerationResults:
         """Run the jobs, one result each: jobs that can share a pipeline call share one.
         With adaptive batching, BentoML gathers concurrent calls into one list."""
         return self.pipeline.run_batch(jobs)

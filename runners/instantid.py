@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import bentoml
 
-from runners.jobs import GenerationResult, InstantIDJob
-from runners.service_config import batching_options, runner_service_config
+from runners.jobs import InstantIDJob
+from runners.service_config import (
+    GenerationResults,
+    batching_options,
+    runner_service_config,
+)
 from settings import get_settings
 
 SETTINGS = get_settings()
@@ -25,7 +29,7 @@ class InstantID:
     @bentoml.api(
         **batching_options(SETTINGS.instantid_max_batch_size, SETTINGS.instantid_max_latency_ms)
     )
-    def generate(self, jobs: list[InstantIDJob]) -> list[GenerationResult]:
+    def generate(self, jobs: list[InstantIDJob]) -> GenerationResults:
         """Run the jobs, one result each: jobs that can share a pipeline call share one.
         With adaptive batching, BentoML gathers concurrent calls into one list."""
         return self.pipelines.run_batch(jobs)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import bentoml
 
-from runners.jobs import GenerationResult, SD15DepthJob
-from runners.service_config import batching_options, runner_service_config
+from runners.jobs import SD15DepthJob
+from runners.service_config import (
+    GenerationResults,
+    batching_options,
+    runner_service_config,
+)
 from settings import get_settings
 
 SETTINGS = get_settings()
@@ -23,7 +27,7 @@ class SD15Depth:
         self.pipelines = SD15DepthPipelines(SETTINGS)
 
     @bentoml.api(**batching_options(SETTINGS.sd15_max_batch_size, SETTINGS.sd15_max_latency_ms))
-    def generate(self, jobs: list[SD15DepthJob]) -> list[GenerationResult]:
+    def generate(self, jobs: list[SD15DepthJob]) -> GenerationResults:
         """Run the jobs, one result each: jobs that can share a pipeline call share one.
         With adaptive batching, BentoML gathers concurrent calls into one list."""
         return self.pipelines.run_batch(jobs)

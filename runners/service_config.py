@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from bentoml.validators import ContentType
 
 from log_format import configure_logging
+from runners.jobs import GenerationResult
 from settings import Settings, get_settings
 
 # Every runner module imports this one, in each BentoML process that serves it, once BentoML
@@ -32,3 +35,9 @@ def batching_options(max_batch_size: int, max_latency_ms: int) -> dict[str, Any]
     if max_batch_size == 1:
         return {}
     return {"batchable": True, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}
+
+
+# What every runner's `generate` returns. The media type is stated because BentoML otherwise
+# derives it from the answer's JSON schema, which it rebuilds on every response: about 1.5 ms of
+# the runner's event loop per call. It is the type BentoML derived anyway.
+GenerationResults = Annotated[list[GenerationResult], ContentType("application/json")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import io
 
 import numpy as np
@@ -126,6 +127,27 @@ def test_batching_options_switch_batching_off_at_one():
         "max_batch_size": 8,
         "max_latency_ms": 5000,
     }
+
+
+@pytest.mark.parametrize(
+    ("module", "service"),
+    [("sd15_depth", "SD15Depth"), ("flux_depth", "FluxDepth"), ("instantid", "InstantID")],
+)
+def test_a_runner_answers_without_rebuilding_its_json_schema(module, service, monkeypatch):
+    """BentoML derives an answer's media type from the output's JSON schema, per response,
+    unless the type states it (runners/service_config.GenerationResults)."""
+    from _bentoml_impl.serde import PickleSerde
+
+    runner = getattr(importlib.import_module(f"runners.{module}"), service)
+    output_spec = runner.apis["generate"].output_spec
+
+    def no_schema(*args, **kwargs):
+        raise AssertionError("the JSON schema was rebuilt for a response")
+
+    monkeypatch.setattr(output_spec, "model_json_schema", classmethod(no_schema))
+    result = GenerationResult(request_id="r", images=[b"jpeg"], seed=1, inference_time=0.1)
+    response = asyncio.run(output_spec.to_http_response([result], PickleSerde()))
+    assert response.media_type == "application/json"
 
 
 def test_the_gateway_sends_one_sample_jobs_and_merges_their_results():
