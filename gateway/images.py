@@ -35,14 +35,19 @@ _SIXTEEN_TO_EIGHT_BITS = 1 / 256
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, EXIF orientation applied, fully loaded
+    image: Image.Image  # RGB, EXIF orientation applied, fully loaded (shrunk if asked)
     format: str  # what the caller sent: "JPEG", "PNG" or "WEBP"
-    width: int
+    width: int  # as sent, EXIF orientation applied
     height: int
 
 
-async def load_image(value: str, *, field: str, settings: Settings) -> DecodedImage:
+async def load_image(
+    value: str, *, field: str, settings: Settings, output_long_side: int | None = None
+) -> DecodedImage:
     """Decode an image given as an http(s) URL, a base64 data: URI or bare base64.
+
+    With `output_long_side`, the image is also shrunk for an output of that long side
+    (shrink_for_output); `width` and `height` stay those of the image as sent.
 
     Raises ApiError naming `field`: 400 for anything malformed or not JPEG/PNG/WebP, 413 for
     an image over `max_image_bytes` or `max_image_pixels`.
@@ -50,14 +55,21 @@ async def load_image(value: str, *, field: str, settings: Settings) -> DecodedIm
     text = value.strip()
     if not text:
         raise ApiError.bad_field(field, f"{field} is empty")
+    # Decoding and shrinking a large image take a while: keep them off the event loop, in one
+    # trip to a thread (each trip costs the request a little, even for a small image).
     if _URL_PREFIX.match(text):
         data = await fetch_image_url(text, field=field, settings=settings)
-    else:
-        is_data_uri = text[: len(_DATA_URI_PREFIX)].lower() == _DATA_URI_PREFIX
-        encoded = _data_uri_payload(text, field) if is_data_uri else text
-        data = await asyncio.to_thread(_decode_base64, encoded, field, settings)
-    # Decoding a large image takes a while: keep it off the event loop.
-    return await asyncio.to_thread(decode_image, data, field=field, settings=settings)
+        return await asyncio.to_thread(decode_image, data, field, settings, output_long_side)
+    return await asyncio.to_thread(_decode_inline, text, field, settings, output_long_side)
+
+
+def _decode_inline(
+    text: str, field: str, settings: Settings, output_long_side: int | None
+) -> DecodedImage:
+    """A data: URI or bare base64, decoded. Blocking."""
+    is_data_uri = text[: len(_DATA_URI_PREFIX)].lower() == _DATA_URI_PREFIX
+    encoded = _data_uri_payload(text, field) if is_data_uri else text
+    return decode_image(_decode_base64(encoded, field, settings), field, settings, output_long_side)
 
 
 # Inputs are kept at most this many times the output's long side: enough detail for the runner's
@@ -76,8 +88,11 @@ def shrink_for_output(image: Image.Image, output_long_side: int) -> Image.Image:
     return smaller
 
 
-def decode_image(data: bytes, *, field: str, settings: Settings) -> DecodedImage:
-    """Decode JPEG, PNG or WebP bytes. Blocking: async code runs it in a thread."""
+def decode_image(
+    data: bytes, field: str, settings: Settings, output_long_side: int | None = None
+) -> DecodedImage:
+    """Decode JPEG, PNG or WebP bytes, shrunk for `output_long_side` when given. Blocking:
+    async code runs it in a thread."""
     if len(data) > settings.max_image_bytes:
         raise _too_large(field, settings)
     try:
@@ -103,7 +118,7 @@ def decode_image(data: bytes, *, field: str, settings: Settings) -> DecodedImage
         # Truncated or corrupt data: what Pillow's decoders raise for it.
         raise ApiError.bad_field(field, f"{field} is not a valid image") from exc
     return DecodedImage(
-        image=image,
+        image=image if output_long_side is None else shrink_for_output(image, output_long_side),
         format=FORMAT_ALIASES.get(fmt, fmt),
         width=image.width,
         height=image.height,

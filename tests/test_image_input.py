@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gateway import url_fetch
+from gateway import images, url_fetch
 from gateway.errors import ApiError
 from gateway.images import DecodedImage, load_image
 from gateway.url_fetch import fetch_image_url
@@ -100,6 +100,7 @@ BMP = encode(sample_image(), "BMP")
 CORRUPT = random.Random(1).randbytes(2048)
 TRUNCATED_PNG = noise_png()[: len(noise_png()) * 3 // 5]
 BOMB_PNG = black_png(BOMB_SIDE, BOMB_SIDE)
+LARGE_PNG = encode(sample_image(400, 300), "PNG")
 
 
 # --- a local image host ----------------------------------------------------------------------
@@ -127,6 +128,7 @@ class ImageHandler(BaseHTTPRequestHandler):
         "/corrupt": ("image/png", CORRUPT),
         "/truncated": ("image/png", TRUNCATED_PNG),
         "/bomb": ("image/png", BOMB_PNG),
+        "/large-png": ("image/png", LARGE_PNG),
     }
 
     def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
@@ -595,6 +597,34 @@ def test_exif_orientation_is_applied() -> None:
     # The left (red) half is now on top.
     assert decoded.image.getpixel((16, 4)) == pytest.approx(RED, abs=8)
     assert decoded.image.getpixel((16, 44)) == pytest.approx(BLUE, abs=8)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["base64", "url"])
+def test_shrunk_for_the_output_off_the_event_loop(
+    inline: bool, host: ImageHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shrinking a large photo takes a while: it happens in the decoding thread, so the event
+    loop (every other request) is not held up. The size as sent is kept for the framing."""
+    loop_threads: list[bool] = []
+    shrink = images.shrink_for_output
+
+    def recording_shrink(image: Image.Image, output_long_side: int) -> Image.Image:
+        loop_threads.append(threading.current_thread() is threading.main_thread())
+        return shrink(image, output_long_side)
+
+    monkeypatch.setattr(images, "shrink_for_output", recording_shrink)
+    value = b64(LARGE_PNG) if inline else f"{host.base}/large-png"
+    decoded = asyncio.run(
+        load_image(value, field=FIELD, settings=loopback_settings(), output_long_side=50)
+    )
+    assert loop_threads == [False]
+    assert decoded.image.size == (100, 75)  # INPUT_HEADROOM times the long side
+    assert (decoded.width, decoded.height) == (400, 300)
+    # Never scaled up; without an output size, never shrunk.
+    assert load(b64(LARGE_PNG), Settings()).image.size == (400, 300)
+    assert asyncio.run(
+        load_image(b64(LARGE_PNG), field=FIELD, settings=Settings(), output_long_side=1000)
+    ).image.size == (400, 300)
 
 
 def test_image_is_fully_loaded_rgb() -> None:

@@ -267,6 +267,13 @@ def test_undecodable_image_names_its_field(client, route, make_body, field):
     assert field in payload["error"]
 
 
+def test_both_images_undecodable_names_face_image_first(client):
+    """The two images are decoded side by side; the error is still the first field's."""
+    body = insta_depth_body(face_image=b64(b"no face"), pose_image=b64(b"no pose"))
+    payload = assert_error(client.post(INSTA_DEPTH, json=body), 400, "face_image")
+    assert "pose_image" not in payload["error"]
+
+
 @pytest.mark.parametrize("field", ["face_image", "pose_image"])
 @pytest.mark.parametrize(
     ("route", "make_body"), [(INSTANTID, instantid_body), (INSTA_DEPTH, insta_depth_body)]

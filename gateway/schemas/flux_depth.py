@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import load_image, shrink_for_output
+from gateway.images import load_image
 from gateway.normalize import MAX_SEED, output_size, resolve_seed
 from runners.jobs import FluxDepthJob, OutputFormat
 from settings import Settings
@@ -65,14 +65,15 @@ def media_type(body: FluxDepthRequest) -> str:
 
 
 async def to_job(body: FluxDepthRequest, request_id: str, settings: Settings) -> FluxDepthJob:
-    decoded = await load_image(body.control_image, field="control_image", settings=settings)
-    width, height = output_size(
-        decoded.width, decoded.height, settings.long_side(MODEL), SIZE_MULTIPLE
+    long_side = settings.long_side(MODEL)
+    decoded = await load_image(
+        body.control_image, field="control_image", settings=settings, output_long_side=long_side
     )
+    width, height = output_size(decoded.width, decoded.height, long_side, SIZE_MULTIPLE)
     return FluxDepthJob(
         request_id=request_id,
         prompt=body.prompt,
-        control_image=shrink_for_output(decoded.image, settings.long_side(MODEL)),
+        control_image=decoded.image,
         guidance=body.guidance,
         steps=body.steps,
         seed=resolve_seed(body.seed),

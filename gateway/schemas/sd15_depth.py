@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import load_image, shrink_for_output
+from gateway.images import load_image
 from gateway.normalize import MAX_SEED, output_size, resolve_seed
 from runners.jobs import SD15DepthJob
 from settings import Settings
@@ -54,15 +54,16 @@ class SD15DepthRequest(BaseModel):
 
 
 async def to_job(body: SD15DepthRequest, request_id: str, settings: Settings) -> SD15DepthJob:
-    decoded = await load_image(body.image, field="image", settings=settings)
-    width, height = output_size(
-        decoded.width, decoded.height, settings.long_side(MODEL), SIZE_MULTIPLE
+    long_side = settings.long_side(MODEL)
+    decoded = await load_image(
+        body.image, field="image", settings=settings, output_long_side=long_side
     )
+    width, height = output_size(decoded.width, decoded.height, long_side, SIZE_MULTIPLE)
     return SD15DepthJob(
         request_id=request_id,
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
-        image=shrink_for_output(decoded.image, settings.long_side(MODEL)),
+        image=decoded.image,
         samples=body.samples,
         scheduler=body.scheduler,
         num_inference_steps=body.num_inference_steps,
