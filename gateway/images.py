@@ -42,12 +42,12 @@ class DecodedImage:
 
 
 async def load_image(
-    value: str, *, field: str, settings: Settings, output_long_side: int | None = None
+    value: str, *, field: str, settings: Settings, max_side: int | None = None
 ) -> DecodedImage:
     """Decode an image given as an http(s) URL, a base64 data: URI or bare base64.
 
-    With `output_long_side`, the image is also shrunk for an output of that long side
-    (shrink_for_output); `width` and `height` stay those of the image as sent.
+    With `max_side`, the image is also scaled down so its long side is at most that (`shrink`);
+    `width` and `height` stay those of the image as sent.
 
     Raises ApiError naming `field`: 400 for anything malformed or not JPEG/PNG/WebP, 413 for
     an image over `max_image_bytes` or `max_image_pixels`.
@@ -59,17 +59,15 @@ async def load_image(
     # trip to a thread (each trip costs the request a little, even for a small image).
     if _URL_PREFIX.match(text):
         data = await fetch_image_url(text, field=field, settings=settings)
-        return await asyncio.to_thread(decode_image, data, field, settings, output_long_side)
-    return await asyncio.to_thread(_decode_inline, text, field, settings, output_long_side)
+        return await asyncio.to_thread(decode_image, data, field, settings, max_side)
+    return await asyncio.to_thread(_decode_inline, text, field, settings, max_side)
 
 
-def _decode_inline(
-    text: str, field: str, settings: Settings, output_long_side: int | None
-) -> DecodedImage:
+def _decode_inline(text: str, field: str, settings: Settings, max_side: int | None) -> DecodedImage:
     """A data: URI or bare base64, decoded. Blocking."""
     is_data_uri = text[: len(_DATA_URI_PREFIX)].lower() == _DATA_URI_PREFIX
     encoded = _data_uri_payload(text, field) if is_data_uri else text
-    return decode_image(_decode_base64(encoded, field, settings), field, settings, output_long_side)
+    return decode_image(_decode_base64(encoded, field, settings), field, settings, max_side)
 
 
 # Inputs are kept at most this many times the output's long side: enough detail for the runner's
@@ -77,22 +75,25 @@ def _decode_inline(
 INPUT_HEADROOM = 2
 
 
-def shrink_for_output(image: Image.Image, output_long_side: int) -> Image.Image:
-    """`image`, scaled down (aspect kept) so its long side is at most INPUT_HEADROOM times the
-    output's long side; never scaled up."""
-    limit = INPUT_HEADROOM * output_long_side
-    if max(image.size) <= limit:
+def input_side_limit(output_long_side: int) -> int:
+    """The longest side an input image is kept at, for an output of `output_long_side`."""
+    return INPUT_HEADROOM * output_long_side
+
+
+def shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """`image`, scaled down (aspect kept) so its long side is at most `max_side`; never up."""
+    if max(image.size) <= max_side:
         return image
     smaller = image.copy()
-    smaller.thumbnail((limit, limit), Image.Resampling.LANCZOS)
+    smaller.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return smaller
 
 
 def decode_image(
-    data: bytes, field: str, settings: Settings, output_long_side: int | None = None
+    data: bytes, field: str, settings: Settings, max_side: int | None = None
 ) -> DecodedImage:
-    """Decode JPEG, PNG or WebP bytes, shrunk for `output_long_side` when given. Blocking:
-    async code runs it in a thread."""
+    """Decode JPEG, PNG or WebP bytes, scaled down to `max_side` when given. Blocking: async
+    code runs it in a thread."""
     if len(data) > settings.max_image_bytes:
         raise _too_large(field, settings)
     try:
@@ -118,7 +119,7 @@ def decode_image(
         # Truncated or corrupt data: what Pillow's decoders raise for it.
         raise ApiError.bad_field(field, f"{field} is not a valid image") from exc
     return DecodedImage(
-        image=image if output_long_side is None else shrink_for_output(image, output_long_side),
+        image=image if max_side is None else shrink(image, max_side),
         format=FORMAT_ALIASES.get(fmt, fmt),
         width=image.width,
         height=image.height,

@@ -603,27 +603,27 @@ def test_exif_orientation_is_applied() -> None:
 def test_shrunk_for_the_output_off_the_event_loop(
     inline: bool, host: ImageHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Shrinking a large photo takes a while: it happens in the decoding thread, so the event
+    """Scaling a large photo down takes a while: it happens in the decoding thread, so the event
     loop (every other request) is not held up. The size as sent is kept for the framing."""
     loop_threads: list[bool] = []
-    shrink = images.shrink_for_output
+    shrink = images.shrink
 
-    def recording_shrink(image: Image.Image, output_long_side: int) -> Image.Image:
+    def recording_shrink(image: Image.Image, max_side: int) -> Image.Image:
         loop_threads.append(threading.current_thread() is threading.main_thread())
-        return shrink(image, output_long_side)
+        return shrink(image, max_side)
 
-    monkeypatch.setattr(images, "shrink_for_output", recording_shrink)
+    monkeypatch.setattr(images, "shrink", recording_shrink)
     value = b64(LARGE_PNG) if inline else f"{host.base}/large-png"
     decoded = asyncio.run(
-        load_image(value, field=FIELD, settings=loopback_settings(), output_long_side=50)
+        load_image(value, field=FIELD, settings=loopback_settings(), max_side=100)
     )
     assert loop_threads == [False]
-    assert decoded.image.size == (100, 75)  # INPUT_HEADROOM times the long side
+    assert decoded.image.size == (100, 75)
     assert (decoded.width, decoded.height) == (400, 300)
     # Never scaled up; without an output size, never shrunk.
     assert load(b64(LARGE_PNG), Settings()).image.size == (400, 300)
     assert asyncio.run(
-        load_image(b64(LARGE_PNG), field=FIELD, settings=Settings(), output_long_side=1000)
+        load_image(b64(LARGE_PNG), field=FIELD, settings=Settings(), max_side=1000)
     ).image.size == (400, 300)
 
 

@@ -126,6 +126,25 @@ def test_output_size_follows_the_framing_image(recorder, route, body, expected):
     assert (job.width, job.height) == expected
 
 
+@pytest.mark.parametrize(
+    ("long_side", "kept_side", "output"), [(None, 1280, (64, 64)), (1024, 2048, (512, 1024))]
+)
+def test_large_photos_reach_the_runner_scaled_down(recorder, long_side, kept_side, output):
+    """A phone photo does not travel to the runner (or sit in the v2 store) at full size: face
+    and pose images are kept at twice the output's long side, and never below 1280 px, since
+    the identity is a crop of the face at the image's own resolution."""
+    face = face_picture(3000, 2000, [(1500, 900, 500)])
+    pose = face_picture(1500, 3000, [(700, 900, 300)], body=True)
+    client = make_client(recorder, output_long_side=long_side)
+    body = insta_depth_body(face_image=b64_image(face), pose_image=b64_image(pose))
+    assert client.post(INSTA_DEPTH, json=body).status_code == 200
+    [job] = recorder.jobs
+    assert max(job.face_image.size) == max(job.pose_image.size) == kept_side
+    assert job.face_image.width / job.face_image.height == pytest.approx(1.5, rel=0.01)
+    # The output is framed by the pose image as sent (1:2).
+    assert (job.width, job.height) == output
+
+
 def test_tiny_long_side_is_64(client, recorder):
     assert client.post(INSTA_DEPTH, json=insta_depth_body()).status_code == 200
     assert (recorder.jobs[0].width, recorder.jobs[0].height) == (64, 64)

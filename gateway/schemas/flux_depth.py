@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import load_image
+from gateway.images import input_side_limit, load_image
 from gateway.normalize import MAX_SEED, output_size, resolve_seed
 from runners.jobs import FluxDepthJob, OutputFormat
 from settings import Settings
@@ -67,7 +67,10 @@ def media_type(body: FluxDepthRequest) -> str:
 async def to_job(body: FluxDepthRequest, request_id: str, settings: Settings) -> FluxDepthJob:
     long_side = settings.long_side(MODEL)
     decoded = await load_image(
-        body.control_image, field="control_image", settings=settings, output_long_side=long_side
+        body.control_image,
+        field="control_image",
+        settings=settings,
+        max_side=input_side_limit(long_side),
     )
     width, height = output_size(decoded.width, decoded.height, long_side, SIZE_MULTIPLE)
     return FluxDepthJob(

@@ -43,7 +43,7 @@ class InstaDepthRequest(BaseModel):
 
 
 async def to_job(body: InstaDepthRequest, request_id: str, settings: Settings) -> InstantIDJob:
-    face, pose = await load_faces(body.face_image, body.pose_image, settings)
+    face, pose = await load_faces(body.face_image, body.pose_image, MODEL, settings)
     width, height = framed_size(face, pose, MODEL, settings)
     return InstantIDJob(
         request_id=request_id,

@@ -6,7 +6,7 @@ import asyncio
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import DecodedImage, load_image
+from gateway.images import DecodedImage, input_side_limit, load_image
 from gateway.normalize import MAX_SEED, output_size, resolve_seed
 from gateway.styles import NO_STYLE, StyleName, apply_style
 from runners.jobs import InstantIDJob
@@ -48,16 +48,24 @@ class InstantIDRequest(BaseModel):
     base64: bool = Field(default=False, description="Answer JSON with base64 images.")
 
 
+# Face and pose images are kept at input_side_limit() of the output, but never below this: the
+# identity embedding is a crop of the face at the image's own resolution (the detector looks at a
+# 640 px view of it), and InstantID's reference app resizes face images to 1024-1280 px.
+MIN_FACE_INPUT_SIDE = 1280
+
+
 async def load_faces(
-    face_image: str, pose_image: str | None, settings: Settings
+    face_image: str, pose_image: str | None, model: str, settings: Settings
 ) -> tuple[DecodedImage, DecodedImage | None]:
     """The decoded face image and, when given, pose image, decoded side by side (two URLs are
     fetched at once). When both are faulty, the error is face_image's, as if taken in turn."""
+    max_side = max(input_side_limit(settings.long_side(model)), MIN_FACE_INPUT_SIDE)
+    loading_face = load_image(face_image, field="face_image", settings=settings, max_side=max_side)
     if pose_image is None:
-        return await load_image(face_image, field="face_image", settings=settings), None
+        return await loading_face, None
     face, pose = await asyncio.gather(
-        load_image(face_image, field="face_image", settings=settings),
-        load_image(pose_image, field="pose_image", settings=settings),
+        loading_face,
+        load_image(pose_image, field="pose_image", settings=settings, max_side=max_side),
         return_exceptions=True,
     )
     if isinstance(face, BaseException):
@@ -76,7 +84,7 @@ def framed_size(
 
 
 async def to_job(body: InstantIDRequest, request_id: str, settings: Settings) -> InstantIDJob:
-    face, pose = await load_faces(body.face_image, body.pose_image, settings)
+    face, pose = await load_faces(body.face_image, body.pose_image, MODEL, settings)
     width, height = framed_size(face, pose, MODEL, settings)
     prompt, negative_prompt = apply_style(body.style, body.prompt, body.negative_prompt)
     return InstantIDJob(

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import load_image
+from gateway.images import input_side_limit, load_image
 from gateway.normalize import MAX_SEED, output_size, resolve_seed
 from runners.jobs import SD15DepthJob
 from settings import Settings
@@ -56,7 +56,7 @@ class SD15DepthRequest(BaseModel):
 async def to_job(body: SD15DepthRequest, request_id: str, settings: Settings) -> SD15DepthJob:
     long_side = settings.long_side(MODEL)
     decoded = await load_image(
-        body.image, field="image", settings=settings, output_long_side=long_side
+        body.image, field="image", settings=settings, max_side=input_side_limit(long_side)
     )
     width, height = output_size(decoded.width, decoded.height, long_side, SIZE_MULTIPLE)
     return SD15DepthJob(
