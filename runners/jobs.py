@@ -34,7 +34,9 @@ def _image_from_wire(value: Any) -> Any:
 
 def _image_to_wire(image: Image.Image) -> str:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")  # lossless: the runner sees exactly the decoded pixels
+    # Lossless: the runner sees exactly the decoded pixels. The fastest compression: a 2048 px
+    # photo encodes in about 380 ms instead of 660 for 13% more bytes (v2 submit waits for it).
+    image.save(buffer, format="PNG", compress_level=1)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
