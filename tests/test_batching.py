@@ -17,18 +17,16 @@ import pytest
 from PIL import Image
 
 from runners.batching import merge_results, run_batched, split_samples
-from runners.jobs import FluxDepthJob, GenerationResult, InstantIDJob, JobFailure, SD15DepthJob
+from runners.jobs import FluxDepthJob, GenerationResult, JobFailure, SD15DepthJob
 from runners.service_config import batching_options
+from tests import jobs as shared_jobs
 from tests.face_images import face_picture, payload_face, payload_pose
 from tests.helpers import scene_image
-
-
-def decoded(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+from tests.jobs import instantid_job, pixels
 
 
 def assert_same_image(batched: bytes, alone: bytes) -> None:
-    difference = np.abs(decoded(batched) - decoded(alone))
+    difference = np.abs(pixels(batched) - pixels(alone))
     assert difference.max() <= 1 and (difference > 0).mean() < 0.005
 
 
@@ -48,22 +46,8 @@ def assert_batched_equals_alone(pipeline, jobs, expected_batch_sizes) -> list[Ge
 
 
 def sd15_job(**fields) -> SD15DepthJob:
-    defaults = {
-        "request_id": "r",
-        "prompt": "a house by a lake",
-        "negative_prompt": "blurry",
-        "image": Image.open(io.BytesIO(scene_image(96, 64))),
-        "samples": 1,
-        "scheduler": "UniPC",
-        "num_inference_steps": 4,
-        "guidance_scale": 7.5,
-        "strength": 1.0,
-        "seed": 100,
-        "width": 64,
-        "height": 40,
-        "output_format": "PNG",
-    }
-    return SD15DepthJob(**{**defaults, **fields})
+    """Few steps, and PNG: batched and alone images compare without JPEG's losses."""
+    return shared_jobs.sd15_job(**{"num_inference_steps": 4, "output_format": "PNG", **fields})
 
 
 def test_split_samples_seeds_each_sample_and_merge_restores_the_job():
@@ -214,19 +198,8 @@ def flux(tiny_settings):
 
 
 def flux_job(**fields) -> FluxDepthJob:
-    defaults = {
-        "request_id": "r",
-        "prompt": "a house by a lake",
-        "control_image": Image.open(io.BytesIO(scene_image(96, 64))),
-        "guidance": 7.0,
-        "steps": 4,
-        "seed": 96522,
-        "width": 64,
-        "height": 48,
-        "output_format": "PNG",
-        "safety_tolerance": 6,
-    }
-    return FluxDepthJob(**{**defaults, **fields})
+    """Few steps; the most lenient safety tolerance, so only the blocked prompt is blocked."""
+    return shared_jobs.flux_job(**{"steps": 4, "safety_tolerance": 6, **fields})
 
 
 def test_flux_batch_equals_each_job_alone_and_a_blocked_prompt_fails_alone(flux):
@@ -247,26 +220,6 @@ def instantid(tiny_settings):
     from runners.instantid_pipeline import InstantIDPipelines
 
     return InstantIDPipelines(tiny_settings)
-
-
-def instantid_job(**fields) -> InstantIDJob:
-    defaults = {
-        "request_id": "r",
-        "prompt": "photo of a man",
-        "negative_prompt": "lowquality",
-        "face_image": payload_face(),
-        "samples": 1,
-        "num_inference_steps": 4,
-        "guidance_scale": 5.0,
-        "seed": 1234,
-        "identity_strength": 0.8,
-        "adapter_strength": 0.8,
-        "enhance_face_region": True,
-        "width": 64,
-        "height": 64,
-        "output_format": "PNG",
-    }
-    return InstantIDJob(**{**defaults, **fields})
 
 
 def test_instantid_batch_equals_each_job_alone_with_per_sample_strengths(instantid):

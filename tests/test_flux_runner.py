@@ -14,13 +14,14 @@ from PIL import Image
 from pydantic import ValidationError
 
 from runners.encoding import encode_image
-from runners.jobs import FluxDepthJob
 from runners.prompt_filter import PromptFilter, read_terms
 from runners.safety import is_blocked, threshold_for
 from runners.upsampler import LLMUpsampler, RuleUpsampler, make_upsampler
 from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
 from tests.flux_helpers import drive_score, restored_classifier
 from tests.helpers import scene_image
+from tests.jobs import flux_job as job
+from tests.jobs import pixels
 
 TOLERANCES = range(1, len(DEFAULT_SAFETY_THRESHOLDS) + 1)
 SCORE_MARGIN = 1e-3  # how far either side of a threshold the driven score lands
@@ -33,30 +34,10 @@ def pipeline(tiny_settings):
     return FluxDepthPipeline(tiny_settings)
 
 
-def job(**fields) -> FluxDepthJob:
-    defaults = {
-        "request_id": "t",
-        "prompt": "a house by a lake",
-        "control_image": Image.open(io.BytesIO(scene_image(96, 64))),
-        "guidance": 7.0,
-        "steps": 15,
-        "seed": 96522,
-        "width": 64,
-        "height": 48,
-        "output_format": "PNG",
-        "safety_tolerance": 2,
-    }
-    return FluxDepthJob(**{**defaults, **fields})
-
-
 def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(decode(data).convert("RGB"), dtype=np.int16)
 
 
 # --- the safety classifier, driven to chosen scores (tests/flux_helpers.py) -------------------

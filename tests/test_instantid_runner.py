@@ -17,6 +17,8 @@ from models.store import require_model
 from runners.ip_adapter_attention import FaceAdapterAttnProcessor, SelfAttnProcessor
 from runners.jobs import InstantIDJob
 from tests.face_images import face_picture, payload_face, payload_pose
+from tests.jobs import instantid_job as job
+from tests.jobs import pixels
 
 
 @pytest.fixture(scope="module")
@@ -35,26 +37,6 @@ OTHER_FACE = payload_face()
 OTHER_FACE.paste((250, 250, 250), (90, 95, 166, 108))
 
 
-def job(**fields) -> InstantIDJob:
-    defaults = {
-        "request_id": "t",
-        "prompt": "photo of a man",
-        "negative_prompt": "lowquality",
-        "face_image": FACE,
-        "samples": 1,
-        "num_inference_steps": 4,
-        "guidance_scale": 5.0,
-        "seed": 1234,
-        "identity_strength": 0.8,
-        "adapter_strength": 0.8,
-        "enhance_face_region": True,
-        "width": 64,
-        "height": 64,
-        "output_format": "PNG",
-    }
-    return InstantIDJob(**{**defaults, **fields})
-
-
 def depth_job(**fields) -> InstantIDJob:
     return job(pose_image=POSE, depth_strength=0.5, **fields)
 
@@ -63,10 +45,6 @@ def image_of(pipelines, job_: InstantIDJob, index: int = 0) -> bytes:
     result = pipelines.run(job_)
     assert result.failure is None, result.failure
     return result.images[index]
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
 def differ(a: bytes, b: bytes) -> float:

@@ -10,7 +10,8 @@ from PIL import Image
 
 from runners.jobs import SD15DepthJob
 from runners.schedulers import SCHEDULERS
-from tests.helpers import scene_image
+from tests.jobs import pixels
+from tests.jobs import sd15_job as job
 
 
 @pytest.fixture(scope="module")
@@ -18,28 +19,6 @@ def pipelines(tiny_settings):
     from runners.sd15_pipeline import SD15DepthPipelines
 
     return SD15DepthPipelines(tiny_settings)
-
-
-def job(**fields) -> SD15DepthJob:
-    defaults = {
-        "request_id": "t",
-        "prompt": "a house by a lake",
-        "negative_prompt": "blurry",
-        "image": Image.open(io.BytesIO(scene_image(96, 64))),
-        "samples": 1,
-        "scheduler": "UniPC",
-        "num_inference_steps": 20,
-        "guidance_scale": 7.5,
-        "strength": 1.0,
-        "seed": 1234,
-        "width": 64,
-        "height": 40,
-    }
-    return SD15DepthJob(**{**defaults, **fields})
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
 def test_output_is_a_jpeg_of_the_requested_size(pipelines):
