@@ -3,7 +3,8 @@ a model hub, so nothing is downloaded: the benchmark builds these with random we
 
 Each config is the constructor arguments of the class that loads the real checkpoint, copied
 from the `config.json` of the repository named beside it (keys left at the class's default are
-left out). The benchmark's timings depend on the shapes only, never on the weights' values.
+left out). The schedulers' configs are the real ones that the tiny builders (models/tiny_*.py)
+already hold. The benchmark's timings depend on the shapes only, never on the weights' values.
 
 `TINY` has the same structure shrunk to toy sizes, so `--scale tiny` runs the whole benchmark on
 the CPU in seconds (tests/test_bench_gpu.py); its numbers mean nothing.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from models import tiny_flux, tiny_sd15, tiny_sdxl
 
 Config = dict[str, Any]
 
@@ -140,16 +143,7 @@ REAL = Configs(
         },
         vae={**_SD_VAE, "scaling_factor": 0.18215},
         text_encoder=_CLIP_L,
-        # stable-diffusion-v1-5 scheduler/scheduler_config.json (PNDMScheduler)
-        scheduler={
-            "num_train_timesteps": 1000,
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "set_alpha_to_one": False,
-            "skip_prk_steps": True,
-            "steps_offset": 1,
-        },
+        scheduler=tiny_sd15.SCHEDULER_CONFIG,  # PNDMScheduler
     ),
     sdxl=SDXLConfigs(
         unet={
@@ -187,18 +181,7 @@ REAL = Configs(
             "num_queries": 16,
             "ffn_ratio": 4,
         },
-        # stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json (EulerDiscreteScheduler)
-        scheduler={
-            "num_train_timesteps": 1000,
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "prediction_type": "epsilon",
-            "interpolation_type": "linear",
-            "timestep_spacing": "leading",
-            "steps_offset": 1,
-            "use_karras_sigmas": False,
-        },
+        scheduler=tiny_sdxl.SCHEDULER_CONFIG,  # EulerDiscreteScheduler
     ),
     flux=FluxConfigs(
         # black-forest-labs/FLUX.1-Depth-dev transformer/config.json: FLUX.1 [dev] with the
@@ -241,16 +224,7 @@ REAL = Configs(
             "layer_norm_epsilon": 1e-6,
             "tie_word_embeddings": False,
         },
-        # FLUX.1-Depth-dev scheduler/scheduler_config.json
-        scheduler={
-            "num_train_timesteps": 1000,
-            "shift": 3.0,
-            "use_dynamic_shifting": True,
-            "base_shift": 0.5,
-            "max_shift": 1.15,
-            "base_image_seq_len": 256,
-            "max_image_seq_len": 4096,
-        },
+        scheduler=tiny_flux.SCHEDULER_CONFIG,  # FlowMatchEulerDiscreteScheduler
     ),
 )
 
