@@ -13,7 +13,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Tests start their own redis-server on 127.0.0.1; install it when the machine lacks it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test lint format models redis-server pull bench-latency bench bench-gpu bento loadtest clean
+.PHONY: install serve test lint format models redis-server pull bench-latency bench bench-gpu gpu-memory bento loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ bench: models
 # (benchmarks/gpu.py; ARGS= passes options, e.g. ARGS="--model flux-depth-pro --runs 1").
 bench-gpu: install
 	$(BIN)/python -m benchmarks.gpu $(ARGS)
+
+# Each runner's GPU memory for its weights, computed from the real configs' parameter counts on
+# PyTorch's meta device (benchmarks/gpu_memory.py): the README's "GPU memory" tables.
+gpu-memory: install
+	$(BIN)/python -m benchmarks.gpu_memory
 
 pull: install
 	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full

@@ -518,5 +518,6 @@ def test_the_line_names_each_path():
     line = log_accelerations("sd15_depth", resolved, {**done, "warmup": "on[1.0 s]"}, faces="CPU")
     assert line == (
         "sd15_depth accelerations: dtype=float16 attention=sdpa[unet] channels_last=on[unet] "
-        "fused_qkv=off compile=default[unet] warmup=on[1.0 s] faces=CPU"
+        "fused_qkv=off compile=default[unet] warmup=on[1.0 s] cpu_offload=off vae_tiling=off "
+        "faces=CPU"
     )
