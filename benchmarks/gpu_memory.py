@@ -115,71 +115,77 @@ def depth_estimator() -> Part:
     return Part("depth estimator", count(lambda: DepthAnythingForDepthEstimation(config)), False)
 
 
+def sd15_parts() -> list[Part]:
+    sd15 = REAL.sd15
+    return [
+        Part("UNet", count(lambda: UNet2DConditionModel(**sd15.unet)), True),
+        Part("depth ControlNet", count(lambda: ControlNetModel(**sd15.controlnet)), False),
+        Part("VAE", count(lambda: AutoencoderKL(**sd15.vae)), False),
+        Part(
+            "CLIP-L text encoder",
+            count(lambda: CLIPTextModel(CLIPTextConfig(**sd15.text_encoder))),
+            True,
+        ),
+        depth_estimator(),
+    ]
+
+
+def instantid_parts() -> list[Part]:
+    sdxl = REAL.sdxl
+    unet_xl, resampler = sdxl_unet_with_adapter()
+    return [
+        Part("SDXL UNet + IP-Adapter", unet_xl, True),
+        Part("InstantID Resampler", resampler, False),
+        Part("IdentityNet", count(lambda: ControlNetModel(**sdxl.identitynet)), False),
+        Part("depth ControlNet", count(lambda: ControlNetModel(**sdxl.depth_controlnet)), False),
+        Part("VAE (fp16-fix)", count(lambda: AutoencoderKL(**sdxl.vae)), False),
+        Part(
+            "CLIP-L text encoder",
+            count(lambda: CLIPTextModel(CLIPTextConfig(**sdxl.text_encoder))),
+            True,
+        ),
+        Part(
+            "OpenCLIP-bigG text encoder",
+            count(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**sdxl.text_encoder_2))),
+            True,
+        ),
+        depth_estimator(),
+        Part("face models (antelopev2, fp32)", FACE_MODELS_PARAMETERS, False, FP32),
+    ]
+
+
+def flux_parts() -> list[Part]:
+    flux = REAL.flux
+    t5 = T5Config(**flux.text_encoder_2, is_encoder_decoder=False, use_cache=False)
+    return [
+        Part("Flux transformer", count(lambda: FluxTransformer2DModel(**flux.transformer)), True),
+        Part("T5-XXL encoder", count(lambda: T5EncoderModel(t5)), True),
+        Part(
+            "CLIP-L text encoder",
+            count(lambda: CLIPTextModel(CLIPTextConfig(**flux.text_encoder))),
+            True,
+        ),
+        Part("VAE", count(lambda: AutoencoderKL(**flux.vae)), True),
+        depth_estimator(),
+        Part(
+            "safety classifier (ViT-B/16)",
+            count(lambda: ViTForImageClassification(ViTConfig(**NSFW_VIT))),
+            False,
+        ),
+        Part(
+            "prompt upsampler (Qwen2.5-0.5B)",
+            count(lambda: Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B))),
+            False,
+        ),
+    ]
+
+
 def runners() -> dict[str, list[Part]]:
     """Per runner, the models it holds on the GPU. With model CPU offload the pipeline's text
     encoders and denoiser leave the GPU between uses; ControlNets (they run every step with the
     denoiser), VAEs of pipelines built per call, the face projection and the small models stay.
     """
-    sd15, sdxl, flux = REAL.sd15, REAL.sdxl, REAL.flux
-    unet_xl, resampler = sdxl_unet_with_adapter()
-    t5 = T5Config(**flux.text_encoder_2, is_encoder_decoder=False, use_cache=False)
-    return {
-        "sd15_depth": [
-            Part("UNet", count(lambda: UNet2DConditionModel(**sd15.unet)), True),
-            Part("depth ControlNet", count(lambda: ControlNetModel(**sd15.controlnet)), False),
-            Part("VAE", count(lambda: AutoencoderKL(**sd15.vae)), False),
-            Part(
-                "CLIP-L text encoder",
-                count(lambda: CLIPTextModel(CLIPTextConfig(**sd15.text_encoder))),
-                True,
-            ),
-            depth_estimator(),
-        ],
-        "instantid": [
-            Part("SDXL UNet + IP-Adapter", unet_xl, True),
-            Part("InstantID Resampler", resampler, False),
-            Part("IdentityNet", count(lambda: ControlNetModel(**sdxl.identitynet)), False),
-            Part(
-                "depth ControlNet", count(lambda: ControlNetModel(**sdxl.depth_controlnet)), False
-            ),
-            Part("VAE (fp16-fix)", count(lambda: AutoencoderKL(**sdxl.vae)), False),
-            Part(
-                "CLIP-L text encoder",
-                count(lambda: CLIPTextModel(CLIPTextConfig(**sdxl.text_encoder))),
-                True,
-            ),
-            Part(
-                "OpenCLIP-bigG text encoder",
-                count(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**sdxl.text_encoder_2))),
-                True,
-            ),
-            depth_estimator(),
-            Part("face models (antelopev2, fp32)", FACE_MODELS_PARAMETERS, False, FP32),
-        ],
-        "flux_depth": [
-            Part(
-                "Flux transformer", count(lambda: FluxTransformer2DModel(**flux.transformer)), True
-            ),
-            Part("T5-XXL encoder", count(lambda: T5EncoderModel(t5)), True),
-            Part(
-                "CLIP-L text encoder",
-                count(lambda: CLIPTextModel(CLIPTextConfig(**flux.text_encoder))),
-                True,
-            ),
-            Part("VAE", count(lambda: AutoencoderKL(**flux.vae)), True),
-            depth_estimator(),
-            Part(
-                "safety classifier (ViT-B/16)",
-                count(lambda: ViTForImageClassification(ViTConfig(**NSFW_VIT))),
-                False,
-            ),
-            Part(
-                "prompt upsampler (Qwen2.5-0.5B)",
-                count(lambda: Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B))),
-                False,
-            ),
-        ],
-    }
+    return {"sd15_depth": sd15_parts(), "instantid": instantid_parts(), "flux_depth": flux_parts()}
 
 
 def total_gib(parts: list[Part]) -> float:
