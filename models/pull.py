@@ -259,6 +259,9 @@ def fetch_and_install(
     done = 0
     blobs: dict[str, Path] = {}
     for index, file in enumerate(planned.files, start=1):
+        counter = f"{index}/{len(planned.files)}"
+        if not file.cached:  # a big file takes minutes: say which one
+            log(f"  {planned.name} {counter} {file.path} {_size(file.size)} downloading ...")
         started = time.perf_counter()
         pointer = hf_hub_download(
             checkpoint.repo_id,
@@ -272,7 +275,7 @@ def fetch_and_install(
         seconds = time.perf_counter() - started
         how = "in the cache" if file.cached else f"downloaded in {seconds:.1f}s"
         log(
-            f"  {planned.name} {index}/{len(planned.files)} {file.path} {_size(file.size)} {how} "
+            f"  {planned.name} {counter} {file.path} {_size(file.size)} {how} "
             f"({_size(done)} of {_size(planned.size)})"
         )
     target = model_dir(settings, planned.name)
@@ -320,6 +323,9 @@ def pull(
         if name in failures:
             log(f"{name}: cannot pull: {failures[name]}")
 
+    if not planned:
+        log("nothing to pull")
+        return failures
     total = sum(item.size for item in planned)
     cached = sum(file.size for item in planned for file in item.files if file.cached)
     log(

@@ -98,7 +98,10 @@ def test_pull_prints_sizes_first_and_links_each_file_once(hub: HubStandIn, tmp_p
     )
     first_file = next(i for i, line in enumerate(lines) if "downloaded in" in line)
     assert first_file > 0
-    per_file = [line for line in lines if re.match(r"  (unet|vae) \d/2 ", line)]
+    per_file = [line for line in lines if re.match(r"  (unet|vae) \d/2 .* downloaded in ", line)]
+    starts = [line for line in lines if line.endswith(" downloading ...")]
+    assert starts[1] == f"  unet 2/2 {UNET_FILE} 2.0 MB downloading ..."
+    assert lines.index(starts[1]) < lines.index(per_file[1])
     assert [line.split()[2] for line in per_file] == [
         "config.json",
         "unet/diffusion_pytorch_model.safetensors",
