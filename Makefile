@@ -80,8 +80,9 @@ bench-gpu: install
 gpu-memory: install
 	$(BIN)/python -m benchmarks.gpu_memory
 
+# The full profile's real weights (models/pull.py); RUNNER=instantid pulls one runner's.
 pull: install
-	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full
+	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full $(if $(RUNNER),--runner $(RUNNER))
 
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
 # store; `bentoml containerize depthid:latest` then makes the image (README "Container").

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # torch threads of a runner on the CPU; unset: 1 in `tiny` (its tensors are so small that
     # handing work to a second thread costs more than it saves), torch's default in `full`.
     cpu_threads: int | None = Field(default=None, ge=1)
+    # Runners whose models `python -m models.pull` pulls when run without --runner/--only
+    # (comma-separated, e.g. "instantid,sd15_depth"); empty: every model (the k8s pull Job).
+    pull_runners: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- GPU accelerations (runners/acceleration.py): "auto" = on for CUDA, off on the CPU ---
     attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto: PyTorch's SDPA
@@ -163,6 +166,13 @@ class Settings(BaseSettings):
             raise ValueError("every threshold is a probability in 0..1")
         if any(later < earlier for earlier, later in itertools.pairwise(value)):
             raise ValueError("thresholds must not decrease: tolerance 1 is the strictest")
+        return value
+
+    @field_validator("pull_runners", mode="before")
+    @classmethod
+    def _split_runners(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("url_allowed_networks", mode="before")

@@ -12,11 +12,17 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Checkpoint:
     repo_id: str
-    # A commit sha, so that a pull is reproducible and works offline from a filled HF cache.
+    # A commit sha (40 hex digits), so that a pull is reproducible and works offline from a filled
+    # HF cache; the puller refuses a branch or tag name.
     revision: str
     # File names (or glob patterns) to fetch; the puller checks that each one matched a file.
     allow_patterns: tuple[str, ...]
     description: str
+    # The licence the repository states (README "Licences" lists them all).
+    licence: str = ""
+    # Gated on the Hub: the licence must be accepted at https://huggingface.co/<repo_id> by the
+    # account whose token (HF_TOKEN) pulls it.
+    gated: bool = False
 
 
 # Layouts of real repositories that the runners read and the tiny builds copy.
@@ -51,6 +57,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "vae/diffusion_pytorch_model.fp16.safetensors",
         ),
         description="Stable Diffusion 1.5 (diffusers layout, no safety checker), fp32 + fp16",
+        licence="CreativeML OpenRAIL-M",
     ),
     "sd15-controlnet-depth": Checkpoint(
         repo_id="lllyasviel/control_v11f1p_sd15_depth",
@@ -61,20 +68,20 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "diffusion_pytorch_model.fp16.safetensors",
         ),
         description="ControlNet 1.1 depth for SD 1.5, fp32 + fp16",
+        licence="OpenRAIL",
     ),
     "depth-estimator": Checkpoint(
         repo_id="depth-anything/Depth-Anything-V2-Small-hf",
         revision="5426e4f0f36572d16453bbda7a8389317b1bef99",
         allow_patterns=("config.json", "preprocessor_config.json", "model.safetensors"),
         description="Depth Anything V2 Small (relative depth), Apache-2.0",
+        licence="Apache-2.0",
     ),
     # flux-depth-pro: the diffusers layout of FLUX.1 Depth [dev], text encoders included
     # (CLIP-L and T5-XXL v1.1). Gated: accept the licence on the Hub and set HF_TOKEN to pull.
     "flux-depth-dev": Checkpoint(
         repo_id="black-forest-labs/FLUX.1-Depth-dev",
-        # No commit sha of this repository could be found offline; pin one (the `sha` of
-        # `huggingface_hub.model_info`) before relying on a reproducible pull.
-        revision="main",
+        revision="fb5e9b1bae41b8c8adcea4ea2a87b74dd298f07a",
         allow_patterns=(
             "model_index.json",
             "scheduler/scheduler_config.json",
@@ -92,12 +99,15 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "vae/diffusion_pytorch_model.safetensors",
         ),
         description="FLUX.1 Depth [dev] (diffusers layout), bf16, FLUX.1-dev non-commercial",
+        licence="FLUX.1 [dev] Non-Commercial License",
+        gated=True,
     ),
     "safety-checker": Checkpoint(
         repo_id="Falconsai/nsfw_image_detection",
         revision="04367978d3474804ab1a00a9bd6548b741764069",
         allow_patterns=("config.json", "preprocessor_config.json", "model.safetensors"),
         description="ViT image classifier, labels normal/nsfw (flux-depth-pro), Apache-2.0",
+        licence="Apache-2.0",
     ),
     "prompt-upsampler": Checkpoint(
         repo_id="Qwen/Qwen2.5-0.5B-Instruct",
@@ -112,6 +122,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "vocab.json",
         ),
         description="Qwen2.5 0.5B Instruct, rewrites prompts for prompt_upsampling, Apache-2.0",
+        licence="Apache-2.0",
     ),
     # instantid + insta-depth (runners/instantid.py): one SDXL base for both.
     "sdxl-base": Checkpoint(
@@ -138,40 +149,41 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "vae/config.json",
         ),
         description="Stable Diffusion XL 1.0 base (diffusers layout), CreativeML Open RAIL++-M",
+        licence="CreativeML Open RAIL++-M",
     ),
     "sdxl-vae": Checkpoint(
         repo_id="madebyollin/sdxl-vae-fp16-fix",
         revision="207b116dae70ace3637169f1ddd2434b91b3a8cd",
         allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
         description="SDXL VAE fine-tuned to decode in fp16 without overflow, MIT",
+        licence="MIT",
     ),
     "instantid": Checkpoint(
         repo_id="InstantX/InstantID",
-        # No commit sha of this repository could be found offline; pin one (the `sha` of
-        # `huggingface_hub.model_info`) before relying on a reproducible pull.
-        revision="main",
+        revision="57b32dfee076092ad2930c71fd6d439c2c3b1820",
         allow_patterns=(
             f"{INSTANTID_IDENTITYNET_FOLDER}/config.json",
             f"{INSTANTID_IDENTITYNET_FOLDER}/diffusion_pytorch_model.safetensors",
             INSTANTID_IP_ADAPTER_FILE,
         ),
         description="InstantID: IdentityNet (SDXL ControlNet) + face IP-Adapter, Apache-2.0",
+        licence="Apache-2.0",
     ),
     "sdxl-controlnet-depth": Checkpoint(
         repo_id="diffusers/controlnet-depth-sdxl-1.0",
-        # No commit sha found offline either: pin one before relying on a reproducible pull.
-        revision="main",
+        revision="17bb97973f29801224cd66f192c5ffacf82648b4",
         allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
         description="SDXL depth ControlNet (insta-depth), OpenRAIL++",
+        licence="CreativeML Open RAIL++-M",
     ),
     "face-analysis": Checkpoint(
         # insightface's antelopev2 pack (SCRFD-10G detector, ResNet100 Glint360K ArcFace), as
         # mirrored on the Hub; insightface's own release is not on the Hub. Non-commercial.
         repo_id="DIAMONIK7777/antelopev2",
-        # No commit sha found offline: pin one before relying on a reproducible pull.
-        revision="main",
+        revision="ba0c3e10f4548361eb9a63265d87ce1140ab5a05",
         allow_patterns=(FACE_DETECTOR_FILE, FACE_RECOGNISER_FILE),
         description="insightface antelopev2: face detector + recogniser, research use only",
+        licence="insightface models: non-commercial research only",
     ),
 }
 
