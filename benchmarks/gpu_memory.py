@@ -18,6 +18,7 @@ by onnxruntime in fp32; their size is their parameter count from the published a
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -185,7 +186,18 @@ def runners() -> dict[str, list[Part]]:
     encoders and denoiser leave the GPU between uses; ControlNets (they run every step with the
     denoiser), VAEs of pipelines built per call, the face projection and the small models stay.
     """
-    return {"sd15_depth": sd15_parts(), "instantid": instantid_parts(), "flux_depth": flux_parts()}
+    by_runner = {}
+    for runner, parts in RUNNER_PARTS.items():
+        print(f"counting {runner}'s parameters ...", file=sys.stderr, flush=True)
+        by_runner[runner] = parts()
+    return by_runner
+
+
+RUNNER_PARTS: dict[str, Callable[[], list[Part]]] = {
+    "sd15_depth": sd15_parts,
+    "instantid": instantid_parts,
+    "flux_depth": flux_parts,
+}
 
 
 def total_gib(parts: list[Part]) -> float:
