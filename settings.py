@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
     ] = "max-autotune-no-cudagraphs"
     warmup: Literal["auto", "on", "off"] = "auto"  # one generation at start-up
+    # --- smaller GPUs (README "GPU memory"): off unless asked, as both cost time -------------
+    # diffusers' model CPU offload: each model of a runner's pipeline is on the GPU only while
+    # it runs (flux: the T5 encoder leaves the GPU before the transformer runs).
+    cpu_offload: Literal["on", "off"] = "off"
+    # The VAE decodes (and encodes) in tiles: its memory no longer grows with the image's area.
+    vae_tiling: Literal["on", "off"] = "off"
 
     # --- serving ------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -24,6 +24,7 @@ from runners.acceleration import (
     accelerate,
     guard_finite_decode,
     log_accelerations,
+    place_on_device,
     resolve_accelerations,
     warm_up,
 )
@@ -59,12 +60,13 @@ class SD15DepthPipelines:
             requires_safety_checker=False,
             torch_dtype=self.dtype,
         )
-        base.to(self.device)
+        placed = place_on_device(self.accelerations, base, self.device)
         accelerated = accelerate(
             self.accelerations,
             {"unet": base.unet, "controlnet": controlnet, "vae": base.vae},
             compiled=("unet", "controlnet"),
         )
+        accelerated.update(placed)
         guard_finite_decode(base.vae, "sd15_depth")
         self.components = base.components
         self.scheduler_config = base.scheduler.config
