@@ -127,10 +127,12 @@ class JobFailure(BaseModel):
     """Why a runner produced no images for one job, in terms of the job, not of HTTP.
 
     `invalid_input`: the job's input cannot be used (e.g. no face in `field`);
-    `blocked`: the safety checker blocked the result. The Gateway maps each kind to its code.
+    `blocked`: the safety checker blocked the result; `internal`: the job's pipeline call
+    failed on it alone (runners/batching.py), the runner's log says why. The Gateway maps each
+    kind to its code.
     """
 
-    kind: Literal["invalid_input", "blocked"]
+    kind: Literal["invalid_input", "blocked", "internal"]
     message: str
     field: str | None = None
 
