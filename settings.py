@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     # Items (array elements and object members) of a JSON body, bounded by its commas before it
     # is parsed; room for two prompts of max_string_chars commas.
     max_json_items: int = Field(default=100_000, ge=100)
+    # Slow clients (README "Slow and idle connections"): a request head (request line and
+    # headers) must arrive within this of the connection opening or of its previous answer,
+    # else the connection is closed (gateway/connection_guard.py) ...
+    request_head_timeout_s: float = Field(default=10.0, gt=0)
+    # ... and a request body within this of its head, else 408 (gateway/middleware.py): a
+    # 32 MB body at about 2 Mbit/s.
+    request_body_timeout_s: float = Field(default=120.0, gt=0)
 
     # --- logging (log_format.py) ------------------------------------------------------------
     # "json": one JSON object per line (the served default), "text": BentoML-like lines.

@@ -122,7 +122,17 @@ class RequestContextMiddleware:
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole body, counted as it streams in: a missing or false Content-Length cannot
-        bypass the limit."""
+        bypass the limit; and timed: a body trickling in (a byte every few seconds) is cut off
+        at `request_body_timeout_s` with a 408, the connection closed."""
+        timeout = self.settings.request_body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._read_whole_body(receive)
+        except TimeoutError:
+            message = f"the request body did not arrive within {timeout:g} seconds"
+            raise ApiError(408, message, headers={"Connection": "close"}) from None
+
+    async def _read_whole_body(self, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
         chunks, received = [], 0
         while True:
