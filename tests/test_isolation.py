@@ -247,3 +247,25 @@ def test_v1_answers_500_naming_the_request_id_for_a_job_that_fails_alone(sd15):
         )
     assert answer.status_code == 500
     assert answer.json() == {"error": f"{INTERNAL_FAILURE} (request id crafted-1)"}
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (shared_jobs.sd15_job, "prompt"),
+        (shared_jobs.sd15_job, "negative_prompt"),
+        (shared_jobs.flux_job, "prompt"),
+        (instantid_job, "prompt"),
+        (instantid_job, "negative_prompt"),
+    ],
+)
+def test_a_runner_refuses_a_job_with_a_lone_surrogate_on_receipt(make, field):
+    """Jobs are validated when a runner receives them, each call apart, before BentoML
+    batches them: such a job is refused alone and never reaches a pipeline call."""
+    from pydantic import ValidationError
+
+    job = make()
+    with pytest.raises(ValidationError) as refused:
+        type(job).model_validate(with_surrogate(job, field).model_dump())
+    assert refused.value.errors()[0]["loc"] == (field,)
+    assert type(job).model_validate(job.model_dump()) == job
