@@ -229,7 +229,7 @@ def _configs(scale: str) -> dict[str, Any]:
         },
         "sdxl_controlnet": {**real["sdxl_controlnet"], **sdxl_levels},
         "sdxl_vae": {**real["sdxl_vae"], "layers_per_block": 1},
-        "resampler": {**real["resampler"], "depth": 1},
+        # The Resampler stays real: diffusers' load_ip_adapter assumes its depth of 4.
         "flux_transformer": {
             **real["flux_transformer"],
             "num_layers": 1,
@@ -370,7 +370,8 @@ def _qwen_tokenizer(dest: Path) -> None:
         model_max_length=131072,
     )
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
-    tokenizer.save_pretrained(dest)
+    # In tokenizer_config.json, as the real repository has it (not chat_template.jinja).
+    tokenizer.save_pretrained(dest, save_jinja_files=False)
     regular = {token: index for token, index in vocab.items() if index < QWEN_REGULAR_TOKENS}
     (dest / "vocab.json").write_text(json.dumps(regular, ensure_ascii=False), encoding="utf-8")
     (dest / "merges.txt").write_text(
