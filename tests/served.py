@@ -62,6 +62,7 @@ def serve_process(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # a Ctrl-C in the test run does not reach it directly
     )
+    process.log_path = log.name  # type: ignore[attr-defined]  # read by benchmarks/gpu_check.py
     base_url = f"http://127.0.0.1:{port}"
     try:
         if wait_ready and not wait_until(
