@@ -13,10 +13,10 @@
 5. prints one table: seconds per image, peak GPU memory per runner process (NVML, sampled while
    the requests run), the accelerations each runner logged at start.
 
-The face models are the tiny profile's hand-set detector at both scales (see models/full_store.py),
+The face models are the tiny profile's hand-set detector at both scales (models/full_store.py),
 so the face requests use the shipped payloads, whose faces that detector finds. At `--scale ci`
-the requests ask for the fewest steps the contract allows and the output is 64 px: the figures then mean nothing; what is
-checked is that every step ran.
+the requests ask for the fewest steps the contract allows and the output is 64 px: the figures
+then mean nothing; what is checked is that every step ran.
 """
 
 from __future__ import annotations
@@ -191,8 +191,13 @@ def _bench(model: str, scale: str, device: str, extra: list[str]) -> str:
     print(done.stdout, flush=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench-gpu {model} failed: {done.stderr[-2000:]}")
-    best = re.findall(r"\| ([\d.]+) \(batch (\d+)\) \|$", done.stdout, re.M)
-    return min(best, key=lambda b: float(b[0]))[0] if best else "?"
+    return best_seconds(done.stdout)
+
+
+def best_seconds(bench_output: str) -> str:
+    """The lowest "best batch" seconds per image in benchmarks/gpu.py's tables, or "?"."""
+    best = re.findall(r"\| ([\d.]+) \(batch \d+\) \|$", bench_output, re.M)
+    return min(best, key=float) if best else "?"
 
 
 def table(rows: list[Row], title: str) -> str:
