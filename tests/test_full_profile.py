@@ -70,6 +70,28 @@ def test_the_store_has_the_hub_configs_quirks(full_store):
     assert len(clip) == 49408  # the real vocabulary's size
 
 
+def test_safety_checker_reads_a_string_valued_label2id(full_store):
+    from runners.safety import SafetyChecker
+
+    checker = SafetyChecker(
+        full_store.profile_store() / "safety-checker",
+        torch.device("cpu"),
+        torch.float32,
+        thresholds=full_store.safety_thresholds,
+    )
+    assert checker.unsafe_index == 1
+    assert 0.0 <= checker.score(Image.new("RGB", (64, 48), "teal")) < 0.1  # leans to normal
+
+
+def test_depth_estimator_loads_a_null_max_depth(full_store):
+    from runners.depth import DepthEstimator
+
+    depth = DepthEstimator(
+        full_store.profile_store() / "depth-estimator", torch.device("cpu"), torch.float32
+    )
+    assert depth(Image.new("RGB", (96, 64), "teal"), (64, 48)).size == (64, 48)
+
+
 def _one_image(result, size=(64, 40)) -> None:
     [image] = result.images
     assert Image.open(io.BytesIO(image)).size == size
