@@ -13,7 +13,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -169,14 +168,10 @@ def test_gpu_check_at_the_ci_scale_serves_every_model_through_v1_and_v2(full_sto
     assert printed.count("| COMPLETED |") == 4
 
 
-def test_gpu_check_refuses_the_real_scale_without_cuda():
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--scale", "real", "--device", "cpu"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
+def test_gpu_check_refuses_the_real_scale_without_cuda(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.parse_args(["--scale", "real", "--device", "cpu"])
+    assert exit_.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_gpu_check_reads_the_best_seconds_of_bench_gpus_tables():
