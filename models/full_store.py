@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import sys
 import time
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 
 from models import manifest
+from models.build import builders_fingerprint
 from models.store import install, installed_source, model_dir
 from settings import Settings, get_settings
 
@@ -146,6 +148,14 @@ QWEN_SPECIAL_TOKENS = (
     "<|vision_pad|>",
     "<|image_pad|>",
     "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
 )
 # Qwen2.5's ChatML template without its tool-calling branches (the upsampler sends none).
 QWEN_CHAT_TEMPLATE = (
@@ -622,8 +632,11 @@ def _keep_manifest_files(name: str, folder: Path) -> list[Path]:
 
 
 def source_for(scale: str) -> str:
-    """The `.complete` marker's text: never a repository revision, so a pull replaces it."""
-    return f"models.full_store (random weights, scale {scale})"
+    """The `.complete` marker's text: never a repository revision, so a pull replaces it; with
+    a hash of the writers' code, so a store written by other code is rewritten, never reused."""
+    digest = hashlib.sha256(builders_fingerprint().encode())
+    digest.update(Path(__file__).read_bytes())
+    return f"models.full_store (random weights, scale {scale}) {digest.hexdigest()[:16]}"
 
 
 def write_full_store(
