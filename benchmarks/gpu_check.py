@@ -55,6 +55,7 @@ CI_ENV = {
     "DEPTHID_UPSAMPLER_MAX_NEW_TOKENS": "8",
 }
 POLL_TIMEOUT_S = 900
+START_TIMEOUT_S = 1800  # real-size runners read tens of GB and warm up before /readyz
 
 
 @dataclass
@@ -72,6 +73,8 @@ class GpuMemory:
     """Peak GPU memory per runner process, sampled through NVML while requests run."""
 
     peaks: dict[str, float] = field(default_factory=dict)
+    # The whole device's, for where NVML cannot see the processes (a container's own PIDs).
+    device_peak: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def sample(self, server: subprocess.Popen, interval_s: float = 0.2) -> threading.Thread:
@@ -84,6 +87,8 @@ class GpuMemory:
         def run() -> None:
             while not self._stop.is_set():
                 for handle in handles:
+                    used = pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
+                    self.device_peak = max(self.device_peak or 0.0, used)
                     for app in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                         runner = runners.get(app.pid)
                         if runner and app.usedGpuMemory:
@@ -231,7 +236,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     rows = [Row(model) for model in RUNNER_OF]
     memory = GpuMemory()
     print("gpu-check: serving full (runners load, warm up, then /readyz) ...", flush=True)
-    with serve_process(env=env) as (base_url, server):
+    with serve_process(env=env, start_timeout_s=START_TIMEOUT_S) as (base_url, server):
         if args.device == "cuda":
             memory.sample(server)
         with httpx.Client(base_url=base_url, timeout=POLL_TIMEOUT_S) as client:
@@ -255,6 +260,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
         import torch
 
         device = torch.cuda.get_device_name(0)
+        if memory.device_peak is not None:
+            device += f", peak GPU memory of the whole device {memory.device_peak:.1f} GiB"
     return rows, f"## gpu-check ({args.scale} scale, random weights) on {device}"
 
 

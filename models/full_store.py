@@ -668,6 +668,8 @@ def write_full_store(
             WRITERS[name](staging, configs)
             files = _keep_manifest_files(name, staging)
             megabytes = sum(f.stat().st_size for f in files) / 1e6
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the served runners need the memory the weights were made in
         seconds = time.perf_counter() - started
         log(f"{prefix} {len(files)} files, {megabytes:.0f} MB in {seconds:.1f}s")
     return settings.profile_store()
