@@ -207,6 +207,12 @@ class Settings(BaseSettings):
             return self.flux_max_sequence_length
         return TINY_FLUX_TEXT_TOKENS if self.profile == "tiny" else FULL_FLUX_TEXT_TOKENS
 
+    def resolved_prompt_upsampler(self) -> str:
+        """`llm` or `rules`: `auto` is the language model in `full`, the rules in `tiny`."""
+        if self.prompt_upsampler != "auto":
+            return self.prompt_upsampler
+        return "llm" if self.profile == "full" else "rules"
+
     def profile_store(self) -> Path:
         """Folder holding this profile's weights: ``<model_store>/<profile>``."""
         return self.model_store / self.profile
