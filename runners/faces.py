@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime
 from insightface.app import FaceAnalysis
@@ -29,14 +30,21 @@ DETECTION_THRESHOLD = 0.5
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
-# The keypoint image as InstantID draws it: a limb from each eye and mouth corner to the nose,
-# dimmed, then a dot per point, one colour per point. Sizes are for a 1024-pixel long side.
+# The keypoint image as InstantID's `draw_kps` draws it: from each eye and mouth corner to the
+# nose a filled ellipse (a limb) in that point's colour, dimmed, then a filled circle per point,
+# all at whole-pixel positions. Sizes are the reference's, for a 1024-pixel long side.
 KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
 NOSE = 2
-LIMB_WIDTH_AT_1024 = 8
+LIMB_HALF_WIDTH_AT_1024 = 4  # the reference's stickwidth: the ellipse's minor semi-axis
 DOT_RADIUS_AT_1024 = 10
 LIMB_BRIGHTNESS = 0.6
 REFERENCE_LONG_SIDE = 1024
+
+# InstantID's demo analyses faces on the image resized (up or down) so that its short side is
+# 1024 and then its long side 1280, then cut down to multiples of 64 (its `resize_img`).
+ANALYSIS_SHORT_SIDE = 1024
+ANALYSIS_LONG_SIDE = 1280
+ANALYSIS_MULTIPLE = 64
 
 # enhance_face_region: the IdentityNet acts on the face box grown by this fraction on each side.
 FACE_REGION_PADDING = 0.1
@@ -101,14 +109,21 @@ class FaceAnalyzer:
 
     def largest_face(self, image: Image.Image, embed: bool = True) -> DetectedFace | None:
         """The face with the largest box in `image`, or None when there is none. With `embed`,
-        its identity embedding too (only this face is recognised)."""
-        bgr = _bgr(image)
+        its identity embedding too (only this face is recognised). As InstantID's demo, the
+        face is analysed on the image resized for analysis (`analysis_image`); its box and
+        keypoints come back in `image`'s own pixels."""
+        resized = analysis_image(image)
+        bgr = _bgr(resized)
         chosen = largest(self._detect(bgr))
-        if chosen is None or not embed:
-            return chosen
-        face = Face(bbox=np.asarray(chosen.box), kps=chosen.keypoints)
-        embedding = np.asarray(self._recogniser.get(bgr, face), dtype=np.float32)
-        return DetectedFace(chosen.box, chosen.keypoints, embedding)
+        if chosen is None:
+            return None
+        embedding = None
+        if embed:
+            face = Face(bbox=np.asarray(chosen.box), kps=chosen.keypoints)
+            embedding = np.asarray(self._recogniser.get(bgr, face), dtype=np.float32)
+        scale_x, scale_y = image.width / resized.width, image.height / resized.height
+        scaled = chosen.scaled(scale_x, scale_y)
+        return DetectedFace(scaled.box, scaled.keypoints, embedding)
 
     def _detect(self, bgr: np.ndarray) -> list[DetectedFace]:
         boxes, keypoints = self._detector.detect(bgr)
@@ -116,6 +131,24 @@ class FaceAnalyzer:
             DetectedFace(tuple(float(v) for v in box[:4]), points.astype(np.float32), None)
             for box, points in zip(boxes, keypoints, strict=True)
         ]
+
+
+def analysis_image(image: Image.Image) -> Image.Image:
+    """`image` resized as InstantID's demo resizes a face or pose image before analysis:
+    scaled so that the short side is ANALYSIS_SHORT_SIDE, then so that the long side is
+    ANALYSIS_LONG_SIDE (bilinear, sizes rounded), then resized again to sides cut down to
+    multiples of ANALYSIS_MULTIPLE."""
+    width, height = image.size
+    to_short = ANALYSIS_SHORT_SIDE / min(width, height)
+    width, height = round(to_short * width), round(to_short * height)
+    to_long = ANALYSIS_LONG_SIDE / max(width, height)
+    width, height = round(to_long * width), round(to_long * height)
+    resized = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    cut = (
+        width // ANALYSIS_MULTIPLE * ANALYSIS_MULTIPLE,
+        height // ANALYSIS_MULTIPLE * ANALYSIS_MULTIPLE,
+    )
+    return resized.resize(cut, Image.Resampling.BILINEAR)
 
 
 def _bgr(image: Image.Image) -> np.ndarray:
@@ -129,23 +162,29 @@ def largest(faces: list[DetectedFace]) -> DetectedFace | None:
 
 
 def draw_keypoints(keypoints: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """InstantID's IdentityNet condition: the five keypoints drawn on black, at `size`."""
+    """InstantID's IdentityNet condition: the five keypoints drawn on black, at `size` (W, H).
+
+    At a 1024-pixel long side, pixel for pixel what the reference's `draw_kps` draws; other sizes
+    scale the limb width and dot radius with the long side."""
     width, height = size
     scale = max(width, height) / REFERENCE_LONG_SIDE
-    limb_width = max(1, round(LIMB_WIDTH_AT_1024 * scale))
+    half_width = max(1, round(LIMB_HALF_WIDTH_AT_1024 * scale))
     radius = max(1, round(DOT_RADIUS_AT_1024 * scale))
-    limbs = Image.new("RGB", size)
-    draw = ImageDraw.Draw(limbs)
-    nose = tuple(keypoints[NOSE])
-    for index, point in enumerate(keypoints):
-        if index != NOSE:
-            draw.line([tuple(point), nose], fill=KEYPOINT_COLOURS[index], width=limb_width)
-    image = Image.eval(limbs, lambda value: math.floor(value * LIMB_BRIGHTNESS))
-    draw = ImageDraw.Draw(image)
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    nose_x, nose_y = keypoints[NOSE]
     for index, (x, y) in enumerate(keypoints):
-        box = [x - radius, y - radius, x + radius, y + radius]
-        draw.ellipse(box, fill=KEYPOINT_COLOURS[index])
-    return image
+        if index == NOSE:
+            continue
+        length = math.hypot(x - nose_x, y - nose_y)
+        angle = math.degrees(math.atan2(y - nose_y, x - nose_x))
+        centre = (int((x + nose_x) / 2), int((y + nose_y) / 2))
+        outline = cv2.ellipse2Poly(centre, (int(length / 2), half_width), int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(pixels, outline, KEYPOINT_COLOURS[index])
+    # Dimmed as the reference does it: scaled, then truncated to whole values.
+    pixels = (pixels * LIMB_BRIGHTNESS).astype(np.uint8)
+    for index, (x, y) in enumerate(keypoints):
+        cv2.circle(pixels, (int(x), int(y)), radius, KEYPOINT_COLOURS[index], -1)
+    return Image.fromarray(pixels)
 
 
 def face_region_mask(box: tuple[float, float, float, float], size: tuple[int, int]) -> Image.Image:

@@ -118,9 +118,11 @@ def test_no_face_fails_the_job_naming_the_field(pipelines, job_, field):
 def test_zero_identity_strength_is_no_identitynet(pipelines):
     calls, without = forward_calls(pipelines.identitynet, pipelines, job(identity_strength=0))
     assert calls == 0
-    # Without the IdentityNet the keypoints cannot matter; with it they do.
+    # Without the IdentityNet the keypoints cannot matter; with it they do. (The face box still
+    # would with enhance_face_region: it confines the face attention too.)
     unposed = [
-        image_of(pipelines, job(identity_strength=0, pose_image=p)) for p in (POSE, OTHER_POSE)
+        image_of(pipelines, job(identity_strength=0, pose_image=p, enhance_face_region=False))
+        for p in (POSE, OTHER_POSE)
     ]
     assert unposed[0] == unposed[1]
     calls, with_identity = forward_calls(pipelines.identitynet, pipelines, job())
@@ -132,12 +134,11 @@ def test_zero_identity_strength_is_no_identitynet(pipelines):
 
 
 def test_adapter_strength_scales_the_face_embedding(pipelines):
-    # identity_strength 0 leaves the adapter as the face's only way in.
+    # identity_strength 0 leaves the adapter as the face's only way in; acting everywhere, not
+    # confined to the face box.
     def run(strength: float, face: Image.Image) -> bytes:
-        return image_of(
-            pipelines,
-            job(identity_strength=0, adapter_strength=strength, face_image=face, pose_image=POSE),
-        )
+        fields = {"identity_strength": 0, "enhance_face_region": False, "pose_image": POSE}
+        return image_of(pipelines, job(adapter_strength=strength, face_image=face, **fields))
 
     assert run(0, FACE) == run(0, OTHER_FACE)  # no adapter: the identity cannot matter
     assert differ(run(0.8, FACE), run(0.8, OTHER_FACE)) > 0.5
