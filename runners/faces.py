@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime
 from insightface.app import FaceAnalysis
 from insightface.app.common import Face
-from PIL import Image, ImageDraw
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +32,18 @@ CPU_PROVIDER = "CPUExecutionProvider"
 
 # The keypoint image as InstantID's `draw_kps` draws it: from each eye and mouth corner to the
 # nose a filled ellipse (a limb) in that point's colour, dimmed, then a filled circle per point,
-# all at whole-pixel positions. Sizes are the reference's, for a 1024-pixel long side.
+# all at whole-pixel positions. Sizes in pixels at any image size, as the reference's.
 KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
 NOSE = 2
-LIMB_HALF_WIDTH_AT_1024 = 4  # the reference's stickwidth: the ellipse's minor semi-axis
-DOT_RADIUS_AT_1024 = 10
+LIMB_HALF_WIDTH = 4  # the reference's stickwidth: the ellipse's minor semi-axis
+DOT_RADIUS = 10
 LIMB_BRIGHTNESS = 0.6
-REFERENCE_LONG_SIDE = 1024
 
 # InstantID's demo analyses faces on the image resized (up or down) so that its short side is
 # 1024 and then its long side 1280, then cut down to multiples of 64 (its `resize_img`).
 ANALYSIS_SHORT_SIDE = 1024
 ANALYSIS_LONG_SIDE = 1280
 ANALYSIS_MULTIPLE = 64
-
-# enhance_face_region: the IdentityNet acts on the face box grown by this fraction on each side.
-FACE_REGION_PADDING = 0.1
 
 
 @dataclass(frozen=True)
@@ -162,14 +158,9 @@ def largest(faces: list[DetectedFace]) -> DetectedFace | None:
 
 
 def draw_keypoints(keypoints: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """InstantID's IdentityNet condition: the five keypoints drawn on black, at `size` (W, H).
-
-    At a 1024-pixel long side, pixel for pixel what the reference's `draw_kps` draws; other sizes
-    scale the limb width and dot radius with the long side."""
+    """InstantID's IdentityNet condition: the five keypoints drawn on black, at `size` (W, H),
+    pixel for pixel what the reference's `draw_kps` draws."""
     width, height = size
-    scale = max(width, height) / REFERENCE_LONG_SIDE
-    half_width = max(1, round(LIMB_HALF_WIDTH_AT_1024 * scale))
-    radius = max(1, round(DOT_RADIUS_AT_1024 * scale))
     pixels = np.zeros((height, width, 3), dtype=np.uint8)
     nose_x, nose_y = keypoints[NOSE]
     for index, (x, y) in enumerate(keypoints):
@@ -178,20 +169,26 @@ def draw_keypoints(keypoints: np.ndarray, size: tuple[int, int]) -> Image.Image:
         length = math.hypot(x - nose_x, y - nose_y)
         angle = math.degrees(math.atan2(y - nose_y, x - nose_x))
         centre = (int((x + nose_x) / 2), int((y + nose_y) / 2))
-        outline = cv2.ellipse2Poly(centre, (int(length / 2), half_width), int(angle), 0, 360, 1)
+        axes = (int(length / 2), LIMB_HALF_WIDTH)
+        outline = cv2.ellipse2Poly(centre, axes, int(angle), 0, 360, 1)
         cv2.fillConvexPoly(pixels, outline, KEYPOINT_COLOURS[index])
     # Dimmed as the reference does it: scaled, then truncated to whole values.
     pixels = (pixels * LIMB_BRIGHTNESS).astype(np.uint8)
     for index, (x, y) in enumerate(keypoints):
-        cv2.circle(pixels, (int(x), int(y)), radius, KEYPOINT_COLOURS[index], -1)
+        cv2.circle(pixels, (int(x), int(y)), DOT_RADIUS, KEYPOINT_COLOURS[index], -1)
     return Image.fromarray(pixels)
 
 
-def face_region_mask(box: tuple[float, float, float, float], size: tuple[int, int]) -> Image.Image:
-    """A mask (L, 255 inside) of the face box grown by FACE_REGION_PADDING on each side."""
+def face_region_mask(
+    box: tuple[float, float, float, float], size: tuple[int, int], padding: float
+) -> Image.Image:
+    """A mask (L, 255 inside) at `size` of the face box grown by `padding` (a fraction of its
+    width and height) on each side. Pixels as InstantID's demo marks them: from the corners cut
+    to whole pixels, the far edges left out."""
     x1, y1, x2, y2 = box
-    pad_x, pad_y = (x2 - x1) * FACE_REGION_PADDING, (y2 - y1) * FACE_REGION_PADDING
-    mask = Image.new("L", size, 0)
-    region = [x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y]
-    ImageDraw.Draw(mask).rectangle(region, fill=255)
-    return mask
+    pad_x, pad_y = (x2 - x1) * padding, (y2 - y1) * padding
+    left, top = max(0, int(x1 - pad_x)), max(0, int(y1 - pad_y))
+    right, bottom = max(0, int(x2 + pad_x)), max(0, int(y2 + pad_y))
+    pixels = np.zeros((size[1], size[0]), dtype=np.uint8)
+    pixels[top:bottom, left:right] = 255
+    return Image.fromarray(pixels)

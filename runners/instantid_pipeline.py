@@ -107,6 +107,7 @@ class InstantIDPipelines:
         # same device.
         self._lock = threading.Lock()
         self.max_batch_size = settings.instantid_max_batch_size
+        self.face_region_padding = settings.face_region_padding
         if self.accelerations.warmup:
             accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
         log_accelerations(
@@ -125,7 +126,8 @@ class InstantIDPipelines:
         face detector runs on a blank picture (no face, so the recogniser waits for a request)."""
         size = (side, side)
         blank = Image.new("RGB", size)
-        mask = face_region_mask((side / 4, side / 4, 3 * side / 4, 3 * side / 4), size)
+        box = (side / 4, side / 4, 3 * side / 4, 3 * side / 4)
+        mask = face_region_mask(box, size, self.face_region_padding)
         self.faces.largest_face(blank)
         keypoints = np.array([[0.4, 0.4], [0.6, 0.4], [0.5, 0.5], [0.4, 0.6], [0.6, 0.6]]) * side
         controls = [
@@ -244,7 +246,9 @@ class InstantIDPipelines:
         # Faces were found on the input image; the output has its aspect ratio at another size.
         face = pose_face.scaled(row.width / framing.width, row.height / framing.height)
         # enhance_face_region: the IdentityNet and the face attention act on the face alone.
-        mask = face_region_mask(face.box, size) if row.enhance_face_region else None
+        mask = None
+        if row.enhance_face_region:
+            mask = face_region_mask(face.box, size, self.face_region_padding)
         return Sample(
             prompt=row.prompt,
             negative_prompt=row.negative_prompt,
