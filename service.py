@@ -13,6 +13,7 @@ from typing import Any
 
 import bentoml
 
+from gateway import connection_guard
 from gateway.app import create_app
 from gateway.middleware import JsonErrorBodies
 from gateway.runner_client import RunnerClient
@@ -25,6 +26,8 @@ from settings import get_settings
 settings = get_settings()
 configure_logging(settings.log_format)  # BentoML's logging, our format (log_format.py)
 app = create_app(settings)
+# Request heads that never end close their connection; uvicorn's own 400s answer JSON.
+connection_guard.install(settings.request_head_timeout_s)
 
 
 @bentoml.service(

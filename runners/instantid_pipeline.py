@@ -27,6 +27,7 @@ from runners.acceleration import (
     accelerate,
     guard_finite_decode,
     log_accelerations,
+    place_on_device,
     resolve_accelerations,
     warm_up,
 )
@@ -72,7 +73,8 @@ class InstantIDPipelines:
             image_encoder_folder=None,
         )
         self.face_projection = use_per_call_scale(base.unet)
-        base.to(self.device)
+        placed = place_on_device(self.accelerations, base, self.device)
+        # Detached from the UNet (use_per_call_scale) and small: on the device at all times.
         self.face_projection.to(self.device, self.dtype)
         self.components = {
             name: module
@@ -96,6 +98,7 @@ class InstantIDPipelines:
             },
             compiled=("unet", "identitynet", "depth_controlnet"),
         )
+        accelerated.update(placed)
         guard_finite_decode(vae, "instantid")
         self.depth = DepthEstimator(
             require_model(settings, "depth-estimator"), self.device, self.dtype

@@ -173,14 +173,15 @@ def encode_sdxl(
     text_encoder_2: PreTrainedModel,
     prompt: str,
     negative_prompt: str,
+    device: torch.device,
 ) -> SDXLEmbeddings:
     """One sample's prompt and negative prompt, as InstantID's demo encodes them.
 
     The reference feeds both encoders the first tokenizer's ids (the second tokenizer splits runs
     of "!" differently); each chunk alone, batch of one, so a sample encodes the same in any
-    batch."""
+    batch. `device`: where the encoders run (with model CPU offload, where the hooks move them).
+    """
     tokens = _tokenize(tokenizer, prompt, negative_prompt, pad_to_window=False)
-    device = text_encoder.device
 
     def encode(chunks: list[list[int]], weights: list[list[float]]) -> tuple[torch.Tensor, ...]:
         hidden_chunks, pooled = [], None
@@ -203,11 +204,11 @@ def encode_sd15(
     text_encoder: PreTrainedModel,
     prompt: str,
     negative_prompt: str,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample's (1, L, C) prompt and negative contexts for SD1.5: chunks padded to 77 and
     the last hidden state, as the SD1.5 pipeline encodes a prompt."""
     tokens = _tokenize(tokenizer, prompt, negative_prompt, pad_to_window=True)
-    device = text_encoder.device
 
     def encode(chunks: list[list[int]], weights: list[list[float]]) -> torch.Tensor:
         hidden_chunks = []

@@ -26,6 +26,7 @@ from runners.acceleration import (
     accelerate,
     guard_finite_decode,
     log_accelerations,
+    place_on_device,
     resolve_accelerations,
     warm_up,
 )
@@ -62,12 +63,13 @@ class SD15DepthPipelines:
             requires_safety_checker=False,
             torch_dtype=self.dtype,
         )
-        base.to(self.device)
+        placed = place_on_device(self.accelerations, base, self.device)
         accelerated = accelerate(
             self.accelerations,
             {"unet": base.unet, "controlnet": controlnet, "vae": base.vae},
             compiled=("unet", "controlnet"),
         )
+        accelerated.update(placed)
         guard_finite_decode(base.vae, "sd15_depth")
         self.components = base.components
         self.scheduler_config = base.scheduler.config
@@ -161,7 +163,13 @@ class SD15DepthPipelines:
             depth_maps = [prepared[id(row.image)][1] for row in rows]
             pipe = self._pipeline(first.scheduler, img2img)
             texts = [
-                encode_sd15(pipe.tokenizer, pipe.text_encoder, row.prompt, row.negative_prompt)
+                encode_sd15(
+                    pipe.tokenizer,
+                    pipe.text_encoder,
+                    row.prompt,
+                    row.negative_prompt,
+                    pipe._execution_device,  # with model CPU offload, where the hooks move it
+                )
                 for row in rows
             ]
             common = {

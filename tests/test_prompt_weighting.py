@@ -18,6 +18,8 @@ from runners.prompt_weighting import (
     tokens_with_weights,
 )
 
+CPU = torch.device("cpu")
+
 # --- the syntax ---------------------------------------------------------------------------------
 
 
@@ -57,7 +59,8 @@ def sd15(tiny_settings) -> StableDiffusionPipeline:
 
 
 def xl(pipe: StableDiffusionXLPipeline, prompt: str, negative: str = ""):
-    return encode_sdxl(pipe.tokenizer, pipe.text_encoder, pipe.text_encoder_2, prompt, negative)
+    encoders = (pipe.tokenizer, pipe.text_encoder, pipe.text_encoder_2)
+    return encode_sdxl(*encoders, prompt, negative, CPU)
 
 
 def words(count: int) -> str:
@@ -79,8 +82,8 @@ def test_prompts_differing_after_token_77_encode_differently(sdxl, sd15):
     one, other = f"{head} cat", f"{head} photo"
     assert not torch.equal(xl(sdxl, one).prompt, xl(sdxl, other).prompt)
     assert not torch.equal(
-        encode_sd15(sd15.tokenizer, sd15.text_encoder, one, "")[0],
-        encode_sd15(sd15.tokenizer, sd15.text_encoder, other, "")[0],
+        encode_sd15(sd15.tokenizer, sd15.text_encoder, one, "", CPU)[0],
+        encode_sd15(sd15.tokenizer, sd15.text_encoder, other, "", CPU)[0],
     )
 
 
@@ -121,7 +124,7 @@ def test_sdxl_short_prompt_is_diffusers_context_without_the_padding(sdxl):
 @torch.inference_mode()
 def test_sd15_unweighted_prompt_within_77_is_bit_identical_to_diffusers(sd15):
     prompt, negative = "photo of a cat by a lake", "blurry"
-    ours, ours_negative = encode_sd15(sd15.tokenizer, sd15.text_encoder, prompt, negative)
+    ours, ours_negative = encode_sd15(sd15.tokenizer, sd15.text_encoder, prompt, negative, CPU)
     embeds, negative_embeds = sd15.encode_prompt(
         prompt, torch.device("cpu"), 1, True, negative_prompt=negative
     )
@@ -132,5 +135,5 @@ def test_token_count_is_the_encoded_length(sdxl, sd15):
     for prompt, negative in [("a cat", ""), (words(100), "blurry"), ("x", words(160))]:
         expected = xl(sdxl, prompt, negative).prompt.shape[1]
         assert token_count(sdxl.tokenizer, prompt, negative, window=False) == expected
-        sd15_embeds = encode_sd15(sd15.tokenizer, sd15.text_encoder, prompt, negative)[0]
+        sd15_embeds = encode_sd15(sd15.tokenizer, sd15.text_encoder, prompt, negative, CPU)[0]
         assert token_count(sd15.tokenizer, prompt, negative, window=True) == sd15_embeds.shape[1]
