@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     flux_max_batch_size: int = Field(default=4, ge=1)
     # T5 tokens of the prompt flux attends to; unset: 512 (full), 64 (tiny).
     flux_max_sequence_length: int | None = Field(default=None, ge=1, le=FULL_FLUX_TEXT_TOKENS)
+    # instantid's enhance_face_region acts on the face detector's box grown by this fraction of
+    # its width and height on each side; 0 (default): the box itself, as InstantID's demo.
+    face_region_padding: float = Field(default=0.0, ge=0, le=1)
     # BentoML refuses (503) a queued call it expects to finish later than this: keep it at
     # least the generation deadline, so batching never refuses what the deadline would allow.
     sd15_max_latency_ms: int = Field(default=300_000, ge=1)

@@ -300,7 +300,8 @@ def build_sdxl(
     size_pair = (size, size)
     keypoints = draw_keypoints(FACE_KEYPOINTS * size, size_pair)
     face_box = tuple(value * size for value in FACE_BOX)
-    mask = face_region_mask(face_box, size_pair)  # enhance_face_region is on by default
+    # enhance_face_region is on by default: IdentityNet and face attention confined to the face
+    mask = face_region_mask(face_box, size_pair, Settings().face_region_padding)
     depth_map = _grey(size, seed=1)
     rng = np.random.default_rng(0)
     embedding = rng.standard_normal(c.resampler["embed_dims"]).astype(np.float32)
@@ -338,6 +339,7 @@ def build_sdxl(
                     adapter_scale=ADAPTER_STRENGTH,
                     controls=controls,
                     seed=seed,
+                    adapter_mask=mask,
                 )
                 for seed in range(batch)
             ]

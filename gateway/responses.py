@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from runners.jobs import GenerationResult
 
 PROMPT_USED_HEADER = "x-prompt-used"
+PROMPT_TRUNCATED_HEADER = "x-prompt-truncated"
 
 
 def generation_headers(result: GenerationResult) -> dict[str, str]:
@@ -18,6 +19,8 @@ def generation_headers(result: GenerationResult) -> dict[str, str]:
         # Header values must be latin-1, and a prompt is any Unicode: send it percent-encoded
         # UTF-8 (RFC 3986; urllib.parse.unquote decodes it), which is plain ASCII.
         headers[PROMPT_USED_HEADER] = quote(result.prompt_used, safe="")
+    if result.prompt_truncated:
+        headers[PROMPT_TRUNCATED_HEADER] = "true"
     return headers
 
 

@@ -1,7 +1,10 @@
 """instantid's 29 styles: each a positive template (with `{prompt}`) and a negative one.
 
-Ten names are fixed by the hosted endpoint's page; the other nineteen are well-known art styles,
-their templates written for this server. A style turns the request's prompt and negative prompt
+Ten names are fixed by the hosted endpoint's page. Nine of them are InstantID's own style list
+(the InstantX-research InstantID repository, `gradio_demo/style_template.py`): their templates
+are its texts word for word, weights in `(word:1.2)` included (prompts are encoded with
+long-prompt weighting). `Art Nouveau` and nineteen more well-known art styles have templates
+written for this server. A style turns the request's prompt and negative prompt
 into the ones the model receives (`apply_style`), before the job reaches the runner.
 """
 
@@ -19,55 +22,77 @@ class Style(NamedTuple):
 
 NO_STYLE = "(No style)"
 
+# The negative InstantID's demo gives most of its styles.
+_DEMO_NEGATIVE = (
+    "(lowres, low quality, worst quality:1.2), (text:1.2), watermark, (frame:1.2), deformed, "
+    "ugly, deformed eyes, blur, out of focus, blurry, deformed cat, deformed, photo, "
+    "anthropomorphic cat, monochrome, photo, pet collar, gun, weapon, blue, 3d, drones, drone, "
+    "buildings in background, green"
+)
+
 STYLES: dict[str, Style] = {
-    # --- the ten the hosted page names --------------------------------------------------------
+    # --- InstantID's own nine (its gradio_demo/style_template.py), word for word ----------------
     NO_STYLE: Style("{prompt}", ""),
     "Watercolor": Style(
-        "watercolor painting of {prompt}, soft washes, bleeding pigments, textured paper, "
-        "loose brushwork, luminous colours",
-        "photograph, photorealistic, 3d render, hard edges, digital noise, low contrast",
+        "watercolor painting, {prompt}. vibrant, beautiful, painterly, detailed, textural, "
+        "artistic",
+        "(lowres, low quality, worst quality:1.2), (text:1.2), watermark, anime, "
+        "photorealistic, 35mm film, deformed, glitch, low contrast, noisy",
     ),
     "Film Noir": Style(
-        "film noir still, {prompt}, black and white, hard chiaroscuro lighting, venetian blind "
-        "shadows, 1940s, moody, high contrast, cinematic grain",
-        "colour, colourful, vibrant, flat lighting, cartoon, low contrast, bright and cheerful",
+        "film noir style, ink sketch|vector, {prompt} highly detailed, sharp focus, ultra "
+        "sharpness, monochrome, high contrast, dramatic shadows, 1940s style, mysterious, "
+        "cinematic",
+        _DEMO_NEGATIVE,
     ),
     "Neon": Style(
-        "{prompt}, glowing neon lights, vivid magenta and cyan, night city reflections, "
-        "electric atmosphere, long exposure glow, high saturation",
-        "daylight, dull colours, muted, washed out, overexposed, flat lighting",
+        "masterpiece painting, buildings in the backdrop, kaleidoscope, lilac orange blue "
+        "cream fuchsia bright vivid gradient colors, the scene is cinematic, {prompt}, "
+        "emotional realism, double exposure, watercolor ink pencil, graded wash, color "
+        "layering, magic realism, figurative painting, intricate motifs, organic tracery, "
+        "polished",
+        _DEMO_NEGATIVE,
     ),
     "Jungle": Style(
-        "{prompt}, deep in a lush tropical jungle, dense green foliage, hanging vines, shafts "
-        "of sunlight through the canopy, humid mist, vibrant wildlife",
-        "desert, snow, city, barren, dry, monochrome, grey",
+        'waist-up "{prompt} in a Jungle" by Syd Mead, tangerine cold color palette, muted '
+        "colors, detailed, 8k,photo r3al,dripping paint,3d toon style,3d style,Movie Still",
+        _DEMO_NEGATIVE,
     ),
     "Mars": Style(
-        "{prompt}, on the surface of Mars, red dust plains, rust-coloured rocks, thin hazy "
-        "pink sky, distant craters, science fiction, cinematic",
-        "green grass, trees, ocean, blue sky, earth landscape, cartoon",
+        "{prompt}, Post-apocalyptic. Mars Colony, Scavengers roam the wastelands searching for "
+        "valuable resources, rovers, bright morning sunlight shining, (detailed) (intricate) "
+        "(8k) (HDR) (cinematic lighting) (sharp focus)",
+        _DEMO_NEGATIVE,
     ),
     "Vibrant Color": Style(
-        "vibrant colourful {prompt}, bold saturated palette, rich contrast, radiant light, "
-        "joyful energy, highly detailed",
-        "dull, muted colours, black and white, monochrome, grey, washed out, low contrast",
+        "vibrant colorful, ink sketch|vector|2d colors, at nightfall, sharp focus, {prompt}, "
+        "highly detailed, sharp focus, the clouds,colorful,ultra sharpness",
+        _DEMO_NEGATIVE,
     ),
     "Snow": Style(
-        "{prompt}, in a snowy winter landscape, falling snowflakes, frost, cold blue light, "
-        "breath visible in the air, crisp and serene",
-        "summer, tropical, desert, hot, sunburnt, green leaves, beach",
+        "cinema 4d render, {prompt}, high contrast, vibrant and saturated, sico style, "
+        "surrounded by magical glow,floating ice shards, snow crystals, cold, windy "
+        "background, frozen natural landscape in background  cinematic atmosphere,highly "
+        "detailed, sharp focus, intricate design, 3d, unreal engine, octane render, CG best "
+        "quality, highres, photorealistic, dramatic lighting, artstation, concept art, "
+        "cinematic, epic Steven Spielberg movie still, sharp focus, smoke, sparks, art by "
+        "pascal blanche and greg rutkowski and repin, trending on artstation, hyperrealism "
+        "painting, matte painting, 4k resolution",
+        _DEMO_NEGATIVE,
     ),
     "Line art": Style(
-        "clean line art drawing of {prompt}, black ink outlines on white, minimal, precise "
-        "contours, no shading, graphic illustration",
-        "colour, painting, photograph, shading, gradients, texture, blurry, realistic",
+        "line art drawing {prompt} . professional, sleek, modern, minimalist, graphic, line "
+        "art, vector graphics",
+        "anime, photorealistic, 35mm film, deformed, glitch, blurry, noisy, off-center, "
+        "deformed, cross-eyed, closed eyes, bad anatomy, ugly, disfigured, mutated, realism, "
+        "realistic, impressionism, expressionism, oil, acrylic",
     ),
+    # --- the tenth name of the hosted page, and nineteen more well-known styles: ours --------
     "Art Nouveau": Style(
         "art nouveau illustration of {prompt}, flowing organic lines, ornamental floral "
         "borders, elegant curves, muted gold and green, Mucha-inspired poster",
         "photograph, modern, minimalist, harsh geometric shapes, 3d render, neon",
     ),
-    # --- nineteen more well-known styles ---------------------------------------------------------
     "Photographic": Style(
         "professional photograph of {prompt}, 50mm lens, natural light, shallow depth of field, "
         "sharp focus, high detail",
@@ -170,7 +195,9 @@ StyleName = Literal[tuple(STYLES)]
 
 
 def apply_style(name: str, prompt: str, negative_prompt: str) -> tuple[str, str]:
-    """(prompt, negative prompt) as the model receives them under style `name`."""
+    """(prompt, negative prompt) as the model receives them under style `name`: the style's
+    negative, a space, the request's (InstantID's demo joins them so; an empty part is left out,
+    which the tokenizer would drop anyway)."""
     style = STYLES[name]
     negatives = [part for part in (style.negative, negative_prompt) if part]
-    return style.positive.replace(PROMPT_SLOT, prompt), ", ".join(negatives)
+    return style.positive.replace(PROMPT_SLOT, prompt), " ".join(negatives)

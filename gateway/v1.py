@@ -118,7 +118,8 @@ FLUX_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The image bytes, JPEG or PNG per `output_format`. With "
         "`prompt_upsampling`, the `x-prompt-used` header holds the prompt used, "
-        "percent-encoded UTF-8.",
+        "percent-encoded UTF-8. `x-prompt-truncated: true` when the prompt ran past the T5 "
+        "token limit and was cut there.",
         "content": {"image/jpeg": {}, "image/png": {}},
     },
     422: {"description": "The prompt or the generated image was blocked by the safety checks."},

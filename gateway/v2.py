@@ -28,6 +28,7 @@ from gateway.openapi import (
     V2_SUBMIT_OK,
 )
 from gateway.rate_limits import too_many
+from gateway.responses import PROMPT_TRUNCATED_HEADER
 
 router = APIRouter(prefix="/v2", tags=["v2 (asynchronous)"])
 
@@ -168,6 +169,8 @@ async def result(request_id: str, request: Request, tenant: Authenticated) -> JS
     if record.status == "COMPLETED" and record.result is not None:
         headers["x-seed"] = str(record.result["seed"])
         headers["x-inference-time"] = f"{record.result['metrics']['inference_time']:.4f}"
+        if record.result.get("prompt_truncated"):
+            headers[PROMPT_TRUNCATED_HEADER] = "true"
         return JSONResponse(record.result, headers=headers)
     return JSONResponse(record.result or _status_body(record), status_code=422, headers=headers)
 

@@ -202,10 +202,13 @@ def completed_body(record: JobRecord, result: GenerationResult) -> dict:
             for index in range(len(result.images))
         ]
     queue_time = (record.started_at or record.submitted_at) - record.submitted_at
-    return {
+    body = {
         "request_id": record.id,
         "status": "COMPLETED",
         "output": output,
         "seed": result.seed,
         "metrics": {"inference_time": result.inference_time, "queue_time": queue_time},
     }
+    if result.prompt_truncated:  # as the v1 answer's x-prompt-truncated header
+        body["prompt_truncated"] = True
+    return body

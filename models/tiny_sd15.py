@@ -67,6 +67,8 @@ SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
+    # The real file's value: DDIM and DDPM, built from this config, must not clip the sample.
+    "clip_sample": False,
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
@@ -145,7 +147,8 @@ def build_sd15_base(dest: Path) -> None:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=PNDMScheduler(**SCHEDULER_CONFIG),
+        # from_config keeps clip_sample, which PNDM itself does not take, for the other kinds.
+        scheduler=PNDMScheduler.from_config(SCHEDULER_CONFIG),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -15,11 +15,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime
 from insightface.app import FaceAnalysis
 from insightface.app.common import Face
-from PIL import Image, ImageDraw
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +30,20 @@ DETECTION_THRESHOLD = 0.5
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
-# The keypoint image as InstantID draws it: a limb from each eye and mouth corner to the nose,
-# dimmed, then a dot per point, one colour per point. Sizes are for a 1024-pixel long side.
+# The keypoint image as InstantID's `draw_kps` draws it: from each eye and mouth corner to the
+# nose a filled ellipse (a limb) in that point's colour, dimmed, then a filled circle per point,
+# all at whole-pixel positions. Sizes in pixels at any image size, as the reference's.
 KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
 NOSE = 2
-LIMB_WIDTH_AT_1024 = 8
-DOT_RADIUS_AT_1024 = 10
+LIMB_HALF_WIDTH = 4  # the reference's stickwidth: the ellipse's minor semi-axis
+DOT_RADIUS = 10
 LIMB_BRIGHTNESS = 0.6
-REFERENCE_LONG_SIDE = 1024
 
-# enhance_face_region: the IdentityNet acts on the face box grown by this fraction on each side.
-FACE_REGION_PADDING = 0.1
+# InstantID's demo analyses faces on the image resized (up or down) so that its short side is
+# 1024 and then its long side 1280, then cut down to multiples of 64 (its `resize_img`).
+ANALYSIS_SHORT_SIDE = 1024
+ANALYSIS_LONG_SIDE = 1280
+ANALYSIS_MULTIPLE = 64
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,21 @@ class FaceAnalyzer:
 
     def largest_face(self, image: Image.Image, embed: bool = True) -> DetectedFace | None:
         """The face with the largest box in `image`, or None when there is none. With `embed`,
-        its identity embedding too (only this face is recognised)."""
-        bgr = _bgr(image)
+        its identity embedding too (only this face is recognised). As InstantID's demo, the
+        face is analysed on the image resized for analysis (`analysis_image`); its box and
+        keypoints come back in `image`'s own pixels."""
+        resized = analysis_image(image)
+        bgr = _bgr(resized)
         chosen = largest(self._detect(bgr))
-        if chosen is None or not embed:
-            return chosen
-        face = Face(bbox=np.asarray(chosen.box), kps=chosen.keypoints)
-        embedding = np.asarray(self._recogniser.get(bgr, face), dtype=np.float32)
-        return DetectedFace(chosen.box, chosen.keypoints, embedding)
+        if chosen is None:
+            return None
+        embedding = None
+        if embed:
+            face = Face(bbox=np.asarray(chosen.box), kps=chosen.keypoints)
+            embedding = np.asarray(self._recogniser.get(bgr, face), dtype=np.float32)
+        scale_x, scale_y = image.width / resized.width, image.height / resized.height
+        scaled = chosen.scaled(scale_x, scale_y)
+        return DetectedFace(scaled.box, scaled.keypoints, embedding)
 
     def _detect(self, bgr: np.ndarray) -> list[DetectedFace]:
         boxes, keypoints = self._detector.detect(bgr)
@@ -116,6 +127,24 @@ class FaceAnalyzer:
             DetectedFace(tuple(float(v) for v in box[:4]), points.astype(np.float32), None)
             for box, points in zip(boxes, keypoints, strict=True)
         ]
+
+
+def analysis_image(image: Image.Image) -> Image.Image:
+    """`image` resized as InstantID's demo resizes a face or pose image before analysis:
+    scaled so that the short side is ANALYSIS_SHORT_SIDE, then so that the long side is
+    ANALYSIS_LONG_SIDE (bilinear, sizes rounded), then resized again to sides cut down to
+    multiples of ANALYSIS_MULTIPLE."""
+    width, height = image.size
+    to_short = ANALYSIS_SHORT_SIDE / min(width, height)
+    width, height = round(to_short * width), round(to_short * height)
+    to_long = ANALYSIS_LONG_SIDE / max(width, height)
+    width, height = round(to_long * width), round(to_long * height)
+    resized = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    cut = (
+        width // ANALYSIS_MULTIPLE * ANALYSIS_MULTIPLE,
+        height // ANALYSIS_MULTIPLE * ANALYSIS_MULTIPLE,
+    )
+    return resized.resize(cut, Image.Resampling.BILINEAR)
 
 
 def _bgr(image: Image.Image) -> np.ndarray:
@@ -129,30 +158,37 @@ def largest(faces: list[DetectedFace]) -> DetectedFace | None:
 
 
 def draw_keypoints(keypoints: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """InstantID's IdentityNet condition: the five keypoints drawn on black, at `size`."""
+    """InstantID's IdentityNet condition: the five keypoints drawn on black, at `size` (W, H),
+    pixel for pixel what the reference's `draw_kps` draws."""
     width, height = size
-    scale = max(width, height) / REFERENCE_LONG_SIDE
-    limb_width = max(1, round(LIMB_WIDTH_AT_1024 * scale))
-    radius = max(1, round(DOT_RADIUS_AT_1024 * scale))
-    limbs = Image.new("RGB", size)
-    draw = ImageDraw.Draw(limbs)
-    nose = tuple(keypoints[NOSE])
-    for index, point in enumerate(keypoints):
-        if index != NOSE:
-            draw.line([tuple(point), nose], fill=KEYPOINT_COLOURS[index], width=limb_width)
-    image = Image.eval(limbs, lambda value: math.floor(value * LIMB_BRIGHTNESS))
-    draw = ImageDraw.Draw(image)
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    nose_x, nose_y = keypoints[NOSE]
     for index, (x, y) in enumerate(keypoints):
-        box = [x - radius, y - radius, x + radius, y + radius]
-        draw.ellipse(box, fill=KEYPOINT_COLOURS[index])
-    return image
+        if index == NOSE:
+            continue
+        length = math.hypot(x - nose_x, y - nose_y)
+        angle = math.degrees(math.atan2(y - nose_y, x - nose_x))
+        centre = (int((x + nose_x) / 2), int((y + nose_y) / 2))
+        axes = (int(length / 2), LIMB_HALF_WIDTH)
+        outline = cv2.ellipse2Poly(centre, axes, int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(pixels, outline, KEYPOINT_COLOURS[index])
+    # Dimmed as the reference does it: scaled, then truncated to whole values.
+    pixels = (pixels * LIMB_BRIGHTNESS).astype(np.uint8)
+    for index, (x, y) in enumerate(keypoints):
+        cv2.circle(pixels, (int(x), int(y)), DOT_RADIUS, KEYPOINT_COLOURS[index], -1)
+    return Image.fromarray(pixels)
 
 
-def face_region_mask(box: tuple[float, float, float, float], size: tuple[int, int]) -> Image.Image:
-    """A mask (L, 255 inside) of the face box grown by FACE_REGION_PADDING on each side."""
+def face_region_mask(
+    box: tuple[float, float, float, float], size: tuple[int, int], padding: float
+) -> Image.Image:
+    """A mask (L, 255 inside) at `size` of the face box grown by `padding` (a fraction of its
+    width and height) on each side. Pixels as InstantID's demo marks them: from the corners cut
+    to whole pixels, the far edges left out."""
     x1, y1, x2, y2 = box
-    pad_x, pad_y = (x2 - x1) * FACE_REGION_PADDING, (y2 - y1) * FACE_REGION_PADDING
-    mask = Image.new("L", size, 0)
-    region = [x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y]
-    ImageDraw.Draw(mask).rectangle(region, fill=255)
-    return mask
+    pad_x, pad_y = (x2 - x1) * padding, (y2 - y1) * padding
+    left, top = max(0, int(x1 - pad_x)), max(0, int(y1 - pad_y))
+    right, bottom = max(0, int(x2 + pad_x)), max(0, int(y2 + pad_y))
+    pixels = np.zeros((size[1], size[0]), dtype=np.uint8)
+    pixels[top:bottom, left:right] = 255
+    return Image.fromarray(pixels)

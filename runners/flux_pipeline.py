@@ -134,7 +134,7 @@ class FluxDepthPipeline:
             group = [jobs[index] for index, _, _ in passed]
             images, scores = self._generate(group, [prompt for _, prompt, _ in passed])
             elapsed = time.perf_counter() - start
-            for (index, _, prompt_used), job, image, score in zip(
+            for (index, prompt, prompt_used), job, image, score in zip(
                 passed, group, images, scores, strict=True
             ):
                 if self.safety.blocks(score, job.safety_tolerance):
@@ -153,9 +153,15 @@ class FluxDepthPipeline:
                     seed=job.seed,
                     inference_time=elapsed,
                     prompt_used=prompt_used,
+                    prompt_truncated=self._truncated(prompt),
                     batch_size=len(group),
                 )
         return [results[i] for i in range(len(jobs))]
+
+    def _truncated(self, prompt: str) -> bool:
+        """Whether T5 sees only the start of `prompt`: its tokens (with the end token) past the
+        sequence length the pipeline cuts them to. (CLIP gives Flux only a pooled summary.)"""
+        return len(self.pipe.tokenizer_2(prompt).input_ids) > self.text_tokens
 
     def _screened_prompt(self, job: FluxDepthJob) -> tuple[str, str | None, str | None]:
         """(prompt to generate from, the upsampled prompt if any, why it is blocked if it is)."""

@@ -3,7 +3,8 @@ IP-Adapter, plus (insta-depth) an SDXL depth ControlNet fed the depth map of the
 
 A job becomes: the largest face of `face_image` (its embedding is the identity), the largest face
 of `pose_image` or else of `face_image` (its keypoints, drawn, drive the IdentityNet; its padded
-box is the face-region mask), then `instantid_sampler.sample`. Every call builds a lightweight
+box is the face-region mask, for the IdentityNet and the face attention alike), then
+`instantid_sampler.sample`. Every call builds a lightweight
 pipeline object with its own scheduler; strengths, masks and the set of ControlNets travel in the
 call, so nothing of one request stays behind for the next.
 """
@@ -42,6 +43,7 @@ from runners.faces import DetectedFace, FaceAnalyzer, draw_keypoints, face_regio
 from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
 from runners.jobs import GenerationResult, InstantIDJob, JobFailure
+from runners.prompt_weighting import token_count
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,7 @@ class InstantIDPipelines:
         # same device.
         self._lock = threading.Lock()
         self.max_batch_size = settings.instantid_max_batch_size
+        self.face_region_padding = settings.face_region_padding
         if self.accelerations.warmup:
             accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
         log_accelerations(
@@ -135,8 +138,9 @@ class InstantIDPipelines:
         face detector runs on a blank picture (no face, so the recogniser waits for a request)."""
         size = (side, side)
         blank = Image.new("RGB", size)
-        self.faces.largest_face(blank)
         box = (side / 4, side / 4, 3 * side / 4, 3 * side / 4)
+        mask = face_region_mask(box, size, self.face_region_padding)
+        self.faces.largest_face(blank)
         keypoints = np.array([[0.4, 0.4], [0.6, 0.4], [0.5, 0.5], [0.4, 0.6], [0.6, 0.6]]) * side
         controls = [
             ControlUnit(
@@ -144,7 +148,7 @@ class InstantIDPipelines:
                 image=draw_keypoints(keypoints, size),
                 scale=WARMUP_STRENGTH,
                 sees_face=True,
-                mask=face_region_mask(box, size),
+                mask=mask,
             ),
             ControlUnit(
                 model=self.depth_controlnet,
@@ -161,6 +165,7 @@ class InstantIDPipelines:
             adapter_scale=WARMUP_STRENGTH,
             controls=controls,
             seed=0,
+            adapter_mask=mask,
         )
         request = SampleRequest(
             samples=[warm],
@@ -189,7 +194,17 @@ class InstantIDPipelines:
         """One result per job. Samples of the same route (instantid or insta-depth), size,
         steps and guidance share one denoising loop, each with its own prompt, seed, face,
         keypoints, depth map, mask and strengths. A job without a usable face fails alone."""
-        return run_batched(jobs, _call_key, self._run_call, self.max_batch_size)
+        return run_batched(jobs, self._call_key, self._run_call, self.max_batch_size)
+
+    def _call_key(self, job: InstantIDJob) -> tuple:
+        """What must be equal for samples to share one denoising loop: the route, size, steps,
+        guidance, and the length of the encoded prompt (prompts are never cut or padded)."""
+        insta_depth = job.depth_strength is not None
+        tokens = token_count(
+            self.components["tokenizer"], job.prompt, job.negative_prompt, window=False
+        )
+        size = (job.width, job.height)
+        return (insta_depth, *size, job.num_inference_steps, job.guidance_scale, tokens)
 
     def _run_call(self, rows: list[InstantIDJob]) -> list[GenerationResult]:
         """Find each sample's faces, then one denoising loop for those that have them."""
@@ -238,27 +253,36 @@ class InstantIDPipelines:
         return [results[i] for i in range(len(rows))]
 
     def _sample(self, row: InstantIDJob, identity: DetectedFace, pose_face: DetectedFace) -> Sample:
+        size = (row.width, row.height)
+        framing = row.pose_image if row.pose_image is not None else row.face_image
+        # Faces were found on the input image; the output has its aspect ratio at another size.
+        face = pose_face.scaled(row.width / framing.width, row.height / framing.height)
+        # enhance_face_region: the IdentityNet and the face attention act on the face alone.
+        mask = None
+        if row.enhance_face_region:
+            mask = face_region_mask(face.box, size, self.face_region_padding)
         return Sample(
             prompt=row.prompt,
             negative_prompt=row.negative_prompt,
             face_embedding=identity.embedding,
             adapter_scale=row.adapter_strength,
-            controls=self._controls(row, pose_face),
+            controls=self._controls(row, face, mask),
             seed=row.seed,
+            adapter_mask=mask,
         )
 
-    def _controls(self, job: InstantIDJob, pose_face: DetectedFace) -> list[ControlUnit]:
+    def _controls(
+        self, job: InstantIDJob, face: DetectedFace, mask: Image.Image | None
+    ) -> list[ControlUnit]:
+        """`face`: the pose face at the output size."""
         size = (job.width, job.height)
-        framing = job.pose_image if job.pose_image is not None else job.face_image
-        # Faces were found on the input image; the output has its aspect ratio at another size.
-        face = pose_face.scaled(job.width / framing.width, job.height / framing.height)
         controls = [
             ControlUnit(
                 model=self.identitynet,
                 image=draw_keypoints(face.keypoints, size),
                 scale=job.identity_strength,
                 sees_face=True,
-                mask=face_region_mask(face.box, size) if job.enhance_face_region else None,
+                mask=mask,
             )
         ]
         if job.depth_strength is not None:
@@ -272,12 +296,6 @@ class InstantIDPipelines:
                 )
             )
         return controls
-
-
-def _call_key(job: InstantIDJob) -> tuple:
-    """What must be equal for samples to share one denoising loop."""
-    insta_depth = job.depth_strength is not None
-    return (insta_depth, job.width, job.height, job.num_inference_steps, job.guidance_scale)
 
 
 def _no_face(job: InstantIDJob, field: str, start: float) -> GenerationResult:

@@ -4,7 +4,9 @@ number of ControlNets, each with its own scale, optional mask and cross-attentio
 Everything a call varies (prompts, face, scales, masks, which ControlNets, seeds, size) arrives
 in a `SampleRequest`; the loaded modules are only read. That is why this is a loop of its own
 rather than a diffusers pipeline: InstantID needs the IdentityNet to attend to the face tokens
-instead of the text, its residuals masked to the face region, and the adapter scale per call.
+instead of the text, its residuals and the face attention masked to the face region, and the
+adapter scale per call. Prompts are encoded with long-prompt weighting as InstantID's demo does
+(`runners/prompt_weighting.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import nn
 
-from runners.ip_adapter_attention import SCALE_KWARG
+from runners.ip_adapter_attention import MASK_KWARG, SCALE_KWARG
+from runners.prompt_weighting import encode_sdxl
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class Sample:
     adapter_scale: float
     controls: list[ControlUnit]  # the call's ControlNets, in the same order in every sample
     seed: int
+    # Where the face embedding's attention acts (L, 255 = fully, at the output size); None:
+    # everywhere.
+    adapter_mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -76,13 +82,24 @@ def sample(
         """Per-sample rows for the model input: [unconditional; conditional] when guided."""
         return torch.cat([rows, rows]) if guided else rows
 
-    prompt_embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-        prompt=[s.prompt for s in samples],
-        negative_prompt=[s.negative_prompt for s in samples],
-        device=device,
-        num_images_per_prompt=1,
-        do_classifier_free_guidance=guided,
-    )
+    texts = [
+        encode_sdxl(
+            pipe.tokenizer,
+            pipe.text_encoder,
+            pipe.text_encoder_2,
+            s.prompt,
+            s.negative_prompt,
+            device,
+        )
+        for s in samples
+    ]
+    if len({text.prompt.shape[1] for text in texts}) != 1:
+        # Padding would change what the shorter prompts attend to: callers batch equal lengths.
+        raise ValueError("the samples of one call must encode to the same number of tokens")
+    prompt_embeds = torch.cat([text.prompt for text in texts]).to(device, dtype)
+    negative_embeds = torch.cat([text.negative for text in texts]).to(device, dtype)
+    pooled = torch.cat([text.pooled for text in texts]).to(device, dtype)
+    negative_pooled = torch.cat([text.negative_pooled for text in texts]).to(device, dtype)
     embedding = torch.stack(
         [torch.as_tensor(s.face_embedding, dtype=dtype) for s in samples]
     ).reshape(batch, 1, -1)
@@ -102,6 +119,11 @@ def sample(
         time_ids = torch.cat([time_ids, time_ids])
     added_cond = {"text_embeds": pooled, "time_ids": time_ids}
     adapter_scale = _per_row([s.adapter_scale for s in samples], both_halves, device)
+    attention_kwargs: dict = {SCALE_KWARG: adapter_scale}
+    if any(s.adapter_mask is not None for s in samples):
+        size = (request.width, request.height)
+        masks = [_mask_tensor(s.adapter_mask, size, device) for s in samples]
+        attention_kwargs[MASK_KWARG] = both_halves(torch.cat(masks)).to(dtype)
 
     controls = []
     for index, unit in enumerate(samples[0].controls):
@@ -112,7 +134,8 @@ def sample(
         images = both_halves(torch.cat([_control_tensor(u.image, device, dtype) for u in units]))
         masks = None
         if any(u.mask is not None for u in units):
-            masks = both_halves(torch.cat([_mask_tensor(u.mask, u.image, device) for u in units]))
+            masks = [_mask_tensor(u.mask, u.image.size, device) for u in units]
+            masks = both_halves(torch.cat(masks))
         controls.append((unit, images, _per_row(scales, both_halves, device), masks))
 
     generators = [torch.Generator(device=device).manual_seed(s.seed) for s in samples]
@@ -156,7 +179,7 @@ def sample(
             model_input,
             t,
             encoder_hidden_states=(prompt_embeds, face_tokens),
-            cross_attention_kwargs={SCALE_KWARG: adapter_scale},
+            cross_attention_kwargs=attention_kwargs,
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
             added_cond_kwargs=added_cond,
@@ -193,11 +216,12 @@ def _control_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype
 
 
 def _mask_tensor(
-    mask: Image.Image | None, image: Image.Image, device: torch.device
+    mask: Image.Image | None, size: tuple[int, int], device: torch.device
 ) -> torch.Tensor:
-    """Residual weights (1, 1, H, W): the mask, or ones (everywhere) for a sample without one."""
+    """Weights (1, 1, H, W) at `size` (W, H): the mask, or ones (everywhere) for a sample
+    without one."""
     if mask is None:
-        return torch.ones((1, 1, image.height, image.width), device=device)
+        return torch.ones((1, 1, size[1], size[0]), device=device)
     weights = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
     return weights[None, None].to(device)
 

@@ -5,6 +5,11 @@ diffusers' IPAdapterAttnProcessor2_0 reads its scale from the processor object
 would share one mutable value. Here the scale comes in through the UNet's
 `cross_attention_kwargs={"ip_adapter_scale": s}` on every call, and the face tokens come in as
 `encoder_hidden_states=(text_tokens, face_tokens)`: the loaded modules hold weights only.
+
+`enhance_face_region` confines the face attention as InstantID's demo pipeline does: with
+`cross_attention_kwargs={"ip_adapter_mask": m}` ((rows, 1, H, W) at the output's pixels, one
+mask per row, ones for a row without), every layer multiplies the face attention's output by the
+mask resized (nearest) to its own token grid, so outside the face the identity adds nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from diffusers.models.attention_processor import (
 from torch import nn
 
 SCALE_KWARG = "ip_adapter_scale"
+MASK_KWARG = "ip_adapter_mask"
 
 
 class FaceAdapterAttnProcessor(nn.Module):
@@ -38,9 +44,11 @@ class FaceAdapterAttnProcessor(nn.Module):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         ip_adapter_scale: float | torch.Tensor = 0.0,
+        ip_adapter_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`ip_adapter_scale`: one float for every row, or a tensor of one scale per row of
-        `hidden_states` (a batch of samples with different adapter strengths)."""
+        `hidden_states` (a batch of samples with different adapter strengths).
+        `ip_adapter_mask`: None, or (rows, 1, H, W) weights of the face attention per pixel."""
         text_tokens, face_tokens = encoder_hidden_states
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -65,6 +73,8 @@ class FaceAdapterAttnProcessor(nn.Module):
         # zero (the sampler passes the float 0 then).
         if isinstance(ip_adapter_scale, torch.Tensor) or ip_adapter_scale != 0:
             face = _attend(attn, query, self.to_k_ip(face_tokens), self.to_v_ip(face_tokens), None)
+            if ip_adapter_mask is not None:
+                face = face * _on_token_grid(ip_adapter_mask, face.shape[1]).to(face.dtype)
             if isinstance(ip_adapter_scale, torch.Tensor):
                 ip_adapter_scale = ip_adapter_scale.view(-1, 1, 1).to(face.dtype)
             out = out + ip_adapter_scale * face
@@ -89,8 +99,18 @@ class SelfAttnProcessor(AttnProcessor2_0):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         ip_adapter_scale: float | torch.Tensor = 0.0,
+        ip_adapter_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def _on_token_grid(mask: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(rows, 1, H, W) pixel weights as (rows, tokens, 1): one per token of a layer whose grid is
+    the image shrunk by the same factor on both sides. Nearest, as the reference resizes it."""
+    height, width = mask.shape[-2:]
+    ratio = (height * width / tokens) ** 0.5
+    grid = (round(height / ratio), round(width / ratio))
+    return F.interpolate(mask, size=grid, mode="nearest").reshape(mask.shape[0], -1, 1)
 
 
 def _attend(

@@ -167,6 +167,8 @@ class GenerationResult(BaseModel):
     failure: JobFailure | None = None
     # The prompt the images were generated from, when the runner changed it (prompt upsampling).
     prompt_used: str | None = None
+    # True when the model saw only the start of the prompt (flux: T5's token limit).
+    prompt_truncated: bool = False
     # Samples in the pipeline call that made this job's images (its own and those batched with
     # it), so the Gateway can report batch sizes.
     batch_size: int = 1

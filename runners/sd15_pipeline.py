@@ -2,6 +2,8 @@
 
 Both forms share one set of weights. Every call builds a lightweight pipeline object around the
 loaded modules with its own scheduler, so per-request state (scheduler, timesteps) never leaks.
+Prompts are encoded with long-prompt weighting (`runners/prompt_weighting.py`): no 77-token cut,
+A1111 weights; a prompt without weights within 75 tokens encodes exactly as diffusers does.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from runners.depth import DepthEstimator
 from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
 from runners.jobs import GenerationResult, SD15DepthJob
+from runners.prompt_weighting import encode_sd15, token_count
 from runners.schedulers import make_scheduler
 from settings import Settings
 
@@ -127,7 +130,25 @@ class SD15DepthPipelines:
         """One result per job. Samples that agree on everything a pipeline call holds fixed
         (form, size, steps, scheduler, guidance, strength) share one call, each with its own
         prompt, seed, depth map and input image."""
-        return run_batched(jobs, _call_key, self._run_call, self.max_batch_size)
+        return run_batched(jobs, self._call_key, self._run_call, self.max_batch_size)
+
+    def _call_key(self, job: SD15DepthJob) -> tuple:
+        """What must be equal for samples to share one pipeline call: the form, size, steps,
+        scheduler, guidance, strength, and the encoded prompt's length (77 per 75 tokens)."""
+        img2img = job.strength < 1.0
+        tokens = token_count(
+            self.components["tokenizer"], job.prompt, job.negative_prompt, window=True
+        )
+        return (
+            img2img,
+            job.width,
+            job.height,
+            job.num_inference_steps,
+            job.scheduler,
+            job.guidance_scale,
+            job.strength if img2img else None,
+            tokens,
+        )
 
     def _run_call(self, rows: list[SD15DepthJob]) -> list[GenerationResult]:
         """One pipeline call for one-sample jobs with the same `_call_key`."""
@@ -147,9 +168,19 @@ class SD15DepthPipelines:
             inputs = [prepared[id(row.image)][0] for row in rows]
             depth_maps = [prepared[id(row.image)][1] for row in rows]
             pipe = self._pipeline(first.scheduler, img2img)
+            texts = [
+                encode_sd15(
+                    pipe.tokenizer,
+                    pipe.text_encoder,
+                    row.prompt,
+                    row.negative_prompt,
+                    pipe._execution_device,  # with model CPU offload, where the hooks move it
+                )
+                for row in rows
+            ]
             common = {
-                "prompt": [row.prompt for row in rows],
-                "negative_prompt": [row.negative_prompt for row in rows],
+                "prompt_embeds": torch.cat([prompt for prompt, _ in texts]),
+                "negative_prompt_embeds": torch.cat([negative for _, negative in texts]),
                 "num_inference_steps": first.num_inference_steps,
                 "guidance_scale": first.guidance_scale,
                 "generator": [
@@ -175,17 +206,3 @@ class SD15DepthPipelines:
             )
             for row, image in zip(rows, output.images, strict=True)
         ]
-
-
-def _call_key(job: SD15DepthJob) -> tuple:
-    """What must be equal for samples to share one pipeline call."""
-    img2img = job.strength < 1.0
-    return (
-        img2img,
-        job.width,
-        job.height,
-        job.num_inference_steps,
-        job.scheduler,
-        job.guidance_scale,
-        job.strength if img2img else None,
-    )

@@ -72,12 +72,18 @@ def assert_error(response, status: int, field: str | None = None) -> dict:
 class RecordingRunner:
     """A runner double for in-process Gateway tests: remembers every job and answers each with
     `samples` (default 1) real encoded images of the job's size and format, or with `failure`
-    and no images; `prompt_used` is put on every result when set."""
+    and no images; `prompt_used` and `prompt_truncated` are put on every result."""
 
-    def __init__(self, failure: JobFailure | None = None, prompt_used: str | None = None) -> None:
+    def __init__(
+        self,
+        failure: JobFailure | None = None,
+        prompt_used: str | None = None,
+        prompt_truncated: bool = False,
+    ) -> None:
         self.jobs: list[Any] = []
         self.failure = failure
         self.prompt_used = prompt_used
+        self.prompt_truncated = prompt_truncated
 
     async def __call__(self, jobs: list[Any]) -> list[GenerationResult]:
         self.jobs.extend(jobs)
@@ -94,6 +100,7 @@ class RecordingRunner:
             inference_time=0.01,
             failure=self.failure,
             prompt_used=self.prompt_used,
+            prompt_truncated=self.prompt_truncated,
         )
 
 

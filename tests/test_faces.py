@@ -151,9 +151,44 @@ def test_keypoint_image_marks_each_point():
     assert pixels[0, 0].sum() == 0 and pixels[63, 63].sum() == 0
 
 
+def test_keypoints_are_drawn_as_the_reference_draws_them():
+    """Limbs are filled ellipses (half width 4) tapering to the ends, dimmed to 60% (truncated);
+    dots of radius 10 centred on the points cut to whole pixels."""
+    # left eye, right eye, nose, mouth corners
+    keypoints = np.array([[300, 500], [700, 500], [500, 500], [400.9, 800.9], [600, 800]])
+    pixels = np.asarray(draw_keypoints(keypoints, (1024, 1024)))
+    assert tuple(pixels[500, 400]) == (153, 0, 0)  # red limb, 255 * 0.6
+    assert tuple(pixels[504, 400]) == (153, 0, 0) and pixels[506, 400].sum() == 0
+    # 88 of 100 px from the limb's middle the ellipse is under 2 px high: a line would be 4.
+    assert pixels[502, 312].sum() > 0 and pixels[503, 312].sum() == 0
+    # The mouth corner's dot is centred on (400, 800), not on the rounded (401, 801).
+    assert tuple(pixels[800, 390]) == (255, 255, 0) and pixels[800, 389].sum() == 0
+    assert tuple(pixels[810, 400]) == (255, 255, 0) and pixels[811, 400].sum() == 0
+
+
+def test_analysis_image_is_resized_as_the_demo_does():
+    """Short side to 1024, then long side to 1280, then cut to multiples of 64; up or down."""
+    for size, expected in [
+        ((256, 256), (1280, 1280)),
+        ((192, 256), (960, 1280)),
+        ((3000, 2000), (1280, 832)),
+        ((4000, 1000), (1280, 320)),
+    ]:
+        assert faces_module.analysis_image(Image.new("RGB", size)).size == expected
+
+
 def test_face_region_mask_is_the_padded_box():
-    mask = np.asarray(face_region_mask((20, 10, 40, 50), (64, 64)))
+    mask = np.asarray(face_region_mask((20, 10, 40, 50), (64, 64), padding=0.1))
     assert mask.shape == (64, 64)
-    # Padding: 10% of the 20 x 40 box on each side -> x 18..42, y 6..54.
-    assert mask[30, 30] == 255 and mask[6, 18] == 255 and mask[54, 42] == 255
-    assert mask[30, 16] == 0 and mask[4, 30] == 0 and mask[56, 30] == 0 and mask[30, 44] == 0
+    # Padding: 10% of the 20 x 40 box on each side -> x 18..42, y 6..54, far edges left out.
+    assert mask[30, 30] == 255 and mask[6, 18] == 255 and mask[53, 41] == 255
+    assert mask[30, 17] == 0 and mask[5, 30] == 0 and mask[54, 30] == 0 and mask[30, 42] == 0
+    assert (mask == 255).sum() == (42 - 18) * (54 - 6)
+
+
+def test_face_region_mask_without_padding_is_the_demos_box():
+    """InstantID's demo: zeros, then [int(y1):int(y2), int(x1):int(x2)] = 255."""
+    mask = np.asarray(face_region_mask((20.7, 10.2, 40.9, 50.5), (64, 48), padding=0))
+    expected = np.zeros((48, 64), dtype=np.uint8)
+    expected[10:50, 20:40] = 255
+    assert np.array_equal(mask, expected)

@@ -17,8 +17,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway.app import create_app
+from gateway.job_store import JobRecord
 from gateway.normalize import MAX_SEED
 from gateway.runner_client import RunnerClient
+from gateway.worker import completed_body
 from runners.jobs import FluxDepthJob, GenerationResult, JobFailure
 from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
 from tests.flux_helpers import drive_score, restored_classifier
@@ -284,3 +286,29 @@ def test_real_runner_upsampling_header_and_blocked_prompt(real_client):
     blocked = real_client.post(ROUTE, json=body(prompt="a naked man"))
     assert blocked.status_code == 422 and "'naked'" in blocked.json()["error"]
     assert set(blocked.json()) == {"error"}
+
+
+def test_a_cut_prompt_says_so_in_a_header():
+    response = make_client(RecordingRunner(prompt_truncated=True)).post(ROUTE, json=body())
+    assert response.status_code == 200
+    assert response.headers["x-prompt-truncated"] == "true"
+    plain = make_client(RecordingRunner()).post(ROUTE, json=body())
+    assert "x-prompt-truncated" not in plain.headers
+
+
+def test_a_cut_prompt_says_so_in_the_v2_result():
+    record = JobRecord(
+        id="r1",
+        model="flux-depth-pro",
+        payload="{}",
+        as_base64=False,
+        media_type="image/jpeg",
+        base_url="http://h",
+        submitted_at=0.0,
+    )
+    result = GenerationResult(
+        request_id="r1", images=[b"x"], seed=1, inference_time=0.1, prompt_truncated=True
+    )
+    assert completed_body(record, result)["prompt_truncated"] is True
+    plain = result.model_copy(update={"prompt_truncated": False})
+    assert "prompt_truncated" not in completed_body(record, plain)

@@ -283,3 +283,14 @@ def test_the_shipped_list_is_the_setting(tmp_path: Path):
     custom.write_text("lake\n", encoding="utf-8")
     settings = Settings(blocked_terms_file=custom)
     assert PromptFilter.from_file(settings.blocked_terms_file).blocked_term("a lake") == "lake"
+
+
+# --- the T5 limit ------------------------------------------------------------------------------
+
+
+def test_a_prompt_past_the_t5_limit_is_marked_truncated(pipeline):
+    """Flux keeps its T5 limit (tiny: 64 tokens); the result says when the prompt was cut."""
+    assert pipeline.run(job(prompt="a house by a lake")).prompt_truncated is False
+    long_prompt = " ".join(["a house by a lake"] * 40)
+    result = pipeline.run(job(prompt=long_prompt))
+    assert result.failure is None and result.prompt_truncated is True

@@ -160,6 +160,33 @@ def test_twenty_nine_styles_with_the_fixed_ten():
         assert "{prompt}" in style.positive, name
 
 
+# InstantID's own style texts (gradio_demo/style_template.py of the InstantX-research InstantID
+# repository), a few of them checked word for word; most of its styles share one negative.
+DEMO_NEGATIVE = (
+    "(lowres, low quality, worst quality:1.2), (text:1.2), watermark, (frame:1.2), deformed, "
+    "ugly, deformed eyes, blur, out of focus, blurry, deformed cat, deformed, photo, "
+    "anthropomorphic cat, monochrome, photo, pet collar, gun, weapon, blue, 3d, drones, drone, "
+    "buildings in background, green"
+)
+
+
+def test_instantids_own_nine_styles_are_its_texts():
+    assert STYLES["(No style)"] == ("{prompt}", "")
+    assert STYLES["Watercolor"] == (
+        "watercolor painting, {prompt}. vibrant, beautiful, painterly, detailed, textural, "
+        "artistic",
+        "(lowres, low quality, worst quality:1.2), (text:1.2), watermark, anime, "
+        "photorealistic, 35mm film, deformed, glitch, low contrast, noisy",
+    )
+    assert STYLES["Line art"].positive == (
+        "line art drawing {prompt} . professional, sleek, modern, minimalist, graphic, line "
+        "art, vector graphics"
+    )
+    assert STYLES["Mars"].positive.endswith("(8k) (HDR) (cinematic lighting) (sharp focus)")
+    for name in ("Film Noir", "Neon", "Jungle", "Mars", "Vibrant Color", "Snow"):
+        assert STYLES[name].negative == DEMO_NEGATIVE, name
+
+
 @pytest.mark.parametrize("name", sorted(STYLES))
 def test_each_style_changes_the_prompt_as_written(client, recorder, name):
     body = instantid_body(prompt="a knight", negative_prompt="blurry", style=name)
@@ -167,7 +194,8 @@ def test_each_style_changes_the_prompt_as_written(client, recorder, name):
     [job] = recorder.jobs
     style = STYLES[name]
     assert job.prompt == style.positive.replace("{prompt}", "a knight")
-    expected_negative = f"{style.negative}, blurry" if style.negative else "blurry"
+    # Joined with a space, as InstantID's demo joins them.
+    expected_negative = f"{style.negative} blurry" if style.negative else "blurry"
     assert job.negative_prompt == expected_negative
     if name != "(No style)":
         assert job.prompt != "a knight" and style.negative in job.negative_prompt

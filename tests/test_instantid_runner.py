@@ -10,10 +10,12 @@ import threading
 import numpy as np
 import pytest
 import torch
+from diffusers.models.attention_processor import Attention
 from PIL import Image
 
 from models.manifest import INSTANTID_IP_ADAPTER_FILE
 from models.store import require_model
+from runners.instantid_sampler import Sample, SampleRequest, sample
 from runners.ip_adapter_attention import FaceAdapterAttnProcessor, SelfAttnProcessor
 from runners.jobs import InstantIDJob
 from tests.face_images import face_picture, payload_face, payload_pose
@@ -118,9 +120,11 @@ def test_no_face_fails_the_job_naming_the_field(pipelines, job_, field):
 def test_zero_identity_strength_is_no_identitynet(pipelines):
     calls, without = forward_calls(pipelines.identitynet, pipelines, job(identity_strength=0))
     assert calls == 0
-    # Without the IdentityNet the keypoints cannot matter; with it they do.
+    # Without the IdentityNet the keypoints cannot matter; with it they do. (The face box still
+    # would with enhance_face_region: it confines the face attention too.)
     unposed = [
-        image_of(pipelines, job(identity_strength=0, pose_image=p)) for p in (POSE, OTHER_POSE)
+        image_of(pipelines, job(identity_strength=0, pose_image=p, enhance_face_region=False))
+        for p in (POSE, OTHER_POSE)
     ]
     assert unposed[0] == unposed[1]
     calls, with_identity = forward_calls(pipelines.identitynet, pipelines, job())
@@ -132,12 +136,11 @@ def test_zero_identity_strength_is_no_identitynet(pipelines):
 
 
 def test_adapter_strength_scales_the_face_embedding(pipelines):
-    # identity_strength 0 leaves the adapter as the face's only way in.
+    # identity_strength 0 leaves the adapter as the face's only way in; acting everywhere, not
+    # confined to the face box.
     def run(strength: float, face: Image.Image) -> bytes:
-        return image_of(
-            pipelines,
-            job(identity_strength=0, adapter_strength=strength, face_image=face, pose_image=POSE),
-        )
+        fields = {"identity_strength": 0, "enhance_face_region": False, "pose_image": POSE}
+        return image_of(pipelines, job(adapter_strength=strength, face_image=face, **fields))
 
     assert run(0, FACE) == run(0, OTHER_FACE)  # no adapter: the identity cannot matter
     assert differ(run(0.8, FACE), run(0.8, OTHER_FACE)) > 0.5
@@ -210,3 +213,85 @@ def test_ip_adapter_file_has_instantids_layout(tiny_settings):
     keys = sorted(state["ip_adapter"], key=lambda key: int(key.split(".")[0]))
     assert keys[:2] == ["1.to_k_ip.weight", "1.to_v_ip.weight"]
     assert all(int(key.split(".")[0]) % 2 == 1 for key in keys)  # cross-attention layers only
+
+
+# --- as InstantID's demo computes it ------------------------------------------------------------
+
+
+def _face_sample(pipelines, adapter_mask: Image.Image | None, adapter_scale: float) -> Sample:
+    embedding = pipelines.faces.largest_face(FACE).embedding
+    return Sample(
+        prompt="photo of a man",
+        negative_prompt="lowquality",
+        face_embedding=embedding,
+        adapter_scale=adapter_scale,
+        controls=[],
+        seed=3,
+        adapter_mask=adapter_mask,
+    )
+
+
+def _sampled(pipelines, samples: list[Sample]) -> list[np.ndarray]:
+    request = SampleRequest(
+        samples=samples, num_inference_steps=3, guidance_scale=5.0, width=64, height=64
+    )
+    images = sample(pipelines._pipeline(), pipelines.face_projection, request)
+    return [np.asarray(image, dtype=np.int16) for image in images]
+
+
+def test_outside_the_face_mask_the_adapter_adds_nothing(pipelines):
+    """A layer's face attention is multiplied by the mask on its token grid: masked out
+    everywhere, the face changes nothing at all; a mask of ones is no mask."""
+    black = Image.new("L", (64, 64), 0)
+    white = Image.new("L", (64, 64), 255)
+    [no_face] = _sampled(pipelines, [_face_sample(pipelines, None, 0.0)])
+    [masked_out] = _sampled(pipelines, [_face_sample(pipelines, black, 0.8)])
+    [ones] = _sampled(pipelines, [_face_sample(pipelines, white, 0.8)])
+    [unmasked] = _sampled(pipelines, [_face_sample(pipelines, None, 0.8)])
+    assert np.array_equal(masked_out, no_face)
+    assert np.array_equal(ones, unmasked)
+    assert np.abs(unmasked - no_face).mean() > 0.5
+
+
+def test_face_attention_is_zero_off_the_mask_in_every_layer():
+    """The processor itself: rows of tokens the mask leaves out get exactly the text attention."""
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4)
+    processor = FaceAdapterAttnProcessor(torch.nn.Linear(6, 8), torch.nn.Linear(6, 8))
+    hidden = torch.randn(2, 16, 8)  # a 4 x 4 token grid
+    context = (torch.randn(2, 5, 6), torch.randn(2, 3, 6))
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, :16, :16] = 1  # row 0: the top-left quarter; row 1: nothing
+    text_only = processor(attn, hidden, context, ip_adapter_scale=0.0)
+    with_face = processor(attn, hidden, context, ip_adapter_scale=0.8, ip_adapter_mask=mask)
+    inside = torch.zeros(2, 16, dtype=torch.bool)
+    inside[0] = torch.tensor([r < 2 and c < 2 for r in range(4) for c in range(4)])
+    assert torch.equal(with_face[~inside], text_only[~inside])
+    assert not torch.isclose(with_face[inside], text_only[inside]).all(dim=-1).any()
+
+
+def test_enhance_face_region_on_and_off_batched_equal_alone(pipelines):
+    """The mask is per sample: one with the option off gets ones and is as alone."""
+    rows = [job(enhance_face_region=True), job(enhance_face_region=False, seed=99)]
+    together = pipelines.run_batch(rows)
+    assert {result.batch_size for result in together} == {2}
+    for row, result in zip(rows, together, strict=True):
+        alone = image_of(pipelines, row)
+        assert np.abs(pixels(result.images[0]) - pixels(alone)).max() <= 2
+
+
+def test_prompts_differing_only_after_token_77_give_different_images(pipelines):
+    head = " ".join(["photo"] * 80)  # one token each in the tiny vocabulary
+    first = image_of(pipelines, job(prompt=f"{head} of a cat"))
+    assert differ(image_of(pipelines, job(prompt=f"{head} of a dog")), first) > 0.5
+
+
+def test_prompts_of_other_lengths_run_apart_and_equal_alone(pipelines):
+    """Never padded to a common length (that would change what the shorter attends to): samples
+    of another encoded length run in a call of their own."""
+    rows = [job(prompt="photo of a cat"), job(prompt="photo of a (cat:1.3)", seed=5)]
+    rows.append(job(prompt="photo " * 90, seed=6))
+    together = pipelines.run_batch(rows)
+    assert [result.batch_size for result in together] == [2, 2, 1]
+    for row, result in zip(rows, together, strict=True):
+        assert np.abs(pixels(result.images[0]) - pixels(image_of(pipelines, row))).max() <= 2

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from runners.jobs import SD15DepthJob
-from runners.schedulers import SCHEDULERS
+from runners.schedulers import SCHEDULERS, make_scheduler
 from tests.jobs import pixels
 from tests.jobs import sd15_job as job
 
@@ -100,3 +100,47 @@ def test_depth_map_follows_the_input(pipelines):
     assert np.array_equal(np.asarray(pipelines.depth(image, (64, 40))), np.asarray(depth))
     mirrored = pipelines.depth(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (64, 40))
     assert not np.array_equal(np.asarray(mirrored), np.asarray(depth))
+
+
+# --- prompts: long-prompt weighting -------------------------------------------------------------
+
+
+def test_an_unweighted_prompt_within_77_tokens_is_as_diffusers_encodes_it(pipelines):
+    """Bit-identical to the pipeline called with the text itself (what the runner did before
+    long-prompt weighting)."""
+    import torch
+
+    row = job(output_format="PNG", num_inference_steps=4)
+    ours = pipelines.run(row).images[0]
+    size = (row.width, row.height)
+    image = row.image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    text = pipelines._pipeline(row.scheduler, img2img=False)(
+        prompt=[row.prompt],
+        negative_prompt=[row.negative_prompt],
+        image=[pipelines.depth(image, size)],
+        num_inference_steps=row.num_inference_steps,
+        guidance_scale=row.guidance_scale,
+        generator=[torch.Generator().manual_seed(row.seed)],
+        height=row.height,
+        width=row.width,
+    ).images[0]
+    assert np.array_equal(pixels(ours), np.asarray(text, dtype=np.int16))
+
+
+def test_prompts_differing_only_after_token_77_give_different_images(pipelines):
+    head = " ".join(["photo"] * 80)  # one token each in the tiny vocabulary
+    first = pipelines.run(job(prompt=f"{head} of a cat")).images[0]
+    other = pipelines.run(job(prompt=f"{head} of a dog")).images[0]
+    assert np.abs(pixels(first) - pixels(other)).mean() > 0.5
+
+
+def test_a_weight_changes_the_image(pipelines):
+    plain = pipelines.run(job(prompt="photo of a cat")).images[0]
+    weighted = pipelines.run(job(prompt="photo of a (cat:1.5)")).images[0]
+    assert np.abs(pixels(plain) - pixels(weighted)).mean() > 0.5
+
+
+def test_the_tiny_scheduler_config_does_not_clip_as_the_real_one(pipelines):
+    assert pipelines.scheduler_config["clip_sample"] is False
+    for name in ("DDIM", "DDPM"):
+        assert make_scheduler(name, pipelines.scheduler_config).config.clip_sample is False

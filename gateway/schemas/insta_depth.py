@@ -34,7 +34,11 @@ class InstaDepthRequest(BaseModel):
     pose_image: str = Field(
         description="The pose: its depth map, its largest face's keypoints and its aspect ratio."
     )
-    prompt: str = Field(min_length=1, description="Prompt to render.")
+    prompt: str = Field(
+        min_length=1,
+        description="Prompt to render: any length; A1111 weights `(words:1.2)`, `(words)`, "
+        "`[words]`.",
+    )
     negative_prompt: str = Field(default="", description="Prompts to exclude.")
     num_inference_steps: int = Field(default=10, ge=4, le=100, description="Denoising steps.")
     guidance_scale: float = Field(default=3, ge=1, le=15, description="Classifier-free guidance.")

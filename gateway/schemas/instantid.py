@@ -25,7 +25,11 @@ class InstantIDRequest(BaseModel):
         description="The identity: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP). Its "
         "largest face is used."
     )
-    prompt: str = Field(min_length=1, description="Prompt to render.")
+    prompt: str = Field(
+        min_length=1,
+        description="Prompt to render: any length; A1111 weights `(words:1.2)`, `(words)`, "
+        "`[words]`.",
+    )
     negative_prompt: str = Field(default="", description="Prompts to exclude.")
     style: StyleName = Field(default=NO_STYLE, description="Style to apply to the prompts.")
     samples: int = Field(default=1, ge=1, le=4, description="Number of samples to generate.")
@@ -39,7 +43,8 @@ class InstantIDRequest(BaseModel):
         default=0.8, ge=0, le=1, description="IP-Adapter (face embedding) strength."
     )
     enhance_face_region: bool = Field(
-        default=True, description="Confine the IdentityNet to the (padded) face box."
+        default=True,
+        description="Confine the IdentityNet and the face embedding to the (padded) face box.",
     )
     pose_image: str | None = Field(
         default=None,

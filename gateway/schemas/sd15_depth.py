@@ -38,7 +38,11 @@ class SD15DepthRequest(BaseModel):
     image: str = Field(
         description="Input image: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP)."
     )
-    prompt: str = Field(min_length=1, description="Prompt to render.")
+    prompt: str = Field(
+        min_length=1,
+        description="Prompt to render: any length; A1111 weights `(words:1.2)`, `(words)`, "
+        "`[words]`.",
+    )
     negative_prompt: str = Field(default="", description="Prompts to exclude.")
     samples: int = Field(default=1, ge=1, le=4, description="Number of samples to generate.")
     scheduler: Scheduler = Field(default="UniPC", description="Type of scheduler.")
