@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     flux_max_batch_size: int = Field(default=4, ge=1)
     # T5 tokens of the prompt flux attends to; unset: 512 (full), 64 (tiny).
     flux_max_sequence_length: int | None = Field(default=None, ge=1, le=FULL_FLUX_TEXT_TOKENS)
+    # The longest BentoML's batching dispatcher holds a call on an idle runner hoping for
+    # company (runners/batch_hold.py); unbounded, a burst's queue waits kept lone calls slow.
+    batch_max_hold_ms: float = Field(default=50.0, ge=0)
     # BentoML refuses (503) a queued call it expects to finish later than this: keep it at
     # least the generation deadline, so batching never refuses what the deadline would allow.
     sd15_max_latency_ms: int = Field(default=300_000, ge=1)
