@@ -1,0 +1,140 @@
+"""Redis blips cost nothing (gateway/redis_client.py), against a real redis-server: every
+client (v2 jobs, credits, limits) rides out a restart; a refund or a slot release that Redis
+cannot take even then is settled when it is back; a request during an outage answers 503 with
+Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from gateway import redis_client
+from gateway.api_keys import Tenant
+from gateway.credits import Credits, RedisCreditLedger
+from gateway.job_store import JobRecord
+from gateway.rate_limits import RateLimits, RedisLimitStore
+from gateway.redis_job_store import RedisJobStore
+from settings import Settings
+from tests.api_key_helpers import SD15, entry, headers, make_client, sd15_body, write_keys
+from tests.helpers import assert_error, free_port
+from tests.redis_server import redis_server
+
+DOWN_S = 3.0  # longer than redis-py's default retries ride out (about 2 s)
+
+
+def record(job_id: str) -> JobRecord:
+    return JobRecord(
+        id=job_id, model=SD15, payload="{}", as_base64=False, media_type="image/jpeg",
+        base_url="http://x", submitted_at=time.time(), owner="team-a",
+    )  # fmt: skip
+
+
+def restart_later(server, down_s: float) -> threading.Thread:
+    """Start `server` again after `down_s` seconds, from another thread."""
+
+    def start() -> None:
+        time.sleep(down_s)
+        server.start()
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["kill -9", "shutdown"])
+def test_every_redis_client_rides_out_a_restart(tmp_path, kill):
+    async def scenario(url: str, server) -> None:
+        store = RedisJobStore(url, max_queued=10, retention_s=60, visibility_timeout_s=5)
+        ledger = RedisCreditLedger(url)
+        limits = RedisLimitStore(url)
+        # Each client has a pooled connection, which the restart kills.
+        await store.submit(record("before"))
+        assert await ledger.spend("team-a", 100, 10) == (True, 90)
+        assert await limits.acquire_slot("team-a", "s1", 4, 60)
+        if kill:
+            server.kill()
+        else:
+            await store.client.shutdown(nosave=True)
+        restarting = restart_later(server, DOWN_S)
+        # Sent while Redis is down: each waits for it and succeeds.
+        started = time.monotonic()
+        await store.submit(record("during"))
+        assert time.monotonic() - started >= DOWN_S / 2  # it did wait for the restart
+        assert await ledger.spend("team-a", 100, 10) == (True, 80)
+        assert await limits.acquire_slot("team-a", "s2", 4, 60)
+        await limits.release_slot("team-a", "s1")
+        await limits.release_slot("team-a", "s2")
+        taken = [await store.take("w", timeout_s=1) for _ in range(2)]
+        assert [job.id for job in taken] == ["before", "during"]
+        assert await store.client.zcard("depthid:limits:slots:team-a") == 0
+        await asyncio.to_thread(restarting.join)
+        for client in (store, ledger, limits):
+            await client.close()
+
+    with redis_server(tmp_path, appendonly=True) as server:
+        asyncio.run(scenario(server.url, server))
+
+
+def test_refunds_and_slot_releases_during_a_long_outage_are_settled_when_redis_is_back(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(redis_client, "SETTLE_RETRY_PERIOD_S", 0.2)
+    tenant = Tenant(name="team-a", models=None, credits=100, requests_per_minute=0,
+                    concurrent_jobs=1)  # fmt: skip
+
+    async def scenario(url: str, server) -> None:
+        # Retries for 0.3 s only: the outage outlasts them.
+        limits = RateLimits(RedisLimitStore(url, retry_s=0.3), Settings())
+        credits = Credits(RedisCreditLedger(url, retry_s=0.3))
+        async with limits.job_slot(tenant, "job-1"):
+            pass  # queued: the job keeps its slot
+        assert (await credits.ledger.spend("team-a", 100, 30)) == (True, 70)
+        server.kill()
+        # The job fails while Redis is down: neither its refund nor its release raises...
+        await credits.refund("team-a", 30)
+        await limits.release_job("team-a", "job-1")
+        # ...and once Redis is back (its AOF kept the charge and the slot), both happen.
+        await asyncio.to_thread(server.start)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+            await credits.ledger.spent("team-a")
+            or await limits.store.client.zcard("depthid:limits:slots:team-a")
+        ):
+            await asyncio.sleep(0.1)
+        assert await credits.ledger.spent("team-a") == 0
+        async with limits.job_slot(tenant, "job-2"):  # the one slot is free again
+            pass
+        await limits.close()
+        await credits.close()
+
+    with redis_server(tmp_path, appendonly=True) as server:
+        asyncio.run(scenario(server.url, server))
+
+
+def test_requests_during_a_redis_outage_answer_503_with_retry_after(tmp_path):
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    keys = write_keys(tmp_path, entry("team-a", credits=1000))
+    overrides = {"job_store_url": dead_redis, "redis_retry_s": 0.2, "store_retry_after_s": 7}
+    with make_client(None, **overrides) as client:
+        response = client.post(f"/v2/{SD15}", json=sd15_body())
+        assert_error(response, 503)
+        assert response.headers["retry-after"] == "7"
+        assert_error(client.get("/v2/requests/0123/status"), 503)
+    with make_client(keys, **overrides) as client:  # keys on: limits and credits on Redis
+        for route in (f"/v1/{SD15}", f"/v2/{SD15}"):
+            response = client.post(route, json=sd15_body(), headers=headers("team-a"))
+            assert_error(response, 503)
+            assert response.headers["retry-after"] == "7"
+
+
+def test_retries_cover_the_budget():
+    for budget in (0.0, 0.3, 2.0, 10.0, 30.0):
+        retries = redis_client.retries_for(budget)
+        waited = sum(
+            min(redis_client.BACKOFF_CAP_S, redis_client.BACKOFF_BASE_S * 2**i)
+            for i in range(retries)
+        )
+        assert waited >= budget
