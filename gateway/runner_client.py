@@ -2,6 +2,11 @@
 
 `call` is whatever sends the jobs: BentoML's dependency proxy when served, the runner object
 itself in tests. A runner that cannot be reached is a 502, one past the deadline a 504.
+
+Every job goes with its deadline and a token (runners/jobs.py): the runner does not start a
+job past its deadline. When the deadline passes here, or the caller goes away (the call is
+cancelled), the token is sent to the runner's `cancel` API, so the work stops there too
+(runners/deadlines.py).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,17 +29,25 @@ logger = logging.getLogger(__name__)
 
 GenerateCall = Callable[[list[Any]], Awaitable[list[Any]]]
 ReadyCall = Callable[[], Awaitable[bool]]
+CancelCall = Callable[[list[str]], Awaitable[Any]]
 READY_PROBE_TIMEOUT_S = 3.0  # well inside a Kubernetes probe's default 1s period x threshold
 
 
 class RunnerClient:
     def __init__(
-        self, name: str, call: GenerateCall, deadline_s: float, ready: ReadyCall | None = None
+        self,
+        name: str,
+        call: GenerateCall,
+        deadline_s: float,
+        ready: ReadyCall | None = None,
+        cancel: CancelCall | None = None,
     ) -> None:
         self.name = name
         self._call = call
         self._ready = ready
+        self._cancel = cancel
         self.deadline_s = deadline_s
+        self._cancelling: set[asyncio.Task] = set()  # strong references to fire-and-forget
 
     async def is_ready(self) -> bool:
         """Whether the runner answers its readiness route (models loaded), within a bound:
@@ -53,8 +67,14 @@ class RunnerClient:
         metrics: in flight, time, batch size."""
         metrics.track_in_flight(model, len(jobs))
         started = time.perf_counter()
+        token = uuid.uuid4().hex
+        deadline = time.time() + self.deadline_s
+        rows = [
+            row.model_copy(update={"deadline": deadline, "token": token})
+            for row in split_jobs(jobs)
+        ]
         try:
-            results = merge_jobs(jobs, await self._send(split_jobs(jobs)))
+            results = merge_jobs(jobs, await self._send(rows, token))
         finally:
             metrics.track_in_flight(model, -len(jobs))
         seconds = time.perf_counter() - started
@@ -63,11 +83,15 @@ class RunnerClient:
             metrics.observe_batch_size(model, result.batch_size)
         return results
 
-    async def _send(self, jobs: list[Any]) -> list[Any]:
+    async def _send(self, jobs: list[Any], token: str) -> list[Any]:
         try:
             async with asyncio.timeout(self.deadline_s):
                 return await self._call(jobs)
+        except asyncio.CancelledError:
+            self._cancel_in_runner(token)  # the caller went away
+            raise
         except TimeoutError as exc:
+            self._cancel_in_runner(token)
             raise ApiError(
                 504, f"generation exceeded its deadline of {self.deadline_s:g} seconds"
             ) from exc
@@ -85,3 +109,19 @@ class RunnerClient:
                 raise ApiError(504, "generation exceeded the runner's deadline") from exc
             logger.error("runner %s failed (%s): %s", self.name, status, exc)
             raise ApiError(500, "internal error while generating") from exc
+
+    def _cancel_in_runner(self, token: str) -> None:
+        """Tell the runner nobody waits for `token`'s jobs, without waiting for its answer."""
+        if self._cancel is None:
+            return
+        task = asyncio.create_task(self._send_cancel(token))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    async def _send_cancel(self, token: str) -> None:
+        try:
+            async with asyncio.timeout(READY_PROBE_TIMEOUT_S):
+                await self._cancel([token])
+        except Exception as exc:
+            # Best effort: the runner still drops the jobs at their deadline.
+            logger.info("runner %s: cancel not delivered: %s", self.name, type(exc).__name__)

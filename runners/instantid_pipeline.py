@@ -21,6 +21,7 @@ from PIL import Image
 
 from models.manifest import INSTANTID_IDENTITYNET_FOLDER, INSTANTID_IP_ADAPTER_FILE
 from models.store import require_model
+from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
     accelerate,
@@ -211,6 +212,8 @@ class InstantIDPipelines:
                     guidance_scale=first.guidance_scale,
                     width=first.width,
                     height=first.height,
+                    # Stops the loop once nobody waits for any of these samples.
+                    before_step=deadlines.stop_when_abandoned([rows[i] for i, _ in ready]),
                 )
                 images = sample(self._pipeline(), self.face_projection, request)
                 elapsed = time.perf_counter() - start

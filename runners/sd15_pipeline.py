@@ -19,6 +19,7 @@ from diffusers import (
 from PIL import Image
 
 from models.store import require_model
+from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
     accelerate,
@@ -149,6 +150,8 @@ class SD15DepthPipelines:
                 ],
                 "height": first.height,
                 "width": first.width,
+                # Stops the call once nobody waits for any of its rows (runners/deadlines.py).
+                "callback_on_step_end": deadlines.stop_when_abandoned(rows),
             }
             if img2img:
                 output = pipe(
