@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from gateway import redis_client
 from gateway.api_keys import Tenant
@@ -18,8 +19,16 @@ from gateway.job_store import JobRecord
 from gateway.rate_limits import RateLimits, RedisLimitStore
 from gateway.redis_job_store import RedisJobStore
 from settings import Settings
-from tests.api_key_helpers import SD15, entry, headers, make_client, sd15_body, write_keys
-from tests.helpers import assert_error, free_port
+from tests.api_key_helpers import (
+    SD15,
+    SD15_DEFAULT_COST,
+    entry,
+    headers,
+    make_client,
+    sd15_body,
+    write_keys,
+)
+from tests.helpers import RecordingRunner, assert_error, free_port, wait_until
 from tests.redis_server import redis_server
 
 DOWN_S = 3.0  # longer than redis-py's default retries ride out (about 2 s)
@@ -138,3 +147,71 @@ def test_retries_cover_the_budget():
             for i in range(retries)
         )
         assert waited >= budget
+
+
+class SlowRunner(RecordingRunner):
+    """Takes a moment, so that jobs are in every state when Redis goes down."""
+
+    async def __call__(self, jobs):
+        await asyncio.sleep(0.1)
+        return await super().__call__(jobs)
+
+
+def test_no_slot_leak_and_no_charge_without_answer_across_repeated_redis_restarts(tmp_path):
+    """v2 submits and jobs of a key with credits and 4 concurrent jobs, while Redis is killed
+    (SIGKILL) and shut down in turn, four times. Every submit answers (200, 429 or 503); at the
+    end every accepted job has ended, the key has spent exactly the cost of those that
+    COMPLETED, and it holds no concurrency slot."""
+    keys = write_keys(
+        tmp_path, entry("team-a", credits=1_000_000, concurrent_jobs=4, requests_per_minute=0)
+    )
+    with redis_server(tmp_path, appendonly=True) as server:
+        overrides = {"job_store_url": server.url}
+        with make_client(keys, {SD15: SlowRunner()}, **overrides) as client:
+            accepted, answers = [], []
+
+            def submit():
+                return client.post(f"/v2/{SD15}", json=sd15_body(), headers=headers("team-a"))
+
+            for outage in range(4):
+                stop_at = time.monotonic() + 2.0
+                while time.monotonic() < stop_at:  # Redis up: fill the key's slots
+                    response = client.post(
+                        f"/v2/{SD15}", json=sd15_body(), headers=headers("team-a")
+                    )
+                    answers.append(response.status_code)
+                    if response.status_code == 200:
+                        accepted.append(response.json()["request_id"])
+                if outage % 2 == 0:
+                    server.kill()
+                else:
+                    redis.Redis.from_url(server.url).shutdown(nosave=True)
+                restarting = restart_later(server, 1.0)
+                for _ in range(3):  # sent while Redis is down: they wait for it, or 503
+                    response = client.post(
+                        f"/v2/{SD15}", json=sd15_body(), headers=headers("team-a")
+                    )
+                    answers.append(response.status_code)
+                    if response.status_code == 200:
+                        accepted.append(response.json()["request_id"])
+                restarting.join()
+
+            def all_ended() -> bool:
+                found = [
+                    client.get(f"/v2/requests/{i}/status", headers=headers("team-a")).json()
+                    for i in accepted
+                ]
+                return all(body.get("status") in ("COMPLETED", "FAILED") for body in found)
+
+            assert wait_until(all_ended, 60)
+            raw = redis.Redis.from_url(server.url)
+            assert wait_until(lambda: raw.zcard("depthid:limits:slots:team-a") == 0, 10)
+            completed = sum(
+                client.get(f"/v2/requests/{i}/status", headers=headers("team-a")).json()["status"]
+                == "COMPLETED"
+                for i in accepted
+            )
+            spent = int(raw.get("depthid:credits:spent:team-a") or 0)
+    assert set(answers) <= {200, 429, 503}, answers
+    assert accepted and completed
+    assert spent == completed * SD15_DEFAULT_COST
