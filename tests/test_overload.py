@@ -11,9 +11,11 @@ import statistics
 import time
 
 import httpx
+import pytest
 
 from benchmarks.bench import timed_post
 from benchmarks.latency import MODELS
+from tests.api_key_helpers import entry, key_of, write_keys
 from tests.served import serve
 
 MODEL = "sd1.5-controlnet-depth"
@@ -26,17 +28,55 @@ OVERLOAD_S = 10.0
 AFTER_S = 4.0
 
 
-def test_answers_keep_their_deadline_and_lone_requests_are_fast_right_after_an_overload(
-    tiny_settings,
-):
-    env = {"DEPTHID_GENERATION_TIMEOUT_S": str(DEADLINE_S)}
-    body = MODELS[MODEL][2]()
-    with serve(env=env) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+CREDITS = 100_000
+KEY = {"x-api-key": key_of("load")}
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_settings, tmp_path_factory):
+    """A served instance of its own: a short deadline, and one API key with credits and no
+    limits (so that refunds show in `x-remaining-credits`)."""
+    keys = write_keys(
+        tmp_path_factory.mktemp("keys"),
+        entry("load", credits=CREDITS, requests_per_minute=0, concurrent_jobs=0),
+    )
+    env = {"DEPTHID_GENERATION_TIMEOUT_S": str(DEADLINE_S), "DEPTHID_API_KEYS_FILE": str(keys)}
+    with serve(env=env) as url:
         # BentoML's dispatcher times its first dozen calls one by one, holding two of them
         # for about twice a call's duration: on a busy machine, past this short deadline.
+        body = MODELS[MODEL][2]()
         for seed in range(12):
-            response = client.post(f"/v1/{MODEL}", json={**body, "seed": seed})
+            response = httpx.post(
+                f"{url}/v1/{MODEL}", json={**body, "seed": seed}, headers=KEY, timeout=60
+            )
             assert response.status_code in (200, 504), response.text
+        yield url
+
+
+def test_a_v1_caller_who_hangs_up_is_refunded_and_its_work_stops(base_url):
+    body = MODELS[MODEL][2]()
+    with httpx.Client(base_url=base_url, timeout=60, headers=KEY) as client:
+        idle = statistics.median(timed_post(client, MODEL, body).seconds for _ in range(3))
+        spent_before = CREDITS - int(
+            client.post(f"/v1/{MODEL}", json=body).headers["x-remaining-credits"]
+        )
+        # 100 steps, cut off by the caller after a second.
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"/v1/{MODEL}", json={**body, "num_inference_steps": 100}, timeout=1.0)
+        time.sleep(0.5)  # the Gateway notices within its 0.25 s poll and tells the runner
+        lone = timed_post(client, MODEL, body)
+        remaining = int(client.post(f"/v1/{MODEL}", json=body).headers["x-remaining-credits"])
+    # Refunded: only the requests answered are paid for (20 credits each at the defaults).
+    assert CREDITS - remaining == spent_before + 2 * 20
+    # The 100 steps were stopped: the next request did not wait behind them.
+    assert lone.seconds <= 2 * idle + 0.5, (idle, lone)
+
+
+def test_answers_keep_their_deadline_and_lone_requests_are_fast_right_after_an_overload(
+    base_url,
+):
+    body = MODELS[MODEL][2]()
+    with httpx.Client(base_url=base_url, timeout=60, headers=KEY) as client:
         idle = statistics.median(timed_post(client, MODEL, body).seconds for _ in range(5))
 
         overload_end = time.monotonic() + OVERLOAD_S
