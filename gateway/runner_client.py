@@ -7,6 +7,11 @@ Every job goes with its deadline and a token (runners/jobs.py): the runner does 
 job past its deadline. When the deadline passes here, or the caller goes away (the call is
 cancelled), the token is sent to the runner's `cancel` API, so the work stops there too
 (runners/deadlines.py).
+
+After a transport failure (the runner died or is restarting) the runner is *suspect*: the next
+calls first ask its readiness route (bounded by READY_PROBE_TIMEOUT_S) and answer 502 at once
+while it is not ready, instead of queueing on a socket that nobody serves until the restart is
+done (up to the deadline). The first ready answer clears it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class RunnerClient:
         self._cancel = cancel
         self.deadline_s = deadline_s
         self._cancelling: set[asyncio.Task] = set()  # strong references to fire-and-forget
+        self._suspect = False  # a transport failure since the last ready answer
 
     async def is_ready(self) -> bool:
         """Whether the runner answers its readiness route (models loaded), within a bound:
@@ -84,6 +90,10 @@ class RunnerClient:
         return results
 
     async def _send(self, jobs: list[Any], token: str) -> list[Any]:
+        if self._suspect:
+            if not await self.is_ready():
+                raise ApiError(502, f"the {self.name} model runner is restarting")
+            self._suspect = False
         try:
             async with asyncio.timeout(self.deadline_s):
                 return await self._call(jobs)
@@ -99,6 +109,7 @@ class RunnerClient:
             # Transport failures only: BentoML turns the runner's HTTP answers into
             # BentoMLException, handled below.
             logger.warning("runner %s unreachable: %s", self.name, exc)
+            self._suspect = True
             raise ApiError(502, f"the {self.name} model runner is unreachable") from exc
         except BentoMLException as exc:
             status = int(getattr(exc, "error_code", 500))

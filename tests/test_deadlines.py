@@ -198,3 +198,33 @@ def test_a_v1_caller_who_goes_away_is_refunded_and_the_runner_told(tmp_path):
     assert len(cancelled) == 1 and cancelled[0]
     assert sent[0]["status"] == 499
     threading.Thread(target=runner.release.set).start()
+
+
+def test_after_a_transport_failure_calls_answer_502_at_once_until_the_runner_is_ready():
+    """A runner that died is restarting: rather than queue on its socket until it is back,
+    calls ask its readiness first and answer 502 at once; once it is ready they go through."""
+    import aiohttp
+
+    calls, ready = [], [False]
+
+    async def call(jobs):
+        calls.append(jobs)
+        if len(calls) == 1:
+            raise aiohttp.ClientConnectionError("connection reset")
+        return [deadlines.expired_result(job) for job in jobs]
+
+    async def is_ready():
+        return ready[0]
+
+    async def scenario():
+        client = RunnerClient("sd15", call, deadline_s=30, ready=is_ready)
+        for _ in range(2):  # the failure itself, then a refusal without a call
+            with pytest.raises(Exception) as raised:
+                await client.generate([sd15_job()], model=SD15)
+            assert getattr(raised.value, "status", None) == 502
+        assert len(calls) == 1
+        ready[0] = True
+        await client.generate([sd15_job()], model=SD15)
+        assert len(calls) == 2
+
+    asyncio.run(scenario())
