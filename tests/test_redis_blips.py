@@ -6,8 +6,10 @@ Retry-After."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -41,6 +43,9 @@ def record(job_id: str) -> JobRecord:
     )  # fmt: skip
 
 
+_restarts: list[threading.Thread] = []
+
+
 def restart_later(server, down_s: float) -> threading.Thread:
     """Start `server` again after `down_s` seconds, from another thread."""
 
@@ -50,7 +55,20 @@ def restart_later(server, down_s: float) -> threading.Thread:
 
     thread = threading.Thread(target=start)
     thread.start()
+    _restarts.append(thread)
     return thread
+
+
+@contextlib.contextmanager
+def redis_with_restarts(directory) -> Iterator:
+    """A redis-server (append-only file on) that restart_later may restart: whatever happens
+    in the test, pending restarts are done before it is stopped, so none outlives the test."""
+    with redis_server(directory, appendonly=True) as server:
+        try:
+            yield server
+        finally:
+            while _restarts:
+                _restarts.pop().join()
 
 
 @pytest.mark.parametrize("kill", [True, False], ids=["kill -9", "shutdown"])
@@ -83,7 +101,7 @@ def test_every_redis_client_rides_out_a_restart(tmp_path, kill):
         for client in (store, ledger, limits):
             await client.close()
 
-    with redis_server(tmp_path, appendonly=True) as server:
+    with redis_with_restarts(tmp_path) as server:
         asyncio.run(scenario(server.url, server))
 
 
@@ -119,7 +137,7 @@ def test_refunds_and_slot_releases_during_a_long_outage_are_settled_when_redis_i
         await limits.close()
         await credits.close()
 
-    with redis_server(tmp_path, appendonly=True) as server:
+    with redis_with_restarts(tmp_path) as server:
         asyncio.run(scenario(server.url, server))
 
 
@@ -165,7 +183,7 @@ def test_no_slot_leak_and_no_charge_without_answer_across_repeated_redis_restart
     keys = write_keys(
         tmp_path, entry("team-a", credits=1_000_000, concurrent_jobs=4, requests_per_minute=0)
     )
-    with redis_server(tmp_path, appendonly=True) as server:
+    with redis_with_restarts(tmp_path) as server:
         overrides = {"job_store_url": server.url}
         with make_client(keys, {SD15: SlowRunner()}, **overrides) as client:
             accepted, answers = [], []
