@@ -13,15 +13,31 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Tests start their own redis-server on 127.0.0.1; install it when the machine lacks it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test lint format models redis-server pull bench-latency bench bench-gpu bento loadtest clean
+.PHONY: install serve test lint format models redis-server pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP_INSTALL) "torch==2.13.0" -e ".[test]"
+# On a CUDA host (nvidia-smi on the PATH, or GPU=1) `make install` installs what the GPU image
+# ships (requirements/gpu.txt: torch's CUDA 13 build and onnxruntime-gpu, swapped for the CPU
+# onnxruntime as in Dockerfile.template), so benchmarks time the image's torch, and checks that
+# both need the same CUDA major. Elsewhere (or GPU=0) the CPU torch==2.13.0 stays.
+GPU ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1,0)
+ifeq ($(GPU),1)
+TORCH_REQUIREMENT := -r requirements/gpu.txt
+else
+TORCH_REQUIREMENT := "torch==2.13.0"
+endif
+
+$(VENV)/.installed: pyproject.toml requirements/gpu.txt | $(BIN)/python
+	$(PIP_INSTALL) $(TORCH_REQUIREMENT) -e ".[test]"
 	# insightface without its declared deps: see the note in pyproject.toml.
 	$(PIP_INSTALL) --no-deps "insightface==2.1"
+ifeq ($(GPU),1)
+	$(BIN)/python -m pip uninstall --yes --quiet onnxruntime
+	$(PIP_INSTALL) --force-reinstall --no-deps "$$(grep '^onnxruntime-gpu==' requirements/gpu.txt)"
+	$(BIN)/python requirements/check_cuda.py
+endif
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,8 +45,13 @@ install: $(VENV)/.installed
 models: install
 	$(BIN)/python -m models.build
 
-serve: models
-	BENTOML_DO_NOT_TRACK=true DEPTHID_PROFILE=tiny DEPTHID_DEVICE=cpu $(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
+# DEPTHID_PROFILE=full make serve serves the full store (`make pull`, or `make full-store` for
+# random weights); tiny (the default) builds its models first and runs on the CPU. A missing
+# model ends the server at once, naming it and the command that provides it.
+DEPTHID_PROFILE ?= tiny
+DEPTHID_DEVICE ?= $(if $(filter tiny,$(DEPTHID_PROFILE)),cpu,auto)
+serve: $(if $(filter tiny,$(DEPTHID_PROFILE)),models,install)
+	BENTOML_DO_NOT_TRACK=true DEPTHID_PROFILE=$(DEPTHID_PROFILE) DEPTHID_DEVICE=$(DEPTHID_DEVICE) $(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check .
@@ -59,8 +80,25 @@ bench: models
 bench-gpu: install
 	$(BIN)/python -m benchmarks.gpu $(ARGS)
 
+# Each runner's GPU memory for its weights, computed from the real configs' parameter counts on
+# PyTorch's meta device (benchmarks/gpu_memory.py): the README's "GPU memory" tables.
+gpu-memory: install
+	$(BIN)/python -m benchmarks.gpu_memory
+
+# The full profile's real weights (models/pull.py); RUNNER=instantid pulls one runner's.
 pull: install
-	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full
+	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full $(if $(RUNNER),--runner $(RUNNER))
+
+# The full store with random weights, laid out as `make pull` lays it (models/full_store.py):
+# SCALE=ci (default, about 2.5 GB, minutes on a CPU) or SCALE=real (tens of GB, for a GPU host).
+SCALE ?= ci
+full-store: install
+	DEPTHID_PROFILE=full $(BIN)/python -m models.full_store --scale $(SCALE)
+
+# On a CUDA machine with nothing downloaded: the real-size full store, served on the GPU, every
+# model through v1 and v2, bench-gpu per model, one table (benchmarks/gpu_check.py).
+gpu-check: install
+	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
 # store; `bentoml containerize depthid:latest` then makes the image (README "Container").

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # torch threads of a runner on the CPU; unset: 1 in `tiny` (its tensors are so small that
     # handing work to a second thread costs more than it saves), torch's default in `full`.
     cpu_threads: int | None = Field(default=None, ge=1)
+    # Runners whose models `python -m models.pull` pulls when run without --runner/--only
+    # (comma-separated, e.g. "instantid,sd15_depth"); empty: every model (the k8s pull Job).
+    pull_runners: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- GPU accelerations (runners/acceleration.py): "auto" = on for CUDA, off on the CPU ---
     attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto: PyTorch's SDPA
@@ -62,6 +65,12 @@ class Settings(BaseSettings):
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
     ] = "max-autotune-no-cudagraphs"
     warmup: Literal["auto", "on", "off"] = "auto"  # one generation at start-up
+    # --- smaller GPUs (README "GPU memory"): off unless asked, as both cost time -------------
+    # diffusers' model CPU offload: each model of a runner's pipeline is on the GPU only while
+    # it runs (flux: the T5 encoder leaves the GPU before the transformer runs).
+    cpu_offload: Literal["on", "off"] = "off"
+    # The VAE decodes (and encodes) in tiles: its memory no longer grows with the image's area.
+    vae_tiling: Literal["on", "off"] = "off"
 
     # --- serving ------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -121,11 +130,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=36_000_000, ge=64)
+    # Every image field: the long side at most this many times the short one (README "Bad
+    # input"): the depth and face preprocessors cannot use a sliver (a 1000x1 picture).
+    max_aspect_ratio: float = Field(default=4.0, ge=1.0, le=64.0)
     # JSON bodies (gateway/json_limits.py): nesting of objects/arrays, and the length of every
     # string but the image fields', which carry base64 up to max_image_bytes and are bounded by
     # that limit instead. Our bodies are flat objects and prompts a few hundred characters.
     max_json_depth: int = Field(default=32, ge=1, le=500)  # below Python's recursion limit
     max_string_chars: int = Field(default=16_384, ge=256)
+    # Items (array elements and object members) of a JSON body, bounded by its commas before it
+    # is parsed; room for two prompts of max_string_chars commas.
+    max_json_items: int = Field(default=100_000, ge=100)
+    # Slow clients (README "Slow and idle connections"): a request head (request line and
+    # headers) must arrive within this of the connection opening or of its previous answer,
+    # else the connection is closed (gateway/connection_guard.py) ...
+    request_head_timeout_s: float = Field(default=10.0, gt=0)
+    # ... and a request body within this of its head, else 408 (gateway/middleware.py): a
+    # 32 MB body at about 2 Mbit/s.
+    request_body_timeout_s: float = Field(default=120.0, gt=0)
 
     # --- logging (log_format.py) ------------------------------------------------------------
     # "json": one JSON object per line (the served default), "text": BentoML-like lines.
@@ -169,6 +191,13 @@ class Settings(BaseSettings):
             raise ValueError("thresholds must not decrease: tolerance 1 is the strictest")
         return value
 
+    @field_validator("pull_runners", mode="before")
+    @classmethod
+    def _split_runners(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("url_allowed_networks", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
@@ -187,6 +216,12 @@ class Settings(BaseSettings):
         if self.flux_max_sequence_length is not None:
             return self.flux_max_sequence_length
         return TINY_FLUX_TEXT_TOKENS if self.profile == "tiny" else FULL_FLUX_TEXT_TOKENS
+
+    def resolved_prompt_upsampler(self) -> str:
+        """`llm` or `rules`: `auto` is the language model in `full`, the rules in `tiny`."""
+        if self.prompt_upsampler != "auto":
+            return self.prompt_upsampler
+        return "llm" if self.profile == "full" else "rules"
 
     def profile_store(self) -> Path:
         """Folder holding this profile's weights: ``<model_store>/<profile>``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -27,6 +28,10 @@ from locust.clients import ResponseContextManager
 from segmind.v2 import DEFAULT_POLL_INTERVAL_S, DEFAULT_POLL_TIMEOUT_S
 
 HERE = Path(__file__).resolve().parent
+# Locust imports this file by its path, with only its own folder on sys.path: add the project's.
+sys.path.insert(0, str(HERE.parent))
+from loadtests.photo_payloads import photo_bodies  # noqa: E402
+
 PAYLOADS = HERE / "payloads"
 DEFAULT_SCENARIO = HERE / "scenarios" / "smoke.toml"
 API_KEY_HEADER = "x-api-key"
@@ -34,19 +39,26 @@ JOB_REQUEST_TYPE = "JOB"  # the request type of the `v2 job <model>` entries
 STATES = {"QUEUED", "PROCESSING", "COMPLETED", "FAILED"}
 
 
-def request_bodies() -> dict[str, dict[str, Any]]:
-    """A valid request body per model: the shipped payloads (the flux control picture, a room
-    with clear depth cues, is sd1.5's input picture too). Defaults for everything else."""
+def request_bodies(payloads: str = "synthetic") -> dict[str, dict[str, Any]]:
+    """A valid request body per model, with the scenario's pictures. `synthetic`: the shipped
+    payloads (faces the tiny profile's detector finds; the flux control picture, a room with
+    clear depth cues, is sd1.5's input picture too). `photo`: the same bodies with a real photo
+    a real face detector finds (photo_payloads.py), for `full`. Defaults for everything else."""
+    if payloads not in PAYLOAD_KINDS:
+        raise ValueError(f"unknown payloads {payloads!r}; known: {list(PAYLOAD_KINDS)}")
     scene = base64.b64encode((PAYLOADS / "flux_control.jpg").read_bytes()).decode("ascii")
-    return {
+    synthetic = {
         "sd1.5-controlnet-depth": {"image": scene, "prompt": "a cozy reading room, warm light"},
         "instantid": json.loads((PAYLOADS / "instantid.json").read_text()),
         "insta-depth": json.loads((PAYLOADS / "insta-depth.json").read_text()),
         "flux-depth-pro": {"control_image": scene, "prompt": "a home office at dusk, lamp on"},
     }
+    return synthetic if payloads == "synthetic" else photo_bodies(synthetic)
 
 
-BODIES = request_bodies()
+PAYLOAD_KINDS = ("synthetic", "photo")
+MODELS = ("sd1.5-controlnet-depth", "instantid", "insta-depth", "flux-depth-pro")
+BODIES: dict[str, dict[str, Any]] = {}  # the scenario's, set when Locust starts
 
 
 def load_scenario(path: Path) -> dict[str, Any]:
@@ -55,9 +67,11 @@ def load_scenario(path: Path) -> dict[str, Any]:
     for flow, weights in scenario["weights"].items():
         if flow not in {"v1", "v2"}:
             raise ValueError(f"{path}: unknown flow {flow!r} (v1 or v2)")
-        unknown = set(weights) - set(BODIES)
+        unknown = set(weights) - set(MODELS)
         if unknown:
-            raise ValueError(f"{path}: unknown model(s) {sorted(unknown)}; known: {list(BODIES)}")
+            raise ValueError(f"{path}: unknown model(s) {sorted(unknown)}; known: {list(MODELS)}")
+    if scenario.setdefault("payloads", "synthetic") not in PAYLOAD_KINDS:
+        raise ValueError(f"{path}: payloads must be one of {list(PAYLOAD_KINDS)}")
     return scenario
 
 
@@ -93,6 +107,7 @@ def add_arguments(parser: Any) -> None:
 @events.init.add_listener
 def apply_scenario(environment: Any, **_: Any) -> None:
     scenario = load_scenario(environment.parsed_options.scenario)
+    BODIES.update(request_bodies(scenario["payloads"]))
     DepthIDUser.picks = itertools.cycle(schedule(scenario["weights"]))
     DepthIDUser.wait_time = between(*scenario["wait_s"])
 

@@ -23,6 +23,7 @@ from runners.acceleration import (
     accelerate,
     guard_finite_decode,
     log_accelerations,
+    place_on_device,
     resolve_accelerations,
     warm_up,
 )
@@ -62,13 +63,14 @@ class FluxDepthPipeline:
         safety_dir = require_model(settings, "safety-checker")
 
         self.pipe = FluxControlPipeline.from_pretrained(flux_dir, dtype=self.dtype)
-        self.pipe.to(self.device)
+        placed = place_on_device(self.accelerations, self.pipe, self.device)
         self.pipe.set_progress_bar_config(disable=True)
         accelerated = accelerate(
             self.accelerations,
             {"transformer": self.pipe.transformer, "vae": self.pipe.vae},
             compiled=("transformer",),
         )
+        accelerated.update(placed)
         guard_finite_decode(self.pipe.vae, "flux_depth")
         self.depth = DepthEstimator(depth_dir, self.device, self.dtype)
         self.safety = SafetyChecker(

@@ -19,7 +19,11 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLPipeline
 from PIL import Image
 
-from models.manifest import INSTANTID_IDENTITYNET_FOLDER, INSTANTID_IP_ADAPTER_FILE
+from models.manifest import (
+    INSTANTID_IDENTITYNET_FOLDER,
+    INSTANTID_IP_ADAPTER_FILE,
+    weights_variant,
+)
 from models.store import require_model
 from runners import deadlines
 from runners.acceleration import (
@@ -27,6 +31,7 @@ from runners.acceleration import (
     accelerate,
     guard_finite_decode,
     log_accelerations,
+    place_on_device,
     resolve_accelerations,
     warm_up,
 )
@@ -60,7 +65,10 @@ class InstantIDPipelines:
             require_model(settings, "sdxl-vae"), torch_dtype=self.dtype
         )
         base = StableDiffusionXLPipeline.from_pretrained(
-            require_model(settings, "sdxl-base"), vae=vae, torch_dtype=self.dtype
+            require_model(settings, "sdxl-base"),
+            vae=vae,
+            torch_dtype=self.dtype,
+            variant=weights_variant(settings.profile, "sdxl-base"),
         )
         # diffusers reads InstantID's ip-adapter.bin; no CLIP image encoder: the face embedding
         # comes from insightface.
@@ -71,7 +79,8 @@ class InstantIDPipelines:
             image_encoder_folder=None,
         )
         self.face_projection = use_per_call_scale(base.unet)
-        base.to(self.device)
+        placed = place_on_device(self.accelerations, base, self.device)
+        # Detached from the UNet (use_per_call_scale) and small: on the device at all times.
         self.face_projection.to(self.device, self.dtype)
         self.components = {
             name: module
@@ -83,7 +92,9 @@ class InstantIDPipelines:
             instantid_dir, subfolder=INSTANTID_IDENTITYNET_FOLDER, torch_dtype=self.dtype
         ).to(self.device)
         self.depth_controlnet = ControlNetModel.from_pretrained(
-            require_model(settings, "sdxl-controlnet-depth"), torch_dtype=self.dtype
+            require_model(settings, "sdxl-controlnet-depth"),
+            torch_dtype=self.dtype,
+            variant=weights_variant(settings.profile, "sdxl-controlnet-depth"),
         ).to(self.device)
         accelerated = accelerate(
             self.accelerations,
@@ -95,6 +106,7 @@ class InstantIDPipelines:
             },
             compiled=("unet", "identitynet", "depth_controlnet"),
         )
+        accelerated.update(placed)
         guard_finite_decode(vae, "instantid")
         self.depth = DepthEstimator(
             require_model(settings, "depth-estimator"), self.device, self.dtype

@@ -66,7 +66,9 @@ def sample(
     pipe: StableDiffusionXLPipeline, face_projection: nn.Module, request: SampleRequest
 ) -> list[Image.Image]:
     """Generate one image per sample. `pipe` must hold a scheduler of its own (it is stepped)."""
-    unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
+    # The device the models run on: the UNet's, or with model CPU offload (the UNet then rests
+    # on the CPU) the one the offload hooks move each model to.
+    unet, device, dtype = pipe.unet, pipe._execution_device, pipe.unet.dtype
     samples = request.samples
     batch = len(samples)
     # As diffusers: at guidance 1 the unconditional half changes nothing, so it is not run.

@@ -18,6 +18,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from models.manifest import weights_variant
 from models.store import require_model
 from runners import deadlines
 from runners.acceleration import (
@@ -25,6 +26,7 @@ from runners.acceleration import (
     accelerate,
     guard_finite_decode,
     log_accelerations,
+    place_on_device,
     resolve_accelerations,
     warm_up,
 )
@@ -52,20 +54,26 @@ class SD15DepthPipelines:
         controlnet_dir = require_model(settings, "sd15-controlnet-depth")
         depth_dir = require_model(settings, "depth-estimator")
 
-        controlnet = ControlNetModel.from_pretrained(controlnet_dir, torch_dtype=self.dtype)
+        controlnet = ControlNetModel.from_pretrained(
+            controlnet_dir,
+            torch_dtype=self.dtype,
+            variant=weights_variant(settings.profile, "sd15-controlnet-depth"),
+        )
         base = StableDiffusionControlNetPipeline.from_pretrained(
             base_dir,
             controlnet=controlnet,
             safety_checker=None,
             requires_safety_checker=False,
             torch_dtype=self.dtype,
+            variant=weights_variant(settings.profile, "sd15-base"),
         )
-        base.to(self.device)
+        placed = place_on_device(self.accelerations, base, self.device)
         accelerated = accelerate(
             self.accelerations,
             {"unet": base.unet, "controlnet": controlnet, "vae": base.vae},
             compiled=("unet", "controlnet"),
         )
+        accelerated.update(placed)
         guard_finite_decode(base.vae, "sd15_depth")
         self.components = base.components
         self.scheduler_config = base.scheduler.config

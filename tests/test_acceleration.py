@@ -4,6 +4,7 @@ the start-up warm-up and the start-up line of every runner."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import io
 import logging
@@ -200,9 +201,7 @@ def test_fused_qkv_fuses_every_attention_layer(sd15):
         assert layers and all(layer.fused_projections for layer in layers)
         for layer in layers:
             fused = layer.to_kv if layer.is_cross_attention else layer.to_qkv
-            assert fused.out_features == layer.to_v.out_features * (
-                2 if layer.is_cross_attention else 3
-            )
+            assert fused.out_features == layer.inner_dim * (2 if layer.is_cross_attention else 3)
         assert {type(p) for p in module.attn_processors.values()} == {FusedAttnProcessor2_0}
     assert note == "on[unet, controlnet, vae]"
     assert_close(before, sd15_outputs(sd15))
@@ -273,6 +272,129 @@ def test_flux_gets_the_backend_and_fused_projections(flux_transformer):
     backends = {p._attention_backend for p in flux_transformer.attn_processors.values()}
     assert {str(getattr(b, "value", b)) for b in backends} == {"native"}
     torch.testing.assert_close(flux_output(flux_transformer), before, rtol=1e-4, atol=1e-4)
+
+
+# --- fused QKV frees the separate projections -------------------------------------------------
+
+
+def parameter_count(modules: dict[str, torch.nn.Module]) -> int:
+    return sum(p.numel() for module in modules.values() for p in module.parameters())
+
+
+def fused_projection_count(modules: dict[str, torch.nn.Module]) -> int:
+    """Parameters of the fused projections: as many as the separate ones they were copied from."""
+    return sum(
+        p.numel()
+        for module in modules.values()
+        for layer in module.modules()
+        if getattr(layer, "fused_projections", False)
+        for name in ("to_qkv", "to_kv", "to_added_qkv")
+        if getattr(layer, name, None) is not None
+        for p in getattr(layer, name).parameters()
+    )
+
+
+def fuse_keeping_and_freeing(
+    modules: dict[str, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, torch.nn.Module]:
+    """Fuse a copy of `modules` as diffusers alone does (the separate projections kept) and
+    `modules` themselves as the runners do (freed); returns the copy."""
+    kept = copy.deepcopy(modules)
+    with monkeypatch.context() as patch:
+        patch.setattr(acceleration, "free_unfused_projections", lambda module: 0)
+        apply_fused_qkv(kept, "sdpa")
+    apply_fused_qkv(modules, "sdpa")
+    return kept
+
+
+def assert_freed(
+    unfused: int, kept: dict[str, torch.nn.Module], freed: dict[str, torch.nn.Module]
+) -> None:
+    fused = fused_projection_count(kept)
+    assert fused > 0
+    assert parameter_count(kept) == unfused + fused  # diffusers alone: both copies
+    assert parameter_count(freed) == unfused  # freed: the fused copy only
+    for module in freed.values():
+        for layer in module.modules():
+            if getattr(layer, "fused_projections", False):
+                assert getattr(layer, "to_k", None) is None
+                assert getattr(layer, "to_v", None) is None
+                assert getattr(layer, "add_k_proj", None) is None
+
+
+def assert_same(one: list[torch.Tensor], other: list[torch.Tensor]) -> None:
+    """The same fused weights compute the same outputs, up to the float rounding of a copy's
+    other memory layout (about 1e-7 here)."""
+    for a, b in zip(one, other, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fusing_frees_the_separate_projections_of_sd15(sd15, monkeypatch):
+    unfused = parameter_count(sd15)
+    kept = fuse_keeping_and_freeing(sd15, monkeypatch)
+    assert_freed(unfused, kept, sd15)
+    assert_same(sd15_outputs(kept), sd15_outputs(sd15))
+
+
+@torch.no_grad()
+def sdxl_outputs(modules: dict[str, torch.nn.Module]) -> list[torch.Tensor]:
+    """One SDXL denoising step with the IdentityNet's residuals, on seeded inputs."""
+    unet = modules["unet"]
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8, generator=generator)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator)
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * (
+        unet.config.addition_time_embed_dim
+    )
+    added = {
+        "text_embeds": torch.randn(1, pooled, generator=generator),
+        "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
+    }
+    control = torch.rand(1, 3, 64, 64, generator=generator)
+    down, mid = modules["identitynet"](
+        latents,
+        10,
+        encoder_hidden_states=text,
+        controlnet_cond=control,
+        added_cond_kwargs=added,
+        return_dict=False,
+    )
+    noise = unet(
+        latents,
+        10,
+        encoder_hidden_states=text,
+        added_cond_kwargs=added,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
+    return [noise]
+
+
+def test_fusing_frees_the_separate_projections_of_sdxl(tiny_settings, monkeypatch):
+    """The SDXL UNet (as sd15, without InstantID's adapter) and the IdentityNet."""
+    modules = {
+        "unet": UNet2DConditionModel.from_pretrained(
+            require_model(tiny_settings, "sdxl-base"), subfolder="unet"
+        ).eval(),
+        "identitynet": ControlNetModel.from_pretrained(
+            require_model(tiny_settings, "instantid"), subfolder="ControlNetModel"
+        ).eval(),
+    }
+    unfused = parameter_count(modules)
+    kept = fuse_keeping_and_freeing(modules, monkeypatch)
+    assert_freed(unfused, kept, modules)
+    assert_same(sdxl_outputs(kept), sdxl_outputs(modules))
+
+
+def test_fusing_frees_the_separate_projections_of_flux(flux_transformer, monkeypatch):
+    """Flux's joint blocks also fuse the text stream's add_q/k/v_proj into to_added_qkv."""
+    modules = {"transformer": flux_transformer}
+    unfused = parameter_count(modules)
+    kept = fuse_keeping_and_freeing(modules, monkeypatch)
+    assert any(hasattr(layer, "to_added_qkv") for layer in kept["transformer"].modules())
+    assert_freed(unfused, kept, modules)
+    assert_same([flux_output(kept["transformer"])], [flux_output(flux_transformer)])
 
 
 # --- the NaN guard -------------------------------------------------------------------------------
@@ -396,5 +518,6 @@ def test_the_line_names_each_path():
     line = log_accelerations("sd15_depth", resolved, {**done, "warmup": "on[1.0 s]"}, faces="CPU")
     assert line == (
         "sd15_depth accelerations: dtype=float16 attention=sdpa[unet] channels_last=on[unet] "
-        "fused_qkv=off compile=default[unet] warmup=on[1.0 s] faces=CPU"
+        "fused_qkv=off compile=default[unet] warmup=on[1.0 s] cpu_offload=off vae_tiling=off "
+        "faces=CPU"
     )

@@ -1,8 +1,8 @@
 """The Bento (bentofile.yaml + Dockerfile.template): `bentoml build`, as `make bento` runs it,
 works with no network, into a temporary BENTOML_HOME; the Dockerfile it generates starts from
-the CUDA base our torch wheel is built for, installs our system packages and the CUDA torch
-before the project's pins; the Bento holds the code, the tiny builders and the payloads, and
-no tests, caches or weights."""
+the CUDA base our torch wheel is built for, installs our system packages, Python and the CUDA
+torch before the project's pins, and checks the CUDA wheels against the base; the Bento holds
+the code, the tiny builders and the payloads, and no tests, caches or weights."""
 
 from __future__ import annotations
 
@@ -82,20 +82,23 @@ def test_the_bento_serves_the_gateway_and_its_runners(bento):
 
 def test_the_image_starts_from_the_cuda_base_of_the_torch_wheel(dockerfile):
     _, gpu_torch = torch_pins()
-    cuda = re.fullmatch(r"[\d.]+\+cu(\d+)(\d)", gpu_torch)  # 2.13.0+cu128 -> CUDA 12.8
+    cuda = re.fullmatch(r"[\d.]+\+cu(\d+)(\d)", gpu_torch)  # 2.13.0+cu130 -> CUDA 13.0
     assert cuda, gpu_torch
     base = re.search(r"^FROM (\S+)", dockerfile, re.MULTILINE).group(1)
+    assert base == bentofile()["docker"]["base_image"]
     assert base.startswith(f"nvidia/cuda:{cuda.group(1)}.{cuda.group(2)}."), base
     assert "cudnn-runtime" in base
 
 
-def test_the_image_installs_our_system_packages(dockerfile):
-    packages = bentofile()["docker"]["system_packages"]
-    assert packages
+def test_the_image_installs_our_system_packages_and_python(dockerfile):
+    """On a base image of our own, BentoML installs neither: the template does, before BentoML
+    makes its venv with the Python version it asks for."""
     instructions = dockerfile.replace("\\\n", " ").splitlines()  # join continued lines
-    apt_lines = [line for line in instructions if "apt-get install" in line]
-    for package in packages:
-        assert any(re.search(rf"\s{re.escape(package)}(\s|$)", line) for line in apt_lines)
+    (apt_line,) = [line for line in instructions if "apt-get install" in line]
+    for package in ("libglib2.0-0", "libgomp1"):  # OpenCV, OpenMP
+        assert re.search(rf"\s{re.escape(package)}(\s|$)", apt_line)
+    assert "ENV UV_PYTHON=3.11" in dockerfile
+    assert dockerfile.index("uv python install 3.11") < dockerfile.index("uv venv ")
 
 
 def test_cuda_torch_is_installed_first_then_the_project_pins(dockerfile):
@@ -106,7 +109,8 @@ def test_cuda_torch_is_installed_first_then_the_project_pins(dockerfile):
     gpu_step = dockerfile.index("install --no-cache -r src/requirements/gpu.txt")
     project_step = dockerfile.index("install --no-cache -r src/pyproject.toml")
     assert gpu_step < project_step
-    assert "torch.version.cuda" in dockerfile[project_step:]  # the build checks the result
+    # the build checks what the wheels declare against the base image's CUDA (check_cuda.py)
+    assert 'check_cuda.py --image-cuda "${CUDA_VERSION' in dockerfile[project_step:]
 
 
 def test_the_face_models_get_onnxruntime_with_the_cuda_provider(dockerfile):
@@ -120,7 +124,7 @@ def test_the_face_models_get_onnxruntime_with_the_cuda_provider(dockerfile):
     swap = dockerfile.index("uv pip uninstall onnxruntime")
     reinstall = dockerfile.index("--reinstall-package onnxruntime-gpu")
     assert project_step < swap < reinstall
-    assert "CUDAExecutionProvider" in dockerfile[reinstall:]
+    assert "requirements/check_cuda.py" in dockerfile[reinstall:]
 
 
 def test_insightface_is_pinned_as_make_install_pins_it(dockerfile):

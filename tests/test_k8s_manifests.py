@@ -575,3 +575,38 @@ def test_laptop_example_keys_file_is_a_valid_keys_file(rendered):
 def test_production_ships_no_api_keys(rendered, overlay):
     """The Secret is created by the operator (README), never generated from an example."""
     assert not [d for d in rendered[overlay] if d["kind"] == "Secret"]
+
+
+# --- the flux runner's GPU memory ----------------------------------------------------------------
+
+
+def required_gpu_memory_mib(workload: dict[str, Any]) -> int | None:
+    """The lower bound a workload's required node affinity puts on nvidia.com/gpu.memory."""
+    affinity = pod_spec(workload).get("affinity", {}).get("nodeAffinity", {})
+    terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    bounds = [
+        int(value)
+        for term in terms.get("nodeSelectorTerms", [])
+        for expression in term.get("matchExpressions", [])
+        if expression["key"] == "nvidia.com/gpu.memory" and expression["operator"] == "Gt"
+        for value in expression["values"]
+    ]
+    return min(bounds) if bounds else None
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_the_flux_runner_lands_on_a_gpu_with_room_for_its_weights(rendered, overlay):
+    """Its bound (MiB) is above the flux runner's weights as computed from the real configs
+    (benchmarks/gpu_memory.py), and the 48 GB cards (about 46000 MiB) pass it."""
+    from benchmarks.gpu_memory import flux_parts, total_gib
+
+    flux = find(rendered[overlay], "Deployment", "depthid-runner-flux-depth")
+    bound = required_gpu_memory_mib(flux)
+    assert bound is not None
+    assert total_gib(flux_parts()) * 1024 < bound < 46_000
+    assert pod_spec(flux)["nodeSelector"]  # and still on GPU nodes (runner-gpu.yaml)
+
+
+def test_the_cpu_overlay_asks_for_no_gpu_memory(rendered):
+    for workload in workloads(rendered["cpu-tiny"]):
+        assert required_gpu_memory_mib(workload) is None

@@ -1,23 +1,21 @@
-"""Tests of the models package: tiny builds, the store's completeness rule, and the puller.
+"""Tests of the models package: tiny builds and the store's completeness rule.
 
-No network: the tiny models are built locally and the puller reads a fake Hugging Face cache.
+No network: the tiny models are built locally. The puller has its own tests (tests/test_pull.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from models import build, manifest, pull
+from models import build
 from models.build import build_tiny
-from models.manifest import TINY_MODELS, Checkpoint
+from models.manifest import TINY_MODELS
 from models.store import COMPLETE_MARKER, MissingModelError, install, model_dir, require_model
 from models.tiny_tokenizer import build_clip_tokenizer
 from settings import Settings, get_settings
@@ -243,110 +241,3 @@ def test_interrupted_install_leaves_nothing(tmp_path: Path) -> None:
         (staging / "weights.bin").write_bytes(b"half")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
-
-
-# --- pull, from a fake Hugging Face cache --------------------------------------------------------
-
-FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
-FAKE_FILES = {
-    "config.json": b'{"tiny": true}',
-    "unet/diffusion_pytorch_model.safetensors": b"fake unet weights",
-    "unet/diffusion_pytorch_model.bin": b"not wanted",  # not in allow_patterns
-}
-
-
-def _fake_hub_repo(cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
-    """Lay out a repo like the HF hub cache: blobs, refs/main, snapshots/<sha> linking to blobs."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(FAKE_SHA)
-    snapshot = repo / "snapshots" / FAKE_SHA
-    for name, content in files.items():
-        blob = repo / "blobs" / hashlib.sha256(content).hexdigest()
-        blob.write_bytes(content)
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path("../" * (name.count("/") + 2), "blobs", blob.name))
-
-
-@pytest.fixture
-def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """An offline HF cache with two fake repos, and a manifest pointing at them."""
-    cache = tmp_path / "hf-cache"
-    _fake_hub_repo(cache, "fake-org/tiny-unet", FAKE_FILES)
-    _fake_hub_repo(cache, "fake-org/partial", {"config.json": b"{}"})
-    patterns = ("config.json", "unet/*.safetensors")
-    monkeypatch.setattr(
-        manifest,
-        "CHECKPOINTS",
-        {
-            "pinned": Checkpoint("fake-org/tiny-unet", FAKE_SHA, patterns, "by commit sha"),
-            "branch": Checkpoint("fake-org/tiny-unet", "main", patterns, "by branch"),
-            "partial": Checkpoint("fake-org/partial", FAKE_SHA, patterns, "lacks weights"),
-            "absent": Checkpoint("fake-org/absent", FAKE_SHA, patterns, "not in the cache"),
-        },
-    )
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads the variable once, at import time.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
-def test_pull_copies_resolved_files_from_the_hub_cache(fake_hub: Path, tmp_path: Path) -> None:
-    settings = Settings(model_store=tmp_path / "store", profile="full")
-    lines: list[str] = []
-    pull.pull(settings, names=["pinned", "branch"], cache_dir=fake_hub, log=lines.append)
-
-    for name in ("pinned", "branch"):
-        folder = require_model(settings, name)
-        copied = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        assert copied == [
-            COMPLETE_MARKER,
-            "config.json",
-            "unet/diffusion_pytorch_model.safetensors",
-        ]
-        for relative in copied[1:]:
-            path = folder / relative
-            assert not path.is_symlink()
-            assert path.read_bytes() == FAKE_FILES[relative]
-        revision = manifest.CHECKPOINTS[name].revision
-        assert (folder / COMPLETE_MARKER).read_text().strip() == f"fake-org/tiny-unet@{revision}"
-    assert lines[0] == "[1/2] pinned fake-org/tiny-unet@0123456789ab: fetching ..."
-    assert lines[1].startswith("[1/2] pinned fake-org/tiny-unet@0123456789ab: 2 files, 0.0 MB in ")
-
-    again: list[str] = []
-    pull.pull(settings, names=["pinned"], cache_dir=fake_hub, log=again.append)
-    assert again == ["[1/1] pinned fake-org/tiny-unet@0123456789ab: cached"]
-    pull.pull(settings, names=["pinned"], cache_dir=fake_hub, log=again.append, force=True)
-    assert again[-1].startswith("[1/1] pinned fake-org/tiny-unet@0123456789ab: 2 files")
-
-
-def test_pull_names_a_repo_missing_from_the_cache(fake_hub: Path, tmp_path: Path) -> None:
-    settings = Settings(model_store=tmp_path / "store", profile="full")
-    with pytest.raises(pull.PullError, match=r"^absent: cannot fetch fake-org/absent@"):
-        pull.pull(settings, names=["absent"], cache_dir=fake_hub, log=lambda line: None)
-    with pytest.raises(pull.PullError, match=r"^partial: .*lacks unet/\*\.safetensors"):
-        pull.pull(settings, names=["partial"], cache_dir=fake_hub, log=lambda line: None)
-    assert not (tmp_path / "store" / "full" / "absent").exists()
-    assert not (tmp_path / "store" / "full" / "partial").exists()
-
-
-def test_pull_main_exits_non_zero_with_one_line(
-    fake_hub: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    fresh_settings: None,
-) -> None:
-    monkeypatch.setenv("DEPTHID_MODEL_STORE", str(tmp_path / "store"))
-    argv = ["--profile", "full", "--only", "absent", "--cache-dir", str(fake_hub)]
-    assert pull.main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert "absent" in err and "fake-org/absent" in err
-    assert "Traceback" not in err
-
-    argv = ["--profile", "full", "--only", "pinned", "--cache-dir", str(fake_hub)]
-    assert pull.main(argv) == 0
-    assert (tmp_path / "store" / "full" / "pinned" / COMPLETE_MARKER).is_file()
