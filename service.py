@@ -88,4 +88,9 @@ def runner_client(name: str, dependency: Any) -> RunnerClient:
         # The async client, so a generation never blocks the Gateway's event loop.
         return await dependency.to_async.call("generate", jobs)
 
-    return RunnerClient(name, generate, settings.generation_timeout_s, ready=dependency.is_ready)
+    async def cancel(tokens: list[str]) -> None:
+        await dependency.to_async.call("cancel", tokens)
+
+    return RunnerClient(
+        name, generate, settings.generation_timeout_s, ready=dependency.is_ready, cancel=cancel
+    )

@@ -34,6 +34,9 @@ TINY_FLUX_TEXT_TOKENS = 64
 # safety_tolerance 1 (strictest) .. 6 (most permissive). Calibrated for the `full` profile's
 # Falconsai/nsfw_image_detection; the README's "Content safety" section has the table.
 DEFAULT_SAFETY_THRESHOLDS = (0.10, 0.20, 0.35, 0.50, 0.70, 0.90)
+# How long a Redis command keeps retrying a dropped connection (gateway/redis_client.py): long
+# enough for a Redis restart with a modest append-only file to load.
+DEFAULT_REDIS_RETRY_S = 10.0
 
 
 class Settings(BaseSettings):
@@ -91,6 +94,9 @@ class Settings(BaseSettings):
     # instantid's enhance_face_region acts on the face detector's box grown by this fraction of
     # its width and height on each side; 0 (default): the box itself, as InstantID's demo.
     face_region_padding: float = Field(default=0.0, ge=0, le=1)
+    # The longest BentoML's batching dispatcher holds a call on an idle runner hoping for
+    # company (runners/batch_hold.py); unbounded, a burst's queue waits kept lone calls slow.
+    batch_max_hold_ms: float = Field(default=50.0, ge=0)
     # BentoML refuses (503) a queued call it expects to finish later than this: keep it at
     # least the generation deadline, so batching never refuses what the deadline would allow.
     sd15_max_latency_ms: int = Field(default=300_000, ge=1)
@@ -100,6 +106,10 @@ class Settings(BaseSettings):
     # --- v2 jobs -------------------------------------------------------------------------
     # Unset: in-process memory (one Gateway process). "redis://host:6379/0": shared by replicas.
     job_store_url: str | None = None
+    # A Redis command meeting a dropped connection (restart, failover) retries this long.
+    redis_retry_s: float = Field(default=DEFAULT_REDIS_RETRY_S, ge=0)
+    # Retry-After on the 503 a request gets while Redis stays unreachable past that.
+    store_retry_after_s: int = Field(default=5, ge=1)
     job_retention_s: float = Field(default=3600.0, ge=1)  # Redis expiry is whole seconds
     job_queue_max: int = Field(default=1000, ge=1)
     # Jobs one Gateway process runs at once: enough to fill a runner batch (max batch size 8).

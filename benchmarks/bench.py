@@ -10,8 +10,11 @@ Tiny profile, this machine's CPU. Every figure is min / median / max over --roun
     default max batch sizes) over the same with every max batch size 1. Target: >= 1.8x.
 (c) v2 queue time (submit -> a worker starts the job): median at idle (one job at a time) and
     under load (--load jobs submitted at once).
+(d) Back to idle speed after a burst (sd1.5): lone v1 latency at idle, the latency of requests
+    during --burst-s seconds of --burst-clients concurrent clients, then lone requests one after
+    another for --after-s seconds from the burst's end. Target: back within 2x of idle at once.
 
-    make bench                      (or: python -m benchmarks.bench --rounds 3 [--part a|b|c])
+    make bench                      (or: python -m benchmarks.bench --rounds 3 [--part a|b|c|d])
 """
 
 from __future__ import annotations
@@ -184,15 +187,99 @@ def v2_queue_time(rounds: int, load: int) -> None:
     print(f"  {load} at once    {spread(loaded)}")
 
 
+# --- (d) back to idle speed after a burst ----------------------------------------------------
+
+
+@dataclass
+class Timed:
+    """One v1 request: end to end, and the pipeline time the runner reports for it (so that
+    what waited besides the pipeline shows apart from a busy machine's slower compute)."""
+
+    seconds: float
+    pipeline: float
+
+    @property
+    def waited(self) -> float:
+        return self.seconds - self.pipeline
+
+
+@dataclass
+class BurstRecovery:
+    """v1 requests: lone at idle, during a burst, lone after it (with the seconds from the
+    burst's end at which each one started)."""
+
+    idle: list[Timed]
+    burst: list[Timed]
+    after: list[tuple[float, Timed]]
+
+
+def timed_post(client: httpx.Client, model: str, body: dict) -> Timed:
+    start = time.perf_counter()
+    response = post(client, model, body)
+    seconds = time.perf_counter() - start
+    return Timed(seconds, float(response.headers["x-inference-time"]))
+
+
+def burst_recovery(
+    base_url: str, clients: int, burst_s: float, after_s: float, idle_runs: int = 6
+) -> BurstRecovery:
+    """Lone requests at idle, a burst of `clients` concurrent clients for `burst_s` seconds,
+    then lone requests one after another for `after_s` seconds from the burst's end."""
+    model = "sd1.5-controlnet-depth"
+    body = MODELS[model][2]()
+    with httpx.Client(base_url=base_url, timeout=300) as client:
+        # BentoML's dispatcher times its first dozen calls one by one before it batches.
+        for seed in range(12):
+            post(client, model, {**body, "seed": seed})
+        idle = [timed_post(client, model, body) for _ in range(idle_runs)]
+
+        burst_end = time.monotonic() + burst_s
+
+        def keep_sending(index: int) -> list[Timed]:
+            seconds = []
+            while time.monotonic() < burst_end:
+                seconds.append(timed_post(client, model, {**body, "seed": index}))
+            return seconds
+
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            burst = [s for per_client in pool.map(keep_sending, range(clients)) for s in per_client]
+        ended = time.monotonic()  # every burst request answered
+        after = []
+        while time.monotonic() - ended < after_s:
+            started = time.monotonic() - ended
+            after.append((started, timed_post(client, model, body)))
+    return BurstRecovery(idle, burst, after)
+
+
+def burst_part(clients: int, burst_s: float, after_s: float) -> None:
+    print(f"(d) Lone sd1.5 v1 requests around a burst of {clients} clients for {burst_s:g} s")
+    with serve() as base_url:
+        figures = burst_recovery(base_url, clients, burst_s, after_s)
+    idle = statistics.median(t.seconds for t in figures.idle)
+    print("  end to end, and what waited besides the runner's pipeline")
+    for label, timed in (("lone at idle", figures.idle), ("during the burst", figures.burst)):
+        print(f"  {label:<18}  {spread([t.seconds for t in timed])}   ({len(timed)} requests)")
+        print(f"  {'':<18}  {spread([t.waited for t in timed])}   waited")
+    for started, timed in figures.after:
+        print(
+            f"  lone, {started:5.1f} s after  {timed.seconds * 1000:8.2f} ms"
+            f"   ({timed.seconds / idle:4.1f}x idle; target <= 2x)"
+            f"   waited {timed.waited * 1000:8.2f} ms"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=15, help="(a): requests per round")
     parser.add_argument("--requests", type=int, default=48, help="(b): requests per round")
     parser.add_argument("--load", type=int, default=32, help="(c): jobs at once under load")
-    parser.add_argument("--part", action="append", choices=["a", "b", "c"], help="repeatable")
+    parser.add_argument("--burst-clients", type=int, default=32, help="(d): clients in the burst")
+    parser.add_argument("--burst-s", type=float, default=20.0, help="(d): burst length")
+    parser.add_argument("--after-s", type=float, default=10.0, help="(d): lone requests after it")
+    parser.add_argument("--part", action="append", choices=["a", "b", "c", "d"], help="repeatable")
     args = parser.parse_args()
-    parts = args.part or ["a", "b", "c"]
+    parts = args.part or ["a", "b", "c", "d"]
 
     from models.build import build_tiny
 
@@ -209,6 +296,8 @@ def main() -> None:
         batching_gain(args.rounds, args.requests)
     if "c" in parts:
         v2_queue_time(args.rounds, args.load)
+    if "d" in parts:
+        burst_part(args.burst_clients, args.burst_s, args.after_s)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from gateway.job_store import JobStore, MemoryJobStore
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi import install as install_openapi
 from gateway.rate_limits import RateLimits, make_limit_store
+from gateway.redis_client import UNAVAILABLE_ERRORS
 from gateway.redis_job_store import RedisJobStore
 from gateway.runner_client import RunnerClient
 from gateway.worker import JobWorker
@@ -51,6 +52,7 @@ def make_job_store(settings: Settings) -> JobStore:
             max_queued=settings.job_queue_max,
             retention_s=settings.job_retention_s,
             visibility_timeout_s=settings.job_visibility_timeout_s,
+            retry_s=settings.redis_retry_s,
         )
     return MemoryJobStore(max_queued=settings.job_queue_max, retention_s=settings.job_retention_s)
 
@@ -109,6 +111,20 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         error = validation_to_api_error(exc.errors())
         return JSONResponse(error.body(), status_code=error.status)
+
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # Redis (jobs, credits, limits) stayed unreachable past its retries: the request may
+        # be sent again as it is, so a retryable 503, never a 500.
+        logger.warning("Redis unavailable: %s: %s", type(exc).__name__, exc)
+        retry_after = request.app.state.settings.store_retry_after_s
+        return JSONResponse(
+            {"error": "the job store is unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    for error in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error, store_unavailable)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

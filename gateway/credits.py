@@ -20,12 +20,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as redis
-
 from gateway import metrics
 from gateway.api_keys import Tenant
 from gateway.errors import ApiError
-from settings import Settings
+from gateway.redis_client import connect, settle
+from settings import DEFAULT_REDIS_RETRY_S, Settings
 
 HEADER = "x-remaining-credits"
 REDIS_PREFIX = "depthid:credits:spent:"  # + tenant name: the credits it has spent
@@ -80,8 +79,8 @@ class MemoryCreditLedger:
 class RedisCreditLedger:
     """Shared by every replica on one Redis; spending is one atomic script."""
 
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    def __init__(self, url: str, retry_s: float = DEFAULT_REDIS_RETRY_S) -> None:
+        self.client = connect(url, retry_s)
         self._spend = self.client.register_script(_SPEND)
 
     async def spend(self, tenant: str, granted: int, cost: int) -> tuple[bool, int]:
@@ -100,7 +99,7 @@ class RedisCreditLedger:
 
 def make_ledger(settings: Settings) -> CreditLedger:
     if settings.job_store_url:
-        return RedisCreditLedger(settings.job_store_url)
+        return RedisCreditLedger(settings.job_store_url, settings.redis_retry_s)
     return MemoryCreditLedger()
 
 
@@ -144,15 +143,19 @@ class Credits:
         try:
             yield Charge(amount=cost, remaining=left)
         except BaseException as exc:
-            # Shielded: a cancelled request (client gone) still gets its credits back.
-            await asyncio.shield(self.ledger.refund(tenant.name, cost))
+            # Shielded: a cancelled request (client gone) still gets its credits back; and
+            # settled: a Redis outage delays the refund, never loses it.
+            await asyncio.shield(self.refund(tenant.name, cost))
             if isinstance(exc, ApiError):
                 exc.headers = {**(exc.headers or {}), **await self.remaining_headers(tenant)}
             raise
 
     async def refund(self, tenant_name: str, amount: int) -> None:
         if amount:
-            await self.ledger.refund(tenant_name, amount)
+            await settle(
+                lambda: self.ledger.refund(tenant_name, amount),
+                f"refund of {amount} credits to '{tenant_name}'",
+            )
 
     async def remaining_headers(self, tenant: Tenant) -> dict[str, str]:
         """`x-remaining-credits` with the key's balance now; none for a key without credits."""

@@ -32,7 +32,10 @@ class JobRecord:
 
     id: str
     model: str
-    payload: str  # the runner job, as JSON (images as base64 PNG)
+    # The runner job, as JSON (images as base64 PNG): the job's inputs, megabytes with photos.
+    # Dropped when the job finishes, so a finished job holds only its result; the Redis store
+    # reads it only for the worker that takes the job ("" in what get() answers).
+    payload: str
     as_base64: bool  # final body's `output`: base64 strings instead of URLs
     media_type: str  # content type of the output images
     base_url: str  # absolute URL prefix for output links
@@ -144,6 +147,7 @@ class MemoryJobStore:
         job.record.result = result
         job.record.error = error
         job.record.n_images = len(images)
+        job.record.payload = ""  # its inputs are no longer needed: only the result is kept
         job.images = images
         job.expires_at = job.record.finished_at + self.retention_s
         return True

@@ -25,12 +25,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-import redis.asyncio as redis
-
 from gateway import metrics
 from gateway.api_keys import Tenant
 from gateway.errors import ApiError
-from settings import Settings
+from gateway.redis_client import connect, settle
+from settings import DEFAULT_REDIS_RETRY_S, Settings
 
 WINDOW_MS = 60_000  # limits are per minute; time is counted in whole ms, so sums stay exact
 # A slot normally ends when its work does; these expiries only free the slot of a replica that
@@ -131,8 +130,8 @@ class MemoryLimitStore:
 class RedisLimitStore:
     """Shared by every replica on one Redis."""
 
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    def __init__(self, url: str, retry_s: float = DEFAULT_REDIS_RETRY_S) -> None:
+        self.client = connect(url, retry_s)
         self._take_request = self.client.register_script(_TAKE_REQUEST)
         self._acquire_slot = self.client.register_script(_ACQUIRE_SLOT)
 
@@ -154,7 +153,7 @@ class RedisLimitStore:
 
 def make_limit_store(settings: Settings) -> LimitStore:
     if settings.job_store_url:
-        return RedisLimitStore(settings.job_store_url)
+        return RedisLimitStore(settings.job_store_url, settings.redis_retry_s)
     return MemoryLimitStore()
 
 
@@ -195,7 +194,7 @@ class RateLimits:
             yield
         finally:
             if acquired:
-                await asyncio.shield(self.store.release_slot(tenant.name, slot_id))
+                await asyncio.shield(self._release(tenant.name, slot_id))
 
     @contextlib.asynccontextmanager
     async def job_slot(self, tenant: Tenant, job_id: str) -> AsyncIterator[None]:
@@ -206,12 +205,19 @@ class RateLimits:
             yield
         except BaseException:
             if acquired:
-                await asyncio.shield(self.store.release_slot(tenant.name, job_id))
+                await asyncio.shield(self._release(tenant.name, job_id))
             raise
 
     async def release_job(self, tenant_name: str, job_id: str) -> None:
         """Free a finished v2 job's slot (nothing happens if it held none)."""
-        await self.store.release_slot(tenant_name, job_id)
+        await self._release(tenant_name, job_id)
+
+    async def _release(self, tenant_name: str, slot_id: str) -> None:
+        # Settled: a Redis outage delays the release, never leaks the slot.
+        await settle(
+            lambda: self.store.release_slot(tenant_name, slot_id),
+            f"release of a concurrency slot of '{tenant_name}'",
+        )
 
     async def _acquire(self, tenant: Tenant, slot_id: str, ttl_s: float) -> bool:
         """True when a slot was taken, False when the key has no concurrency limit."""

@@ -3,7 +3,8 @@
 Keys (all under `depthid:`):
   queue          list of waiting job ids (pushed left, taken from the right: FIFO)
   processing     list of ids taken by some worker
-  job:<id>       hash: the job's fields (see JobRecord)
+  job:<id>       hash: the job's fields (see JobRecord); its inputs (`payload`, the runner job
+                 with its images, megabytes) in a field of their own, deleted when it finishes
   lease:<id>     the owning worker's id, expiring after the visibility timeout unless renewed
   img:<id>:<t>:<n>  image n of the attempt `t` that completed the job
 
@@ -21,9 +22,9 @@ import asyncio
 import json
 import time
 
-import redis.asyncio as redis
-
 from gateway.job_store import JobRecord, QueueFull
+from gateway.redis_client import connect
+from settings import DEFAULT_REDIS_RETRY_S
 
 PREFIX = "depthid:"
 QUEUE = PREFIX + "queue"
@@ -32,7 +33,8 @@ PROCESSING = PREFIX + "processing"
 # Atomic bound check + enqueue.
 _SUBMIT = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], 'record', ARGV[3], 'status', 'QUEUED', 'attempts', 0)
+redis.call('HSET', KEYS[2], 'record', ARGV[3], 'payload', ARGV[4], 'status', 'QUEUED',
+           'attempts', 0)
 redis.call('LPUSH', KEYS[1], ARGV[2])
 return 1
 """
@@ -62,12 +64,14 @@ end
 return 0
 """
 
-# Write the terminal state once: a job already COMPLETED or FAILED is left as it is.
+# Write the terminal state once: a job already COMPLETED or FAILED is left as it is. A finished
+# job keeps only its result: its inputs go.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if (not status) or status == 'COMPLETED' or status == 'FAILED' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4],
            'n_images', ARGV[6], 'images_token', ARGV[7], 'error', ARGV[8])
+redis.call('HDEL', KEYS[1], 'payload')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LREM', KEYS[4], 0, ARGV[1])  -- requeued meanwhile: it must not run again
@@ -95,10 +99,18 @@ redis.call('HSET', KEYS[4], 'status', 'QUEUED')
 return 1
 """
 
-# The fields fixed at submit time, stored together as JSON in the hash's `record` field.
+# The fields fixed at submit time, stored together as JSON in the hash's `record` field. The
+# payload has a field of its own: it is read only by the worker that takes the job, never by
+# status polls, and deleted when the job finishes.
 _STATIC_FIELDS = (
-    "id", "model", "payload", "as_base64", "media_type", "base_url", "submitted_at", "owner",
+    "id", "model", "as_base64", "media_type", "base_url", "submitted_at", "owner",
     "credits_charged",
+)  # fmt: skip
+
+
+# Every field of the job hash but the payload: what a status or result poll reads.
+_STATE_FIELDS = (
+    "record", "status", "attempts", "started_at", "finished_at", "error", "result", "n_images",
 )  # fmt: skip
 
 
@@ -116,12 +128,15 @@ def _image_key(job_id: str, token: str, index: int) -> str:
 
 class RedisJobStore:
     def __init__(
-        self, url: str, max_queued: int, retention_s: float, visibility_timeout_s: float
+        self,
+        url: str,
+        max_queued: int,
+        retention_s: float,
+        visibility_timeout_s: float,
+        retry_s: float = DEFAULT_REDIS_RETRY_S,
     ) -> None:
-        # Socket timeouts, so a half-open connection fails fast instead of hanging workers.
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
-        )
+        # Retries, health checks and socket timeouts: gateway/redis_client.py.
+        self.client = connect(url, retry_s)
         self.max_queued = max_queued
         self.retention_s = int(retention_s)
         self.visibility_ms = int(visibility_timeout_s * 1000)
@@ -136,7 +151,8 @@ class RedisJobStore:
     async def submit(self, record: JobRecord) -> None:
         static = json.dumps({name: getattr(record, name) for name in _STATIC_FIELDS})
         keys = [QUEUE, _job_key(record.id)]
-        if not await self._submit(keys=keys, args=[self.max_queued, record.id, static]):
+        args = [self.max_queued, record.id, static, record.payload]
+        if not await self._submit(keys=keys, args=args):
             raise QueueFull
 
     async def take(self, worker_id: str, timeout_s: float) -> JobRecord | None:
@@ -155,10 +171,18 @@ class RedisJobStore:
             if job_id == b"skip":
                 continue
             if job_id:
-                return await self.get(job_id.decode())
+                return await self._with_payload(await self.get(job_id.decode()))
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(self.poll_s)
+
+    async def _with_payload(self, record: JobRecord | None) -> JobRecord | None:
+        """`record` with its inputs, for the worker that took it."""
+        if record is not None:
+            payload = await self.client.hget(_job_key(record.id), "payload")
+            if payload is not None:
+                record.payload = payload.decode()
+        return record
 
     async def renew(self, job_id: str, worker_id: str) -> bool:
         return bool(
@@ -204,11 +228,14 @@ class RedisJobStore:
         return requeued
 
     async def get(self, job_id: str) -> JobRecord | None:
-        fields = await self.client.hgetall(_job_key(job_id))
-        if not fields or b"record" not in fields:
+        """The job without its inputs (`payload` is empty): what the routes answer from."""
+        fields = await self.client.hmget(_job_key(job_id), _STATE_FIELDS)
+        value = {k: v.decode() for k, v in zip(_STATE_FIELDS, fields, strict=True) if v is not None}
+        if "record" not in value:
             return None
-        value = {k.decode(): v.decode() for k, v in fields.items()}
-        record = JobRecord(**json.loads(value["record"]))
+        static = json.loads(value["record"])
+        # A job submitted before inputs had their own field holds them in `record`.
+        record = JobRecord(**static) if "payload" in static else JobRecord(**static, payload="")
         record.status = value["status"]  # type: ignore[assignment]
         record.attempts = int(value.get("attempts", 0))
         record.started_at = float(value["started_at"]) if "started_at" in value else None

@@ -2,6 +2,16 @@
 
 `call` is whatever sends the jobs: BentoML's dependency proxy when served, the runner object
 itself in tests. A runner that cannot be reached is a 502, one past the deadline a 504.
+
+Every job goes with its deadline and a token (runners/jobs.py): the runner does not start a
+job past its deadline. When the deadline passes here, or the caller goes away (the call is
+cancelled), the token is sent to the runner's `cancel` API, so the work stops there too
+(runners/deadlines.py).
+
+After a transport failure (the runner died or is restarting) the runner is *suspect*: the next
+calls first ask its readiness route (bounded by READY_PROBE_TIMEOUT_S) and answer 502 at once
+while it is not ready, instead of queueing on a socket that nobody serves until the restart is
+done (up to the deadline). The first ready answer clears it.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,17 +34,26 @@ logger = logging.getLogger(__name__)
 
 GenerateCall = Callable[[list[Any]], Awaitable[list[Any]]]
 ReadyCall = Callable[[], Awaitable[bool]]
+CancelCall = Callable[[list[str]], Awaitable[Any]]
 READY_PROBE_TIMEOUT_S = 3.0  # well inside a Kubernetes probe's default 1s period x threshold
 
 
 class RunnerClient:
     def __init__(
-        self, name: str, call: GenerateCall, deadline_s: float, ready: ReadyCall | None = None
+        self,
+        name: str,
+        call: GenerateCall,
+        deadline_s: float,
+        ready: ReadyCall | None = None,
+        cancel: CancelCall | None = None,
     ) -> None:
         self.name = name
         self._call = call
         self._ready = ready
+        self._cancel = cancel
         self.deadline_s = deadline_s
+        self._cancelling: set[asyncio.Task] = set()  # strong references to fire-and-forget
+        self._suspect = False  # a transport failure since the last ready answer
 
     async def is_ready(self) -> bool:
         """Whether the runner answers its readiness route (models loaded), within a bound:
@@ -53,8 +73,14 @@ class RunnerClient:
         metrics: in flight, time, batch size."""
         metrics.track_in_flight(model, len(jobs))
         started = time.perf_counter()
+        token = uuid.uuid4().hex
+        deadline = time.time() + self.deadline_s
+        rows = [
+            row.model_copy(update={"deadline": deadline, "token": token})
+            for row in split_jobs(jobs)
+        ]
         try:
-            results = merge_jobs(jobs, await self._send(split_jobs(jobs)))
+            results = merge_jobs(jobs, await self._send(rows, token))
         finally:
             metrics.track_in_flight(model, -len(jobs))
         seconds = time.perf_counter() - started
@@ -63,11 +89,19 @@ class RunnerClient:
             metrics.observe_batch_size(model, result.batch_size)
         return results
 
-    async def _send(self, jobs: list[Any]) -> list[Any]:
+    async def _send(self, jobs: list[Any], token: str) -> list[Any]:
+        if self._suspect:
+            if not await self.is_ready():
+                raise ApiError(502, f"the {self.name} model runner is restarting")
+            self._suspect = False
         try:
             async with asyncio.timeout(self.deadline_s):
                 return await self._call(jobs)
+        except asyncio.CancelledError:
+            self._cancel_in_runner(token)  # the caller went away
+            raise
         except TimeoutError as exc:
+            self._cancel_in_runner(token)
             raise ApiError(
                 504, f"generation exceeded its deadline of {self.deadline_s:g} seconds"
             ) from exc
@@ -75,6 +109,7 @@ class RunnerClient:
             # Transport failures only: BentoML turns the runner's HTTP answers into
             # BentoMLException, handled below.
             logger.warning("runner %s unreachable: %s", self.name, exc)
+            self._suspect = True
             raise ApiError(502, f"the {self.name} model runner is unreachable") from exc
         except BentoMLException as exc:
             status = int(getattr(exc, "error_code", 500))
@@ -85,3 +120,19 @@ class RunnerClient:
                 raise ApiError(504, "generation exceeded the runner's deadline") from exc
             logger.error("runner %s failed (%s): %s", self.name, status, exc)
             raise ApiError(500, "internal error while generating") from exc
+
+    def _cancel_in_runner(self, token: str) -> None:
+        """Tell the runner nobody waits for `token`'s jobs, without waiting for its answer."""
+        if self._cancel is None:
+            return
+        task = asyncio.create_task(self._send_cancel(token))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    async def _send_cancel(self, token: str) -> None:
+        try:
+            async with asyncio.timeout(READY_PROBE_TIMEOUT_S):
+                await self._cancel([token])
+        except Exception as exc:
+            # Best effort: the runner still drops the jobs at their deadline.
+            logger.info("runner %s: cancel not delivered: %s", self.name, type(exc).__name__)

@@ -3,7 +3,10 @@ answer with the result."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -19,6 +22,10 @@ from gateway.schemas import flux_depth, insta_depth, instantid, sd15_depth
 from runners.jobs import JobFailure
 
 router = APIRouter(prefix="/v1", tags=["v1 (synchronous)"])
+
+DISCONNECT_POLL_S = 0.25  # how often a generation checks that its caller is still there
+CLIENT_GONE = 499  # the caller closed the connection (nginx's code; nobody reads the answer)
+T = TypeVar("T")
 
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -45,8 +52,10 @@ async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant
     async with state.rate_limits.in_flight(tenant):  # 429: too many jobs at once
         job = await spec.to_job(body, request.state.request_id, state.settings)
         async with state.credits.charge(tenant, model, spec.credit_cost(body)) as charge:  # 406
-            # Whatever fails in here (a failed job, 502, 504...) gives the credits back.
-            [result] = await state.runners[model].generate([job], model=model)
+            # Whatever fails in here (a failed job, 502, 504, the caller gone...) gives the
+            # credits back.
+            runner = state.runners[model]
+            [result] = await while_connected(request, runner.generate([job], model=model))
             if result.failure is not None:
                 raise failure_error(result.failure, request.state.request_id)
     response = v1_response(
@@ -56,9 +65,30 @@ async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant
     return response
 
 
+async def while_connected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, unless the caller disconnects first: then `work` is cancelled (the
+    runner is told to drop the job, gateway/runner_client.py) and a 499 raised, so the charge
+    is refunded and the concurrency slot freed. Starlette does not cancel a request whose
+    client went away; without this, abandoned generations ran and were charged."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise ApiError(CLIENT_GONE, "the client closed the request")
+    finally:
+        task.cancel()  # a no-op once done; else this request itself was cancelled
+
+
 # How a job's failure answers in v1: unusable input is the client's 400, a blocked result 422,
-# a job that failed alone in the runner (runners/batching.py) a 500 naming the request id.
-FAILURE_STATUS = {"invalid_input": 400, "blocked": 422, "internal": 500}
+# a job that failed alone in the runner (runners/batching.py) a 500 naming the request id, one
+# the runner dropped because nobody waited for it any more (runners/deadlines.py) a 504.
+FAILURE_STATUS = {"invalid_input": 400, "blocked": 422, "internal": 500, "expired": 504}
 
 
 def failure_error(failure: JobFailure, request_id: str) -> ApiError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bentoml
 
+from runners import deadlines
 from runners.jobs import FluxDepthJob
 from runners.service_config import (
     GenerationResults,
@@ -29,5 +30,14 @@ class FluxDepth:
     @bentoml.api(**batching_options(SETTINGS.flux_max_batch_size, SETTINGS.flux_max_latency_ms))
     def generate(self, jobs: list[FluxDepthJob]) -> GenerationResults:
         """Run the jobs, one result each: jobs that can share a pipeline call share one.
-        With adaptive batching, BentoML gathers concurrent calls into one list."""
-        return self.pipeline.run_batch(jobs)
+        With adaptive batching, BentoML gathers concurrent calls into one list. Jobs nobody
+        waits for any more are not run (runners/deadlines.py)."""
+        return deadlines.run_live(jobs, self.pipeline.run_batch)
+
+    @bentoml.api
+    async def cancel(self, tokens: list[str]) -> int:
+        """The Gateway's callers of these requests went away: their jobs are not started, and
+        a call running only them stops at its next step. On the event loop, so it lands while
+        `generate` runs in its thread."""
+        deadlines.cancel(tokens)
+        return len(tokens)

@@ -17,6 +17,7 @@ from diffusers import FluxControlPipeline
 from PIL import Image
 
 from models.store import require_model
+from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
     accelerate,
@@ -202,6 +203,8 @@ class FluxDepthPipeline:
                     torch.Generator(device=self.device).manual_seed(job.seed) for job in jobs
                 ],
                 max_sequence_length=self.text_tokens,
+                # Stops the call once nobody waits for any of its jobs (runners/deadlines.py).
+                callback_on_step_end=deadlines.stop_when_abandoned(jobs),
             ).images
             scores = [self.safety.score(image) for image in images]
         return images, scores

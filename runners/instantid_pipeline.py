@@ -26,6 +26,7 @@ from models.manifest import (
     weights_variant,
 )
 from models.store import require_model
+from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
     accelerate,
@@ -238,6 +239,8 @@ class InstantIDPipelines:
                     guidance_scale=first.guidance_scale,
                     width=first.width,
                     height=first.height,
+                    # Stops the loop once nobody waits for any of these samples.
+                    before_step=deadlines.stop_when_abandoned([rows[i] for i, _ in ready]),
                 )
                 images = sample(self._pipeline(), self.face_projection, request)
                 elapsed = time.perf_counter() - start

@@ -63,6 +63,8 @@ class SampleRequest:
     guidance_scale: float
     width: int
     height: int
+    # Called before every denoising step; may raise to stop the loop (runners/deadlines.py).
+    before_step: Callable[[], object] = lambda: None
 
 
 @torch.inference_mode()
@@ -152,6 +154,7 @@ def sample(
     latents = latents * scheduler.init_noise_sigma
 
     for t in scheduler.timesteps:
+        request.before_step()
         model_input = both_halves(latents)
         model_input = scheduler.scale_model_input(model_input, t)
         down, mid = None, None

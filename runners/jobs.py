@@ -24,6 +24,11 @@ from pydantic import (
 
 OutputFormat = Literal["JPEG", "PNG"]
 
+# Abandonable: every job also carries `deadline`, the Unix time by which its answer is needed
+# (None: no deadline), and `token`, one per request (its samples share it), by which the
+# Gateway cancels it when its caller goes away. A runner does not start, and stops, work that
+# nobody waits for (runners/deadlines.py). The Gateway sets both (gateway/runner_client.py).
+
 
 def _image_from_wire(value: Any) -> Any:
     if isinstance(value, str):  # JSON form: base64 PNG
@@ -84,6 +89,8 @@ class SD15DepthJob(BaseModel):
     width: int = Field(ge=8)
     height: int = Field(ge=8)
     output_format: OutputFormat = "JPEG"
+    deadline: float | None = None  # see Abandonable
+    token: str = ""
 
 
 class FluxDepthJob(BaseModel):
@@ -102,6 +109,8 @@ class FluxDepthJob(BaseModel):
     output_format: OutputFormat = "JPEG"
     safety_tolerance: int = Field(ge=1, le=6)
     prompt_upsampling: bool = False
+    deadline: float | None = None  # see Abandonable
+    token: str = ""
 
 
 class InstantIDJob(BaseModel):
@@ -131,6 +140,8 @@ class InstantIDJob(BaseModel):
     width: int = Field(ge=8)
     height: int = Field(ge=8)
     output_format: OutputFormat = "JPEG"
+    deadline: float | None = None  # see Abandonable
+    token: str = ""
 
     @model_validator(mode="after")
     def _depth_needs_a_pose(self) -> InstantIDJob:
@@ -144,11 +155,12 @@ class JobFailure(BaseModel):
 
     `invalid_input`: the job's input cannot be used (e.g. no face in `field`);
     `blocked`: the safety checker blocked the result; `internal`: the job's pipeline call
-    failed on it alone (runners/batching.py), the runner's log says why. The Gateway maps each
-    kind to its code.
+    failed on it alone (runners/batching.py), the runner's log says why; `expired`: nobody
+    waited for it any more (its deadline passed or its caller went away), so it was not run or
+    was stopped (runners/deadlines.py). The Gateway maps each kind to its code.
     """
 
-    kind: Literal["invalid_input", "blocked", "internal"]
+    kind: Literal["invalid_input", "blocked", "internal", "expired"]
     message: str
     field: str | None = None
 

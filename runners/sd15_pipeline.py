@@ -22,6 +22,7 @@ from PIL import Image
 
 from models.manifest import weights_variant
 from models.store import require_model
+from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
     accelerate,
@@ -188,6 +189,8 @@ class SD15DepthPipelines:
                 ],
                 "height": first.height,
                 "width": first.width,
+                # Stops the call once nobody waits for any of its rows (runners/deadlines.py).
+                "callback_on_step_end": deadlines.stop_when_abandoned(rows),
             }
             if img2img:
                 output = pipe(

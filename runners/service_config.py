@@ -7,12 +7,15 @@ from typing import Annotated, Any
 from bentoml.validators import ContentType
 
 from log_format import configure_logging
+from runners import batch_hold
 from runners.jobs import GenerationResult
 from settings import Settings, get_settings
 
 # Every runner module imports this one, in each BentoML process that serves it, once BentoML
-# has configured logging: the moment to put our log format in place (log_format.py).
+# has configured logging: the moment to put our log format in place (log_format.py), and,
+# before BentoML builds the service app, to bound its batching hold (runners/batch_hold.py).
 configure_logging(get_settings().log_format)
+batch_hold.install(get_settings().batch_max_hold_ms)
 
 # BentoML's gateway-to-runner client recycles its HTTP session after `max_requests` calls or
 # `max_age` seconds, closing it under calls still in flight: under concurrency about one call
