@@ -44,10 +44,15 @@ MANIFEST_ENV = {
     "HF_HUB_OFFLINE": "1",
 }
 WRITABLE = ("/tmp", "/var/lib/bentoml")
+# Where a read-only root would refuse a write that this build's file system lets the user make
+# (its home, /var/tmp): the smoke fails if the server wrote there.
+READ_ONLY_IN_K8S = ("/home", "/app", "/etc", "/opt", "/var")
 READY_TIMEOUT_S = 900  # three runners loading on a busy 2-core CI machine
 REQUEST_TIMEOUT_S = 600
 TINY_LONG_SIDE = 64
 PAYLOADS = Path("loadtests/payloads")
+STARTUP_FAILED = b"Application startup failed"  # uvicorn's line when a service's set-up raises
+SERVER_LOG = Path("/tmp/smoke-server.log")
 
 
 def free_port() -> int:
@@ -109,12 +114,32 @@ def v1_requests() -> dict[str, tuple[dict, str]]:
     }
 
 
-def wait_ready(base: str, server: subprocess.Popen) -> None:
+def written_outside_writable(since: float) -> list[str]:
+    """What the server wrote outside the manifests' writable paths since `since`."""
+    found = []
+    for top in READ_ONLY_IN_K8S:
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if os.path.join(folder, d) not in WRITABLE]
+            for name in files + dirs:
+                path = os.path.join(folder, name)
+                try:
+                    if os.lstat(path).st_mtime >= since:
+                        found.append(path)
+                except OSError:
+                    continue
+    return found
+
+
+def wait_ready(base: str, server: subprocess.Popen, log: Path) -> None:
     started = time.monotonic()
     last_said = 0.0
     while True:
         if server.poll() is not None:
             raise AssertionError(f"the server exited with status {server.returncode}")
+        # A runner whose start fails is not started again: /readyz would stay 503 until the
+        # deadline, so say it now.
+        if STARTUP_FAILED in log.read_bytes():
+            raise AssertionError("a service of the server failed to start (its log below)")
         try:
             status, _, _ = call(f"{base}/readyz")
         except OSError:
@@ -171,13 +196,14 @@ def main(argv: list[str]) -> int:
     for name in ("DEPTHID_JOB_STORE_URL", "DEPTHID_API_KEYS_FILE"):
         env.pop(name, None)
     command = serve_command(entry, port)
+    started_at = time.time() - 1  # file times may be rounded down
     print(f"smoke: {' '.join(command)} as uid {os.getuid()} in {os.getcwd()}", flush=True)
-    log = open("/tmp/smoke-server.log", "w+b")  # noqa: SIM115 (read back on failure)
+    log = SERVER_LOG.open("w+b")  # read back on failure
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)  # fmt: skip
     failed = None
     try:
-        wait_ready(base, server)
+        wait_ready(base, server, SERVER_LOG)
         for model, (body, content_type) in v1_requests().items():
             started = time.monotonic()
             status, got_type, data = call(f"{base}/v1/{model}", body)
@@ -200,12 +226,20 @@ def main(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+    written = written_outside_writable(started_at) if failed is None else []
+    if written:
+        failed = AssertionError(
+            f"wrote outside {WRITABLE} (read-only in Kubernetes): {written[:20]}"
+        )
     if failed is not None:
         log.seek(0)
         tail = log.read().decode(errors="replace")[-6000:]
         print(f"smoke: FAILED: {failed}\n--- server log (end) ---\n{tail}", file=sys.stderr)
         return 1
-    print("smoke: the image answers all four models (v1) and a v2 job", flush=True)
+    print(
+        f"smoke: the image answers all four models (v1) and a v2 job, writing only to {WRITABLE}",
+        flush=True,
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,7 @@ def test_pip_settings_pass_local_folders_read_only_and_the_config_as_a_secret(tm
     conf = tmp_path / "out" / "pip.conf"
     assert set(result.stdout.splitlines()) == {
         f"--secret=id=pip.conf,src={conf}",
+        f"--secret=id=uv.env,src={conf.parent / 'uv.env'}",
         f"--volume={wheels}:{wheels}:ro",
         # a local index's pages link to the files beside `simple/`
         f"--volume={index.parent}:{index.parent}:ro",
@@ -226,3 +228,47 @@ def test_dependencies_come_before_the_code_and_tiny_models_only_in_the_cpu_image
     assert code < CONTAINERFILE.index("python -m models.build")
     template = (PROJECT_ROOT / "Dockerfile.template").read_text()
     assert "models.build" not in template  # the GPU image's weights come from the volume
+
+
+def test_pip_settings_give_uv_the_same_indexes_links_and_certificate(tmp_path):
+    """The GPU image installs with uv (BentoML's), which reads no pip.conf."""
+    wheels, cert = tmp_path / "wheels", tmp_path / "ca.pem"
+    wheels.mkdir()
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    result = pip_settings(
+        tmp_path / "out",
+        "podman",
+        {
+            "PIP_FIND_LINKS": str(wheels),
+            "PIP_EXTRA_INDEX_URL": "https://a.example/simple https://b.example/simple",
+            "PIP_CERT": str(cert),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"--secret=id=uv.env,src={tmp_path / 'out' / 'uv.env'}" in result.stdout.splitlines()
+    lines = set((tmp_path / "out" / "uv.env").read_text().splitlines())
+    assert lines == {
+        f"UV_FIND_LINKS={wheels}",
+        "UV_INDEX='https://a.example/simple https://b.example/simple'",
+        f"SSL_CERT_FILE={cert}",
+        "UV_INDEX_STRATEGY=unsafe-best-match",  # pip's choice across indexes
+    }
+
+
+def test_the_smoke_stops_waiting_when_a_service_fails_to_start(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_bytes(b'{"message": "Application startup failed. Exiting."}\n')
+    server = subprocess.Popen(["sleep", "60"])
+    try:
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match="failed to start"):
+            smoke.wait_ready("http://127.0.0.1:9", server, log)  # nothing listens on port 9
+        assert time.monotonic() - started < smoke.READY_TIMEOUT_S
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_the_smoke_refuses_an_entry_command_without_host_or_port():
+    with pytest.raises(SystemExit, match="--port"):
+        smoke.serve_command(["bentoml", "serve", "service:Gateway", "--host", "0.0.0.0"], 1)
