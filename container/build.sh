@@ -55,8 +55,14 @@ if [ "$variant" = cpu ]; then
     say "building on $base, then the smoke stage (the server answering all four models)"
     "${build[@]}" --target smoke -t "$smoke_image" "$work/context"
     # Every stage up to `image` is cached by now: this only tags it.
+    previous=$("$ENGINE" image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
     "${build[@]}" --target image -t "$image" "$work/context" >/dev/null
     "$ENGINE" rmi "$smoke_image" >/dev/null
+    # The image this one replaces (an older code layer), so rebuilds do not fill the disk; its
+    # layers that the new image shares stay.
+    if [ -n "$previous" ] && [ "$previous" != "$("$ENGINE" image inspect "$image" --format '{{.Id}}')" ]; then
+        "$ENGINE" rmi "$previous" >/dev/null 2>&1 || true
+    fi
 elif [ "$variant" = gpu ]; then
     say "building the Bento's Dockerfile (its base: $(sed -n 's/^FROM \(\S*\).*/\1/p' "$bento/env/docker/Dockerfile" | head -n1))"
     "${engine_build[@]}" -f "$bento/env/docker/Dockerfile" "${pip_args[@]}" -t "$image" "$bento"

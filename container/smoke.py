@@ -47,6 +47,8 @@ WRITABLE = ("/tmp", "/var/lib/bentoml")
 # Where a read-only root would refuse a write that this build's file system lets the user make
 # (its home, /var/tmp): the smoke fails if the server wrote there.
 READ_ONLY_IN_K8S = ("/home", "/app", "/etc", "/opt", "/var")
+# What the engine writes for every RUN step (and the kubelet mounts in a pod), not the server.
+ENGINE_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
 READY_TIMEOUT_S = 900  # three runners loading on a busy 2-core CI machine
 REQUEST_TIMEOUT_S = 600
 TINY_LONG_SIDE = 64
@@ -122,6 +124,8 @@ def written_outside_writable(since: float) -> list[str]:
             dirs[:] = [d for d in dirs if os.path.join(folder, d) not in WRITABLE]
             for name in files + dirs:
                 path = os.path.join(folder, name)
+                if path in ENGINE_FILES:
+                    continue
                 try:
                     if os.lstat(path).st_mtime >= since:
                         found.append(path)
