@@ -26,7 +26,9 @@ trap 'rm -rf "$work"' EXIT
 
 # podman's default (OCI) isolation needs cgroups and rlimits a CI container may not grant;
 # chroot isolation builds RUN steps without them.
-engine_build=("$ENGINE" build)
+# --force-rm: a failed stage's working containers go too (podman keeps them otherwise, each
+# holding its layers on disk).
+engine_build=("$ENGINE" build --force-rm)
 [ "$ENGINE" = podman ] && engine_build+=(--isolation chroot)
 
 say "bentoml build (bentofile.yaml: what goes into the image)"
