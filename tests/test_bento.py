@@ -86,7 +86,8 @@ def test_the_image_starts_from_the_cuda_base_of_the_torch_wheel(dockerfile):
     assert cuda, gpu_torch
     base = re.search(r"^FROM (\S+)", dockerfile, re.MULTILINE).group(1)
     assert base == bentofile()["docker"]["base_image"]
-    assert base.startswith(f"nvidia/cuda:{cuda.group(1)}.{cuda.group(2)}."), base
+    # fully qualified, as podman needs it
+    assert base.startswith(f"docker.io/nvidia/cuda:{cuda.group(1)}.{cuda.group(2)}."), base
     assert "cudnn-runtime" in base
 
 
