@@ -90,7 +90,7 @@ pull: install
 	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full $(if $(RUNNER),--runner $(RUNNER))
 
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
-# store; `bentoml containerize depthid:latest` then makes the image (README "Container").
+# store; `make image` and `make image-gpu` build the images from it (README "Container").
 bento: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml build
 
