@@ -24,10 +24,9 @@ say() { echo "image: [$((SECONDS - started)) s] $*"; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/depthid-image.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# podman's default (OCI) isolation needs cgroups and rlimits a CI container may not grant;
-# chroot isolation builds RUN steps without them.
 # --force-rm: a failed stage's working containers go too (podman keeps them otherwise, each
-# holding its layers on disk).
+# holding its layers on disk). podman's default (OCI) isolation needs cgroups and rlimits a CI
+# container may not grant; chroot isolation builds RUN steps without them.
 engine_build=("$ENGINE" build --force-rm)
 [ "$ENGINE" = podman ] && engine_build+=(--isolation chroot)
 
@@ -36,7 +35,9 @@ tag=$(BENTOML_DO_NOT_TRACK=true "$bentoml" build --output tag | sed -n 's/^__tag
 bento=$(BENTOML_DO_NOT_TRACK=true "$bentoml" get "$tag" -o path)
 say "bento $tag at $bento"
 
-mapfile -t pip_args < <("$PYTHON" container/pip_settings.py "$work/pip" --engine "$ENGINE")
+# (In a variable first: a failure there stops the script, which `< <(...)` would not.)
+pip_out=$("$PYTHON" container/pip_settings.py "$work/pip" --engine "$ENGINE")
+mapfile -t pip_args <<<"$pip_out"
 say "pip settings passed to the build: ${pip_args[*]}"
 
 if [ "$variant" = cpu ]; then
