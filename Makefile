@@ -13,7 +13,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Tests start their own redis-server on 127.0.0.1; install it when the machine lacks it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test lint format models redis-server image-tools image-base image image-gpu pull bench-latency bench bench-gpu gpu-memory bento loadtest clean
+.PHONY: install serve test lint format models redis-server image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,13 @@ install: $(VENV)/.installed
 models: install
 	$(BIN)/python -m models.build
 
-serve: models
-	BENTOML_DO_NOT_TRACK=true DEPTHID_PROFILE=tiny DEPTHID_DEVICE=cpu $(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
+# DEPTHID_PROFILE=full make serve serves the full store (`make pull`, or `make full-store` for
+# random weights); tiny (the default) builds its models first and runs on the CPU. A missing
+# model ends the server at once, naming it and the command that provides it.
+DEPTHID_PROFILE ?= tiny
+DEPTHID_DEVICE ?= $(if $(filter tiny,$(DEPTHID_PROFILE)),cpu,auto)
+serve: $(if $(filter tiny,$(DEPTHID_PROFILE)),models,install)
+	BENTOML_DO_NOT_TRACK=true DEPTHID_PROFILE=$(DEPTHID_PROFILE) DEPTHID_DEVICE=$(DEPTHID_DEVICE) $(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check .
@@ -88,6 +93,17 @@ gpu-memory: install
 # The full profile's real weights (models/pull.py); RUNNER=instantid pulls one runner's.
 pull: install
 	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full $(if $(RUNNER),--runner $(RUNNER))
+
+# The full store with random weights, laid out as `make pull` lays it (models/full_store.py):
+# SCALE=ci (default, about 2.5 GB, minutes on a CPU) or SCALE=real (tens of GB, for a GPU host).
+SCALE ?= ci
+full-store: install
+	DEPTHID_PROFILE=full $(BIN)/python -m models.full_store --scale $(SCALE)
+
+# On a CUDA machine with nothing downloaded: the real-size full store, served on the GPU, every
+# model through v1 and v2, bench-gpu per model, one table (benchmarks/gpu_check.py).
+gpu-check: install
+	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
 # store; `make image` and `make image-gpu` build the images from it (README "Container").

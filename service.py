@@ -9,14 +9,17 @@ that runner over HTTP instead, and the same image serves the runner with
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import bentoml
 
+from gateway import connection_guard
 from gateway.app import create_app
 from gateway.middleware import JsonErrorBodies
 from gateway.runner_client import RunnerClient
 from log_format import configure_logging
+from models.store import MissingModelError, check_runner_models
 from runners.flux_depth import FluxDepth
 from runners.instantid import InstantID
 from runners.sd15_depth import SD15Depth
@@ -24,7 +27,25 @@ from settings import get_settings
 
 settings = get_settings()
 configure_logging(settings.log_format)  # BentoML's logging, our format (log_format.py)
+
+# The runners started here need their models: end `bentoml serve` now, non-zero, naming what is
+# missing and how to provide it, rather than let BentoML restart a runner that cannot load.
+_local_runners = [
+    runner
+    for runner, url in (
+        ("sd15_depth", settings.sd15_runner_url),
+        ("flux_depth", settings.flux_runner_url),
+        ("instantid", settings.instantid_runner_url),
+    )
+    if url is None
+]
+try:
+    check_runner_models(settings, _local_runners)
+except MissingModelError as exc:
+    sys.exit(f"error: cannot serve profile {settings.profile!r}:\n{exc}")
 app = create_app(settings)
+# Request heads that never end close their connection; uvicorn's own 400s answer JSON.
+connection_guard.install(settings.request_head_timeout_s)
 
 
 @bentoml.service(

@@ -120,11 +120,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=36_000_000, ge=64)
+    # Every image field: the long side at most this many times the short one (README "Bad
+    # input"): the depth and face preprocessors cannot use a sliver (a 1000x1 picture).
+    max_aspect_ratio: float = Field(default=4.0, ge=1.0, le=64.0)
     # JSON bodies (gateway/json_limits.py): nesting of objects/arrays, and the length of every
     # string but the image fields', which carry base64 up to max_image_bytes and are bounded by
     # that limit instead. Our bodies are flat objects and prompts a few hundred characters.
     max_json_depth: int = Field(default=32, ge=1, le=500)  # below Python's recursion limit
     max_string_chars: int = Field(default=16_384, ge=256)
+    # Items (array elements and object members) of a JSON body, bounded by its commas before it
+    # is parsed; room for two prompts of max_string_chars commas.
+    max_json_items: int = Field(default=100_000, ge=100)
+    # Slow clients (README "Slow and idle connections"): a request head (request line and
+    # headers) must arrive within this of the connection opening or of its previous answer,
+    # else the connection is closed (gateway/connection_guard.py) ...
+    request_head_timeout_s: float = Field(default=10.0, gt=0)
+    # ... and a request body within this of its head, else 408 (gateway/middleware.py): a
+    # 32 MB body at about 2 Mbit/s.
+    request_body_timeout_s: float = Field(default=120.0, gt=0)
 
     # --- logging (log_format.py) ------------------------------------------------------------
     # "json": one JSON object per line (the served default), "text": BentoML-like lines.
@@ -193,6 +206,12 @@ class Settings(BaseSettings):
         if self.flux_max_sequence_length is not None:
             return self.flux_max_sequence_length
         return TINY_FLUX_TEXT_TOKENS if self.profile == "tiny" else FULL_FLUX_TEXT_TOKENS
+
+    def resolved_prompt_upsampler(self) -> str:
+        """`llm` or `rules`: `auto` is the language model in `full`, the rules in `tiny`."""
+        if self.prompt_upsampler != "auto":
+            return self.prompt_upsampler
+        return "llm" if self.profile == "full" else "rules"
 
     def profile_store(self) -> Path:
         """Folder holding this profile's weights: ``<model_store>/<profile>``."""

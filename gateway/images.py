@@ -106,6 +106,7 @@ def decode_image(
                     f"{settings.max_image_pixels} pixels"
                 )
                 raise ApiError.too_large(field, message)
+            _check_aspect_ratio(width, height, field, settings)
             fmt = source.format or ""
             image = _to_rgb(ImageOps.exif_transpose(source))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -124,6 +125,18 @@ def decode_image(
         width=image.width,
         height=image.height,
     )
+
+
+def _check_aspect_ratio(width: int, height: int, field: str, settings: Settings) -> None:
+    """A 400 naming `field` and the limit for a sliver of a picture (1000x1): its output or
+    depth map would be narrower than the depth and face preprocessors can take."""
+    limit = settings.max_aspect_ratio
+    if max(width, height) > limit * min(width, height):
+        message = (
+            f"{field} is {width}x{height} pixels: its aspect ratio is more than the limit of "
+            f"{limit:g}:1 (or 1:{limit:g})"
+        )
+        raise ApiError.bad_field(field, message)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -1,10 +1,12 @@
 """Limits on the shape of a JSON body, checked before any route parses it.
 
 The body size limit (middleware) bounds the bytes; these bound what a body can make the server
-do: objects and arrays nested deeper than `max_json_depth` (each level costs a recursion in the
-parser and in validation), and strings longer than `max_string_chars` (a prompt of megabytes
-would go through the prompt filter and the tokenizers). Image fields are exempt from the string
-limit: they carry base64 of images up to `max_image_bytes`, and that limit (413, in
+do: more than `max_json_items` items (millions of tiny array items take seconds to parse and
+walk), objects and arrays nested deeper than `max_json_depth` (each level costs a recursion in
+the parser and in validation), and strings longer than `max_string_chars` (a prompt of
+megabytes would go through the prompt filter and the tokenizers). Strings must also be valid
+Unicode: a lone UTF-16 surrogate is refused naming its field. Image fields are exempt from the
+string limit: they carry base64 of images up to `max_image_bytes`, and that limit (413, in
 gateway/images.py) is theirs.
 """
 
@@ -29,8 +31,16 @@ IMAGE_FIELDS = frozenset(
 
 
 def check_json_body(raw: bytes, settings: Settings) -> None:
-    """Raise the contract's 400 when `raw` is not JSON, or is JSON nested too deeply or holding
-    a string (value or key) that is too long."""
+    """Raise the contract's 400 when `raw` is not JSON, or is JSON with too many items, nested
+    too deeply, or holding a string (value or key) that is too long or not valid Unicode."""
+    # Every item after an array's or object's first follows a comma, so the commas bound the
+    # items; counted before parsing (fast), so a body of millions of tiny items ([0,0,...]) is
+    # refused at once instead of being parsed and walked for seconds. Commas inside strings
+    # count too: the limit leaves room for prompts of commas.
+    if raw.count(b",") >= settings.max_json_items:
+        raise ApiError(
+            400, f"the JSON body holds more than the limit of {settings.max_json_items} items"
+        )
     try:
         data = json.loads(raw)
     except RecursionError:
@@ -55,13 +65,39 @@ def _check(value: Any, path: tuple[str, ...], depth: int, settings: Settings) ->
             if isinstance(key, str) and len(key) > settings.max_string_chars:
                 limit = settings.max_string_chars
                 raise ApiError(400, f"a JSON key is longer than the limit of {limit} characters")
+            if isinstance(key, str) and _lone_surrogate(key) is not None:
+                raise ApiError(400, "a JSON key is not valid Unicode text: " + _SURROGATE_HINT)
             _check(item, (*path, str(key)), depth, settings)
-    elif isinstance(value, str) and len(value) > settings.max_string_chars:
-        if len(path) == 1 and path[0] in IMAGE_FIELDS:
-            return
+    elif isinstance(value, str):
         field = ".".join(path) or "body"
-        message = f"{field} is longer than the limit of {settings.max_string_chars} characters"
-        raise ApiError.bad_field(field, message)
+        surrogate = _lone_surrogate(value)
+        if surrogate is not None:
+            message = (
+                f"{field} is not valid Unicode text: it holds a lone UTF-16 surrogate "
+                f"(U+{ord(surrogate):04X}); " + _SURROGATE_HINT
+            )
+            raise ApiError.bad_field(field, message)
+        if len(value) > settings.max_string_chars:
+            if len(path) == 1 and path[0] in IMAGE_FIELDS:
+                return
+            message = f"{field} is longer than the limit of {settings.max_string_chars} characters"
+            raise ApiError.bad_field(field, message)
+
+
+# JSON may escape half of a UTF-16 pair alone ("\ud800"), which Python's parser accepts and
+# no tokenizer, encoder or URL can take: refused, never cleaned, so what runs is what was sent.
+_SURROGATE_HINT = "send each surrogate pair whole (or the character itself, as UTF-8)"
+
+
+def _lone_surrogate(text: str) -> str | None:
+    """The first lone surrogate in `text`, if any (the parser joins the pairs it sees)."""
+    if text.isascii():  # the common case, and fast for megabytes of base64
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return text[exc.start]
+    return None
 
 
 def _too_deep(limit: int) -> ApiError:

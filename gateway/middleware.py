@@ -5,6 +5,7 @@ errors BentoML answers itself."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -30,6 +31,8 @@ _CALLER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # body this API takes is a JSON object).
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 API_ROUTES = ("v1", "v2")
+# Bodies larger than this are checked in a thread; a small one costs less than the hop there.
+OFF_LOOP_BODY_BYTES = 64 * 1024
 
 
 def request_id_from(scope: Scope) -> str:
@@ -84,7 +87,10 @@ class RequestContextMiddleware:
             self._check_declared_length(scope)
             if scope["method"] in BODY_METHODS:
                 body = await self._read_body(receive)
-                if body:
+                if len(body) > OFF_LOOP_BODY_BYTES:
+                    # Parsing megabytes takes a while: not on the loop that answers /livez.
+                    await asyncio.to_thread(check_json_body, body, self.settings)
+                elif body:
                     check_json_body(body, self.settings)
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_with_id)
@@ -107,12 +113,26 @@ class RequestContextMiddleware:
     def _check_declared_length(self, scope: Scope) -> None:
         limit = self.settings.max_body_bytes
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
+            if name != b"content-length":
+                continue
+            if not value.strip().isdigit():
+                raise ApiError(400, "malformed Content-Length header: it must be a whole number")
+            if int(value) > limit:
                 raise _too_large(limit)
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole body, counted as it streams in: a missing or false Content-Length cannot
-        bypass the limit."""
+        bypass the limit; and timed: a body trickling in (a byte every few seconds) is cut off
+        at `request_body_timeout_s` with a 408, the connection closed."""
+        timeout = self.settings.request_body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._read_whole_body(receive)
+        except TimeoutError:
+            message = f"the request body did not arrive within {timeout:g} seconds"
+            raise ApiError(408, message, headers={"Connection": "close"}) from None
+
+    async def _read_whole_body(self, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
         chunks, received = [], 0
         while True:

@@ -7,8 +7,8 @@ holds for every route is added here, once, to the document FastAPI generates:
 - request validation answers 400, not FastAPI's default 422 `{"detail": [...]}`, so that
   default is dropped (a route's own 422, a blocked or FAILED job, stays);
 - every route can answer 500 (an internal fault); a route with a body or parameters can answer
-  400 (a bad one); a body can be 413 (over the size limit); a path parameter that names
-  nothing (a model, a request id) is 404.
+  400 (a bad one); a body can be 413 (over the size limit) or 408 (not sent in time); a
+  path parameter that names nothing (a model, a request id) is 404.
 
 tests/test_fuzz.py holds the served API to this document.
 """
@@ -43,6 +43,7 @@ ERROR_REF = {"$ref": "#/components/schemas/Error"}
 GENERIC_ERRORS = {
     400: "Malformed JSON, a bad field or parameter, or an undecodable image.",
     404: "Nothing by that name: unknown model or request id (or an expired one).",
+    408: "The body did not arrive within the configured time; the connection is closed.",
     413: "Body larger than the configured limit.",
     500: "An internal fault; the error names the request id it was logged with.",
 }
@@ -203,7 +204,7 @@ def _complete_responses(operation: dict[str, Any]) -> None:
     if has_body or parameters:
         codes.append(400)
     if has_body:
-        codes.append(413)
+        codes += [408, 413]
     if any(parameter["in"] == "path" for parameter in parameters):
         codes.append(404)
     for code in codes:

@@ -29,6 +29,45 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 CLOUD_METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 )
+# Every block of IANA's IPv4 and IPv6 Special-Purpose Address Registries that is not globally
+# reachable (or not reachable at all: documentation, benchmarking, deprecated relays), refused
+# whatever the Python in use says: `is_global` of Python 3.11.7 misses 192.0.0.0/24 beyond its
+# first /29 (192.0.0.192 is a cloud metadata address), 192.88.99.0/24 and 3fff::/20. The few
+# globally reachable anycast addresses inside 192.0.0.0/24 (PCP, TURN) are no image server.
+SPECIAL_PURPOSE_NETWORKS = tuple(
+    ipaddress.ip_network(block)
+    for block in (
+        # IPv4 (iana.org/assignments/iana-ipv4-special-registry)
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",  # private use
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link local
+        "172.16.0.0/12",  # private use
+        "192.0.0.0/24",  # IETF protocol assignments (incl. 192.0.0.0/29, .8, .170/31)
+        "192.0.2.0/24",  # documentation (TEST-NET-1)
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "192.168.0.0/16",  # private use
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation (TEST-NET-2)
+        "203.0.113.0/24",  # documentation (TEST-NET-3)
+        "240.0.0.0/4",  # reserved
+        "255.255.255.255/32",  # limited broadcast
+        # IPv6 (iana.org/assignments/iana-ipv6-special-registry)
+        "::1/128",  # loopback
+        "::/128",  # unspecified
+        "::ffff:0:0/96",  # IPv4-mapped (judged as its IPv4 address first, see _is_allowed)
+        "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation
+        "100::/64",  # discard-only
+        "100:0:0:1::/64",  # dummy IPv6 prefix
+        "2001::/23",  # IETF protocol assignments (Teredo, benchmarking, ORCHID...)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing (SRv6) SIDs
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link local
+    )
+)
 REQUEST_HEADERS = {
     "Accept": "image/jpeg, image/png, image/webp",
     # The bytes as stored: a compressed transfer would be inflated before the size limit saw it.
@@ -76,7 +115,10 @@ async def _fetch(url: str, field: str, settings: Settings) -> bytes:
 def _parse_url(url: str, field: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL:
+        _check_readable(parsed)
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        # InvalidURL, and what the parser lets through: IDNA errors of a host like "xn--zz",
+        # a lone surrogate that cannot be encoded, a port out of range.
         raise ApiError.bad_field(field, f"{field} is not a valid URL") from None
     if parsed.scheme not in ALLOWED_SCHEMES:
         raise ApiError.bad_field(field, f"{field} must be an http or https URL")
@@ -85,10 +127,17 @@ def _parse_url(url: str, field: str) -> httpx.URL:
     return parsed
 
 
+def _check_readable(url: httpx.URL) -> None:
+    """Read every part of `url` the fetch uses, so that a part the parser took but cannot
+    decode (an IDNA host like "xn--zz": the host is decoded lazily) fails here, not later."""
+    url.host, url.raw_host.decode("ascii"), url.netloc.decode("ascii")
+
+
 def _redirect_target(current: httpx.URL, response: httpx.Response, field: str) -> httpx.URL:
     try:
         target = current.join(response.headers["Location"])
-    except httpx.InvalidURL:
+        _check_readable(target)
+    except (httpx.InvalidURL, UnicodeError, ValueError):
         target = None
     if target is None or target.scheme not in ALLOWED_SCHEMES or not target.host:
         message = f"could not fetch {field}: it redirects to an invalid or non-http(s) URL"
@@ -126,6 +175,8 @@ def _is_allowed(address: IPAddress, settings: Settings) -> bool:
 
 def _is_internal(address: IPAddress) -> bool:
     if address in CLOUD_METADATA_ADDRESSES:
+        return True
+    if any(address in network for network in SPECIAL_PURPOSE_NETWORKS):
         return True
     if (
         address.is_private

@@ -48,7 +48,7 @@ async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant
             # Whatever fails in here (a failed job, 502, 504...) gives the credits back.
             [result] = await state.runners[model].generate([job], model=model)
             if result.failure is not None:
-                raise failure_error(result.failure)
+                raise failure_error(result.failure, request.state.request_id)
     response = v1_response(
         result, as_base64=spec.wants_base64(body), media_type=spec.media_type(body)
     )
@@ -56,11 +56,14 @@ async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant
     return response
 
 
-# How a job's failure answers in v1: unusable input is the client's 400, a blocked result 422.
-FAILURE_STATUS = {"invalid_input": 400, "blocked": 422}
+# How a job's failure answers in v1: unusable input is the client's 400, a blocked result 422,
+# a job that failed alone in the runner (runners/batching.py) a 500 naming the request id.
+FAILURE_STATUS = {"invalid_input": 400, "blocked": 422, "internal": 500}
 
 
-def failure_error(failure: JobFailure) -> ApiError:
+def failure_error(failure: JobFailure, request_id: str) -> ApiError:
+    if failure.kind == "internal":
+        return ApiError(500, f"{failure.message} (request id {request_id})")
     details = [{"field": failure.field, "message": failure.message}] if failure.field else None
     return ApiError(FAILURE_STATUS[failure.kind], failure.message, details=details)
 

@@ -43,20 +43,17 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "feature_extractor/preprocessor_config.json",
             "scheduler/scheduler_config.json",
             "text_encoder/config.json",
-            "text_encoder/model.safetensors",
             "text_encoder/model.fp16.safetensors",
             "tokenizer/merges.txt",
             "tokenizer/special_tokens_map.json",
             "tokenizer/tokenizer_config.json",
             "tokenizer/vocab.json",
             "unet/config.json",
-            "unet/diffusion_pytorch_model.safetensors",
             "unet/diffusion_pytorch_model.fp16.safetensors",
             "vae/config.json",
-            "vae/diffusion_pytorch_model.safetensors",
             "vae/diffusion_pytorch_model.fp16.safetensors",
         ),
-        description="Stable Diffusion 1.5 (diffusers layout, no safety checker), fp32 + fp16",
+        description="Stable Diffusion 1.5 (diffusers layout, no safety checker), fp16",
         licence="CreativeML OpenRAIL-M",
     ),
     "sd15-controlnet-depth": Checkpoint(
@@ -64,10 +61,9 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         revision="539f99181d33db39cf1af2e517cd8056785f0a87",
         allow_patterns=(
             "config.json",
-            "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
         ),
-        description="ControlNet 1.1 depth for SD 1.5, fp32 + fp16",
+        description="ControlNet 1.1 depth for SD 1.5, fp16",
         licence="OpenRAIL",
     ),
     "depth-estimator": Checkpoint(
@@ -132,9 +128,9 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "model_index.json",
             "scheduler/scheduler_config.json",
             "text_encoder/config.json",
-            "text_encoder/model.safetensors",
+            "text_encoder/model.fp16.safetensors",
             "text_encoder_2/config.json",
-            "text_encoder_2/model.safetensors",
+            "text_encoder_2/model.fp16.safetensors",
             "tokenizer/merges.txt",
             "tokenizer/special_tokens_map.json",
             "tokenizer/tokenizer_config.json",
@@ -144,11 +140,11 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "tokenizer_2/tokenizer_config.json",
             "tokenizer_2/vocab.json",
             "unet/config.json",
-            "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
             # Its own VAE is replaced by sdxl-vae; the config keeps model_index.json's folder.
             "vae/config.json",
         ),
-        description="Stable Diffusion XL 1.0 base (diffusers layout), CreativeML Open RAIL++-M",
+        description="SDXL 1.0 base, fp16 (diffusers layout), CreativeML Open RAIL++-M",
         licence="CreativeML Open RAIL++-M",
     ),
     "sdxl-vae": Checkpoint(
@@ -172,8 +168,8 @@ CHECKPOINTS: dict[str, Checkpoint] = {
     "sdxl-controlnet-depth": Checkpoint(
         repo_id="diffusers/controlnet-depth-sdxl-1.0",
         revision="17bb97973f29801224cd66f192c5ffacf82648b4",
-        allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
-        description="SDXL depth ControlNet (insta-depth), OpenRAIL++",
+        allow_patterns=("config.json", "diffusion_pytorch_model.fp16.safetensors"),
+        description="SDXL depth ControlNet (insta-depth), fp16, OpenRAIL++",
         licence="CreativeML Open RAIL++-M",
     ),
     "face-analysis": Checkpoint(
@@ -186,6 +182,22 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         licence="insightface models: non-commercial research only",
     ),
 }
+
+# The checkpoints whose repositories publish half-precision copies of their weights
+# (`*.fp16.safetensors`): `full` pulls only those and loads them with variant="fp16", the precision
+# the runners use on GPU; from_pretrained casts them to the runner's dtype (fp32 on the CPU). The
+# others ship one precision (FLUX.1 and Qwen bf16, InstantID fp16, the rest fp32).
+FP16_VARIANT = "fp16"
+FP16_VARIANT_MODELS = frozenset(
+    {"sd15-base", "sd15-controlnet-depth", "sdxl-base", "sdxl-controlnet-depth"}
+)
+
+
+def weights_variant(profile: str, name: str) -> str | None:
+    """The `variant` to load model `name` with: "fp16" in `full` where the repository has one;
+    None otherwise (the tiny builds save plain files)."""
+    return FP16_VARIANT if profile == "full" and name in FP16_VARIANT_MODELS else None
+
 
 # The models each runner loads, by name.
 RUNNER_MODELS: dict[str, tuple[str, ...]] = {

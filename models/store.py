@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,6 +54,30 @@ def require_model(settings: Settings, name: str) -> Path:
         f"model {name!r} for profile {settings.profile!r} is missing: {path} {state}; "
         f"run `{command}` to provide it"
     )
+
+
+def runner_models(settings: Settings, runner: str) -> tuple[str, ...]:
+    """The models runner `runner` loads in the settings' profile (manifest.RUNNER_MODELS; the
+    prompt upsampler only when it is the language model)."""
+    from models.manifest import RUNNER_MODELS
+
+    names = RUNNER_MODELS[runner]
+    if settings.resolved_prompt_upsampler() != "llm":
+        names = tuple(name for name in names if name != "prompt-upsampler")
+    return names
+
+
+def check_runner_models(settings: Settings, runners: Iterable[str]) -> None:
+    """MissingModelError naming every model the runners lack, and the command that provides them."""
+    errors = []
+    for runner in runners:
+        for name in runner_models(settings, runner):
+            try:
+                require_model(settings, name)
+            except MissingModelError as exc:
+                errors.append(f"{runner}: {exc}")
+    if errors:
+        raise MissingModelError("\n".join(dict.fromkeys(errors)))
 
 
 @contextmanager

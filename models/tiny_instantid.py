@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import UNet2DConditionModel
 from diffusers.models.embeddings import IPAdapterPlusImageProjection
 
 from models.manifest import INSTANTID_IDENTITYNET_FOLDER, INSTANTID_IP_ADAPTER_FILE
@@ -42,14 +43,7 @@ def build_instantid(dest: Path) -> None:
     torch.manual_seed(SEED)
     build_controlnet().save_pretrained(dest / INSTANTID_IDENTITYNET_FOLDER)
     torch.manual_seed(SEED)
-    state = {"image_proj": _image_proj_state(), "ip_adapter": _ip_adapter_state()}
-    torch.save(state, dest / INSTANTID_IP_ADAPTER_FILE)
-
-
-def _image_proj_state() -> dict[str, torch.Tensor]:
-    """A random Resampler, in the original IP-Adapter key names (the inverse of diffusers'
-    conversion in UNet2DConditionLoadersMixin._convert_ip_adapter_image_proj_to_diffusers)."""
-    resampler = IPAdapterPlusImageProjection(
+    resampler = image_proj_state(
         embed_dims=EMBEDDING_SIZE,
         output_dims=CROSS_ATTENTION_DIM,
         hidden_dims=RESAMPLER_HEAD_DIM * RESAMPLER_HEADS,
@@ -59,13 +53,25 @@ def _image_proj_state() -> dict[str, torch.Tensor]:
         num_queries=NUM_QUERIES,
         ffn_ratio=RESAMPLER_FF_MULT,
     )
+    state = {
+        "image_proj": resampler,
+        "ip_adapter": ip_adapter_state(build_unet(), CROSS_ATTENTION_DIM),
+    }
+    torch.save(state, dest / INSTANTID_IP_ADAPTER_FILE)
+
+
+def image_proj_state(**resampler_config: int) -> dict[str, torch.Tensor]:
+    """A random Resampler (IPAdapterPlusImageProjection's arguments), in the original IP-Adapter
+    key names (the inverse of diffusers' conversion in
+    UNet2DConditionLoadersMixin._convert_ip_adapter_image_proj_to_diffusers)."""
+    resampler = IPAdapterPlusImageProjection(**resampler_config)
     diffusers_state = resampler.state_dict()
     state = {
         key: value
         for key, value in diffusers_state.items()
         if not key.startswith("layers.")  # latents, proj_in, proj_out, norm_out keep their names
     }
-    for i in range(RESAMPLER_DEPTH):
+    for i in range(resampler_config["depth"]):
         layer = f"layers.{i}"
         renames = {
             "ln0.weight": "0.norm1.weight",
@@ -91,16 +97,16 @@ def _image_proj_state() -> dict[str, torch.Tensor]:
     return {key: value.contiguous() for key, value in state.items()}
 
 
-def _ip_adapter_state() -> dict[str, torch.Tensor]:
-    """to_k_ip / to_v_ip for each cross-attention layer of the tiny UNet, keyed as InstantID
-    saves them: the index among *all* attention processors (self-attention ones have none)."""
-    unet = build_unet()
+def ip_adapter_state(unet: UNet2DConditionModel, face_dim: int) -> dict[str, torch.Tensor]:
+    """Random to_k_ip / to_v_ip (from the Resampler's `face_dim`-wide tokens) for each
+    cross-attention layer of `unet`, keyed as InstantID saves them: the index among *all*
+    attention processors (self-attention ones have none)."""
     state = {}
     for index, name in enumerate(unet.attn_processors):
         if not name.endswith("attn2.processor"):
             continue
         attention = unet.get_submodule(name.removesuffix(".processor"))
         for projection in ("to_k_ip", "to_v_ip"):
-            layer = torch.nn.Linear(CROSS_ATTENTION_DIM, attention.to_k.out_features, bias=False)
+            layer = torch.nn.Linear(face_dim, attention.to_k.out_features, bias=False)
             state[f"{index}.{projection}.weight"] = layer.weight.detach().clone()
     return state

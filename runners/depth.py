@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
 
 
 class DepthEstimator:
@@ -19,7 +19,14 @@ class DepthEstimator:
         self.device = device
         self.dtype = dtype
         self.processor = AutoImageProcessor.from_pretrained(model_dir)
-        self.model = AutoModelForDepthEstimation.from_pretrained(model_dir, dtype=dtype)
+        config = AutoConfig.from_pretrained(model_dir)
+        if getattr(config, "max_depth", 1) is None:
+            # Relative-depth hub configs store "max_depth": null, which the head multiplies its
+            # output by; the map is normalised per image below, so any scale will do.
+            config.max_depth = 1
+        self.model = AutoModelForDepthEstimation.from_pretrained(
+            model_dir, config=config, dtype=dtype
+        )
         self.model.to(device).eval()
 
     @torch.inference_mode()

@@ -19,7 +19,11 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLPipeline
 from PIL import Image
 
-from models.manifest import INSTANTID_IDENTITYNET_FOLDER, INSTANTID_IP_ADAPTER_FILE
+from models.manifest import (
+    INSTANTID_IDENTITYNET_FOLDER,
+    INSTANTID_IP_ADAPTER_FILE,
+    weights_variant,
+)
 from models.store import require_model
 from runners.acceleration import (
     WARMUP_STEPS,
@@ -60,7 +64,10 @@ class InstantIDPipelines:
             require_model(settings, "sdxl-vae"), torch_dtype=self.dtype
         )
         base = StableDiffusionXLPipeline.from_pretrained(
-            require_model(settings, "sdxl-base"), vae=vae, torch_dtype=self.dtype
+            require_model(settings, "sdxl-base"),
+            vae=vae,
+            torch_dtype=self.dtype,
+            variant=weights_variant(settings.profile, "sdxl-base"),
         )
         # diffusers reads InstantID's ip-adapter.bin; no CLIP image encoder: the face embedding
         # comes from insightface.
@@ -84,7 +91,9 @@ class InstantIDPipelines:
             instantid_dir, subfolder=INSTANTID_IDENTITYNET_FOLDER, torch_dtype=self.dtype
         ).to(self.device)
         self.depth_controlnet = ControlNetModel.from_pretrained(
-            require_model(settings, "sdxl-controlnet-depth"), torch_dtype=self.dtype
+            require_model(settings, "sdxl-controlnet-depth"),
+            torch_dtype=self.dtype,
+            variant=weights_variant(settings.profile, "sdxl-controlnet-depth"),
         ).to(self.device)
         accelerated = accelerate(
             self.accelerations,

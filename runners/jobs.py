@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from PIL import Image
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -50,14 +51,29 @@ PILImage = Annotated[
 ]
 
 
+def _valid_unicode(text: str) -> str:
+    """Text a tokenizer can take: no lone UTF-16 surrogate (JSON can carry one, "\\ud800").
+    Checked when a runner receives a job, before BentoML batches it with others', so such a
+    job is refused alone (the Gateway refuses it earlier still, naming the field)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("holds a lone UTF-16 surrogate; not valid Unicode text") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
 class SD15DepthJob(BaseModel):
     """One sd1.5-controlnet-depth request: `samples` images, sample i seeded with `seed + i`."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     request_id: str
-    prompt: str
-    negative_prompt: str = ""
+    prompt: Text
+    negative_prompt: Text = ""
     image: PILImage
     samples: int = Field(ge=1)
     scheduler: str
@@ -76,7 +92,7 @@ class FluxDepthJob(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     request_id: str
-    prompt: str
+    prompt: Text
     control_image: PILImage
     guidance: float
     steps: int = Field(ge=1)
@@ -100,8 +116,8 @@ class InstantIDJob(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     request_id: str
-    prompt: str
-    negative_prompt: str = ""
+    prompt: Text
+    negative_prompt: Text = ""
     face_image: PILImage
     pose_image: PILImage | None = None
     samples: int = Field(ge=1)
@@ -127,10 +143,12 @@ class JobFailure(BaseModel):
     """Why a runner produced no images for one job, in terms of the job, not of HTTP.
 
     `invalid_input`: the job's input cannot be used (e.g. no face in `field`);
-    `blocked`: the safety checker blocked the result. The Gateway maps each kind to its code.
+    `blocked`: the safety checker blocked the result; `internal`: the job's pipeline call
+    failed on it alone (runners/batching.py), the runner's log says why. The Gateway maps each
+    kind to its code.
     """
 
-    kind: Literal["invalid_input", "blocked"]
+    kind: Literal["invalid_input", "blocked", "internal"]
     message: str
     field: str | None = None
 

@@ -44,7 +44,9 @@ class SafetyChecker:
         self.processor = AutoImageProcessor.from_pretrained(model_dir)
         self.model = AutoModelForImageClassification.from_pretrained(model_dir, dtype=dtype)
         self.model.to(device).eval()
-        labels = {label.lower(): index for label, index in self.model.config.label2id.items()}
+        # From id2label, whose keys transformers makes ints: hub configs may store label2id's
+        # values as strings ({"nsfw": "1"}), which cannot index the logits.
+        labels = {label.lower(): int(index) for index, label in self.model.config.id2label.items()}
         if UNSAFE_LABEL not in labels:
             raise ValueError(f"safety model at {model_dir} has no {UNSAFE_LABEL!r} label")
         self.unsafe_index = labels[UNSAFE_LABEL]

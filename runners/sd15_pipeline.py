@@ -18,6 +18,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from models.manifest import weights_variant
 from models.store import require_model
 from runners.acceleration import (
     WARMUP_STEPS,
@@ -52,13 +53,18 @@ class SD15DepthPipelines:
         controlnet_dir = require_model(settings, "sd15-controlnet-depth")
         depth_dir = require_model(settings, "depth-estimator")
 
-        controlnet = ControlNetModel.from_pretrained(controlnet_dir, torch_dtype=self.dtype)
+        controlnet = ControlNetModel.from_pretrained(
+            controlnet_dir,
+            torch_dtype=self.dtype,
+            variant=weights_variant(settings.profile, "sd15-controlnet-depth"),
+        )
         base = StableDiffusionControlNetPipeline.from_pretrained(
             base_dir,
             controlnet=controlnet,
             safety_checker=None,
             requires_safety_checker=False,
             torch_dtype=self.dtype,
+            variant=weights_variant(settings.profile, "sd15-base"),
         )
         placed = place_on_device(self.accelerations, base, self.device)
         accelerated = accelerate(

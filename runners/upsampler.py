@@ -124,10 +124,7 @@ class LLMUpsampler:
 
 
 def make_upsampler(settings: Settings, device: torch.device, dtype: torch.dtype) -> Upsampler:
-    kind = settings.prompt_upsampler
-    if kind == "auto":
-        kind = "llm" if settings.profile == "full" else "rules"
-    if kind == "rules":
+    if settings.resolved_prompt_upsampler() == "rules":
         return RuleUpsampler()
     model_dir = require_model(settings, "prompt-upsampler")
     return LLMUpsampler(model_dir, device, dtype, settings.upsampler_max_new_tokens)

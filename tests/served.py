@@ -38,6 +38,7 @@ def serve_process(
     env: dict[str, str] | None = None,
     port: int | None = None,
     wait_ready: bool = True,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Like serve(), also yielding the server's process (the leader of its process group)."""
     port = port or free_port()
@@ -62,12 +63,13 @@ def serve_process(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # a Ctrl-C in the test run does not reach it directly
     )
+    process.log_path = log.name  # type: ignore[attr-defined]  # read by benchmarks/gpu_check.py
     base_url = f"http://127.0.0.1:{port}"
     try:
         if wait_ready and not wait_until(
-            lambda: is_ready(base_url) or process.poll() is not None, START_TIMEOUT_S
+            lambda: is_ready(base_url) or process.poll() is not None, start_timeout_s
         ):
-            raise RuntimeError(f"{target} not ready in {START_TIMEOUT_S}s; log: {log.name}")
+            raise RuntimeError(f"{target} not ready in {start_timeout_s}s; log: {log.name}")
         if process.poll() is not None:
             raise RuntimeError(f"{target} exited: {Path(log.name).read_text()[-4000:]}")
         yield base_url, process
