@@ -275,3 +275,25 @@ def test_the_smoke_stops_waiting_when_a_service_fails_to_start(tmp_path):
 def test_the_smoke_refuses_an_entry_command_without_host_or_port():
     with pytest.raises(SystemExit, match="--port"):
         smoke.serve_command(["bentoml", "serve", "service:Gateway", "--host", "0.0.0.0"], 1)
+
+
+def test_the_debian_base_is_built_once_then_imported_from_its_cached_tarball(tmp_path):
+    """A cached root file system is imported, never bootstrapped again; a built one is kept."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text('ID=debian\nVERSION_ID="12"\n')
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(
+        ["tar", "-C", str(root), "-cf", str(cache / "debian-bookworm-py311.tar"), "."], check=True
+    )
+    image = f"localhost/depthid-test-base:{tmp_path.name.lower()}"
+    script = [str(PROJECT_ROOT / "container" / "debian_base.sh"), "podman", image, str(cache)]
+    try:
+        first = subprocess.run(script, capture_output=True, text=True, check=False)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "importing" in first.stdout and "debootstrap" not in first.stdout
+        again = subprocess.run(script, capture_output=True, text=True, check=False)
+        assert again.returncode == 0 and "already built" in again.stdout
+    finally:
+        subprocess.run(["podman", "rmi", "--force", image], capture_output=True, check=False)
