@@ -68,7 +68,7 @@ def containerfile_cmd() -> list[str]:
 
 
 @pytest.mark.timeout(3600)
-def test_make_image_builds_the_cpu_image_and_its_smoke_stage_answers_all_four_models():
+def test_make_image_builds_the_cpu_image_and_its_smoke_stage_answers_all_four_models(tmp_path):
     """`make image` as a user runs it; the build fails unless the smoke stage passed, and says
     so model by model; the image is tagged with the name the cpu-tiny overlay runs."""
     result = subprocess.run(
@@ -99,8 +99,22 @@ def test_make_image_builds_the_cpu_image_and_its_smoke_stage_answers_all_four_mo
         config["WorkingDir"]
         == gateway(render("cpu-tiny"))["spec"]["template"]["spec"]["containers"][0]["workingDir"]
     )
-    # nothing of this machine's pip settings in the image's configuration
+    # nothing of this machine's pip settings in the image's configuration or history
     assert not any(entry.startswith("PIP_") for entry in config.get("Env", []))
+    history = subprocess.run(
+        ["podman", "history", "--no-trunc", "--format", "{{.CreatedBy}}", name],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    settings = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "container" / "pip_settings.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for mount in re.findall(r"^--volume=([^:]+):", settings, re.MULTILINE):
+        assert mount not in history
 
 
 # --- the pip settings hand-over ----------------------------------------------------------------
