@@ -16,6 +16,7 @@ Only the standard library and Pillow (one of the image's packages): the image ha
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -31,8 +32,8 @@ from pathlib import Path
 from PIL import Image
 
 # What k8s/overlays/cpu-tiny gives every container (the ConfigMap depthid-config), less what
-# points at other pods (runner URLs, Redis) and the API keys (tests/test_image.py checks that
-# these equal the rendered overlay's). /tmp and BENTOML_HOME are the manifests' writable paths.
+# points at other pods (runner URLs, Redis) (tests/test_image.py checks that these equal the
+# rendered overlay's). /tmp and BENTOML_HOME are the manifests' writable paths.
 MANIFEST_ENV = {
     "DEPTHID_PROFILE": "tiny",
     "DEPTHID_DEVICE": "cpu",
@@ -47,6 +48,10 @@ WRITABLE = ("/tmp", "/var/lib/bentoml")
 # Where a read-only root would refuse a write that this build's file system lets the user make
 # (its home, /var/tmp): the smoke fails if the server wrote there.
 READ_ONLY_IN_K8S = ("/home", "/app", "/etc", "/opt", "/var")
+# The Gateway's manifest turns API keys on (DEPTHID_API_KEYS_FILE, from a Secret): the smoke
+# writes a keys file of one key of its own to /tmp and sends it, as a client of that overlay.
+API_KEY = "did_smoke_stage_only"
+KEYS_FILE = "/tmp/smoke-api-keys.json"
 # What the engine writes for every RUN step (and the kubelet mounts in a pod), not the server.
 ENGINE_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
 READY_TIMEOUT_S = 900  # three runners loading on a busy 2-core CI machine
@@ -73,9 +78,10 @@ def serve_command(entry: list[str], port: int) -> list[str]:
     return command
 
 
-def call(url: str, body: dict | None = None) -> tuple[int, str, bytes]:
+def call(url: str, body: dict | None = None, key: str | None = API_KEY) -> tuple[int, str, bytes]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"x-api-key": key} if key else {})}
+    request = urllib.request.Request(url, data, headers)
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as answer:
             return answer.status, answer.headers.get("content-type", ""), answer.read()
@@ -196,9 +202,11 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"smoke: {path}, a writable path of the manifests, is not writable")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **MANIFEST_ENV}
-    for name in ("DEPTHID_JOB_STORE_URL", "DEPTHID_API_KEYS_FILE"):
-        env.pop(name, None)
+    with open(KEYS_FILE, "w") as keys:
+        digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+        json.dump({"keys": [{"name": "smoke", "sha256": digest}]}, keys)
+    env = {**os.environ, **MANIFEST_ENV, "DEPTHID_API_KEYS_FILE": KEYS_FILE}
+    env.pop("DEPTHID_JOB_STORE_URL", None)
     command = serve_command(entry, port)
     started_at = time.time() - 1  # file times may be rounded down
     print(f"smoke: {' '.join(command)} as uid {os.getuid()} in {os.getcwd()}", flush=True)
@@ -208,6 +216,11 @@ def main(argv: list[str]) -> int:
     failed = None
     try:
         wait_ready(base, server, SERVER_LOG)
+        body, _ = v1_requests()["sd1.5-controlnet-depth"]
+        status, _, data = call(f"{base}/v1/sd1.5-controlnet-depth", body, key=None)
+        if status != 401:
+            raise AssertionError(f"v1 without a key: {status}, not 401 (keys are on)")
+        print("smoke: v1 without a key: 401", flush=True)
         for model, (body, content_type) in v1_requests().items():
             started = time.monotonic()
             status, got_type, data = call(f"{base}/v1/{model}", body)

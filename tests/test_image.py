@@ -87,6 +87,7 @@ def test_make_image_builds_the_cpu_image_and_its_smoke_stage_answers_all_four_mo
             model
         )
     assert "smoke: v2 sd1.5-controlnet-depth: COMPLETED" in log
+    assert "smoke: v1 without a key: 401" in log  # with the manifests' API keys on
     name = image_names()["cpu"]
     assert re.search(rf"image: \[\d+ s\] built {re.escape(name)}: \d+ MB", log)
     inspected = subprocess.run(
@@ -209,6 +210,10 @@ def test_the_smoke_stage_runs_with_the_cpu_overlays_environment_and_user():
     expected = {k: v for k, v in config["data"].items() if k not in pointing_elsewhere}
     assert expected == smoke.MANIFEST_ENV
     spec = gateway(docs)["spec"]["template"]["spec"]
+    # the Gateway's own variable: keys on, which the smoke turns on with a key of its own
+    env = {e["name"] for e in spec["containers"][0]["env"]}
+    assert "DEPTHID_API_KEYS_FILE" in env
+    assert smoke.KEYS_FILE.startswith(smoke.WRITABLE[0] + "/")
     mounts = {
         m["mountPath"] for m in spec["containers"][0]["volumeMounts"] if not m.get("readOnly")
     }
