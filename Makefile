@@ -13,7 +13,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Tests start their own redis-server on 127.0.0.1; install it when the machine lacks it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test lint format models redis-server pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
+.PHONY: install serve test lint format models redis-server image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +65,12 @@ redis-server:
 	@command -v redis-server >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
 
-test: lint models redis-server
+# The image tests build the CPU image with podman (tests/test_image.py); install it when missing.
+image-tools:
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq podman debootstrap)
+
+test: lint models redis-server image-tools
 	$(BIN)/python -m pytest
 
 bench-latency: models
@@ -101,9 +106,36 @@ gpu-check: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
-# store; `bentoml containerize depthid:latest` then makes the image (README "Container").
+# store; `make image` and `make image-gpu` build the images from it (README "Container").
 bento: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml build
+
+# The container images (README "Container"), built with podman (docker where podman is missing)
+# from the Bento by container/build.sh, with this machine's pip settings passed into the build.
+# `make image`: the CPU image with the tiny models, proven by its smoke stage (all four models
+# answer); on BASE_IMAGE, or where that cannot be pulled on the Debian base `make image-base`
+# builds once with debootstrap (cached in IMAGE_CACHE). `make image-gpu`: the CUDA image of
+# bentofile.yaml + Dockerfile.template, no weights. IMAGE_REPO and the tags are what
+# k8s/overlays name.
+ENGINE ?= $(if $(shell command -v podman 2>/dev/null),podman,docker)
+IMAGE_REPO ?= localhost/depthid
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_CPU_TAG := $(IMAGE_VERSION)-cpu
+IMAGE_GPU_TAG := $(IMAGE_VERSION)-cuda13
+BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
+DEBIAN_BASE ?= localhost/depthid-base:bookworm
+IMAGE_CACHE ?= $(HOME)/.cache/depthid
+IMAGE_ENV = ENGINE=$(ENGINE) PYTHON=$(BIN)/python BASE_IMAGE=$(BASE_IMAGE) \
+	DEBIAN_BASE=$(DEBIAN_BASE) IMAGE_CACHE=$(IMAGE_CACHE) BENTOML_DO_NOT_TRACK=true
+
+image-base:
+	container/debian_base.sh $(ENGINE) $(DEBIAN_BASE) $(IMAGE_CACHE)
+
+image: install
+	$(IMAGE_ENV) container/build.sh cpu $(IMAGE_REPO):$(IMAGE_CPU_TAG)
+
+image-gpu: install
+	$(IMAGE_ENV) container/build.sh gpu $(IMAGE_REPO):$(IMAGE_GPU_TAG)
 
 # The load test and release gate (loadtests/run.py): LOADTEST_PROFILE's scenario and thresholds
 # against LOADTEST_HOST, or HOST/PORT when given; with neither, against a tiny instance served

@@ -86,7 +86,8 @@ def test_the_image_starts_from_the_cuda_base_of_the_torch_wheel(dockerfile):
     assert cuda, gpu_torch
     base = re.search(r"^FROM (\S+)", dockerfile, re.MULTILINE).group(1)
     assert base == bentofile()["docker"]["base_image"]
-    assert base.startswith(f"nvidia/cuda:{cuda.group(1)}.{cuda.group(2)}."), base
+    # fully qualified, as podman needs it
+    assert base.startswith(f"docker.io/nvidia/cuda:{cuda.group(1)}.{cuda.group(2)}."), base
     assert "cudnn-runtime" in base
 
 
@@ -155,6 +156,24 @@ def test_the_bento_holds_code_builders_and_payloads_only(bento):
     assert sum((src / path).stat().st_size for path in files) < MAX_BENTO_BYTES
 
 
-def test_the_image_builds_the_tiny_models_and_never_bakes_real_weights(dockerfile):
-    assert "python -m models.build" in dockerfile
-    assert "models.pull" not in dockerfile
+def test_the_gpu_image_holds_no_weights_tiny_or_real(dockerfile):
+    """Its weights come from the model store's volume (the CPU image, container/Containerfile,
+    has the tiny ones)."""
+    assert "models.build" not in dockerfile
+    assert "python -m models.pull" not in dockerfile
+
+
+def test_the_packages_are_installed_before_the_code_is_copied(dockerfile):
+    """A code change rebuilds from the code's layer, not the packages'."""
+    install = dockerfile.index("install --no-cache -r src/pyproject.toml")
+    assert dockerfile.index("COPY ./src/pyproject.toml") < install
+    assert install < dockerfile.index("COPY . ./")
+    assert "COPY . ./" not in dockerfile[:install]
+
+
+def test_the_build_checks_imports_and_the_entry_command(dockerfile):
+    (check,) = [
+        line for line in dockerfile.replace("\\\n", " ").splitlines() if "import service" in line
+    ]
+    assert dockerfile.index("COPY . ./") < dockerfile.index("import service")
+    assert "entrypoint.sh bentoml serve --help" in check

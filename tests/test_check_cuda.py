@@ -142,7 +142,7 @@ def test_requirements_gpu_txt_pins_the_base_images_cuda_major():
     """The pins the image installs name the major the base image provides (the wheels themselves
     are checked at build time, above)."""
     base = yaml.safe_load((PROJECT_ROOT / "bentofile.yaml").read_text())["docker"]["base_image"]
-    image_major = re.match(r"nvidia/cuda:(\d+)\.", base).group(1)
+    image_major = re.match(r"docker\.io/nvidia/cuda:(\d+)\.", base).group(1)
     gpu_txt = (PROJECT_ROOT / "requirements" / "gpu.txt").read_text()
     (cu,) = re.findall(r"^torch==[\d.]+\+cu(\d+)$", gpu_txt, re.MULTILINE)
     assert cu[:-1] == image_major

@@ -1,0 +1,264 @@
+"""The CPU image's proof that it runs: its last build stage runs this, so a failure fails the build.
+
+It starts the image's own entry command (the Containerfile's CMD, passed after `--`) as the
+image's non-root user, with the Kubernetes manifests' environment (k8s/overlays/cpu-tiny:
+read-only root, so BentoML's home and HOME on the writable paths, offline hub) but the job
+store in memory and the runners as local processes, as one container serves them. It waits for
+`/readyz`, sends one v1 request per model and one v2 job, checks each answer (status, content
+type, a decodable image of the tiny profile's size) and stops the server. A build cannot publish
+a port, so the command's `--host` and `--port` are replaced by 127.0.0.1 and a free port.
+
+    python smoke.py -- bentoml serve service:Gateway --host 0.0.0.0 --port 3000
+
+Only the standard library and Pillow (one of the image's packages): the image has no test tools.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+# What k8s/overlays/cpu-tiny gives every container (the ConfigMap depthid-config), less what
+# points at other pods (runner URLs, Redis) (tests/test_image.py checks that these equal the
+# rendered overlay's). /tmp and BENTOML_HOME are the manifests' writable paths.
+MANIFEST_ENV = {
+    "DEPTHID_PROFILE": "tiny",
+    "DEPTHID_DEVICE": "cpu",
+    "DEPTHID_GENERATION_TIMEOUT_S": "300",
+    "DEPTHID_SHUTDOWN_GRACE_S": "60",
+    "BENTOML_HOME": "/var/lib/bentoml",
+    "HOME": "/tmp",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+}
+WRITABLE = ("/tmp", "/var/lib/bentoml")
+# Where a read-only root would refuse a write that this build's file system lets the user make
+# (its home, /var/tmp): the smoke fails if the server wrote there.
+READ_ONLY_IN_K8S = ("/home", "/app", "/etc", "/opt", "/var")
+# The Gateway's manifest turns API keys on (DEPTHID_API_KEYS_FILE, from a Secret): the smoke
+# writes a keys file of one key of its own to /tmp and sends it, as a client of that overlay.
+API_KEY = "did_smoke_stage_only"
+KEYS_FILE = "/tmp/smoke-api-keys.json"
+# What the engine writes for every RUN step (and the kubelet mounts in a pod), not the server.
+ENGINE_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
+READY_TIMEOUT_S = 900  # three runners loading on a busy 2-core CI machine
+REQUEST_TIMEOUT_S = 600
+TINY_LONG_SIDE = 64
+PAYLOADS = Path("loadtests/payloads")
+STARTUP_FAILED = b"Application startup failed"  # uvicorn's line when a service's set-up raises
+SERVER_LOG = Path("/tmp/smoke-server.log")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command(entry: list[str], port: int) -> list[str]:
+    """The entry command with its --host and --port pointed at this build's loopback port."""
+    command = list(entry)
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
+        if flag not in command:
+            raise SystemExit(f"smoke: the entry command {entry} has no {flag}")
+        command[command.index(flag) + 1] = value
+    return command
+
+
+def call(url: str, body: dict | None = None, key: str | None = API_KEY) -> tuple[int, str, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json", **({"x-api-key": key} if key else {})}
+    request = urllib.request.Request(url, data, headers)
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as answer:
+            return answer.status, answer.headers.get("content-type", ""), answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("content-type", ""), error.read()
+
+
+def check_image(what: str, content_type: str, data: bytes, expected_type: str) -> str:
+    if not content_type.startswith(expected_type):
+        raise AssertionError(f"{what}: content type {content_type!r}, not {expected_type}")
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    if max(image.size) != TINY_LONG_SIDE:
+        raise AssertionError(f"{what}: {image.size}, long side not {TINY_LONG_SIDE}")
+    return f"{image.format} {image.size[0]}x{image.size[1]}"
+
+
+def png_base64(size: tuple[int, int], colour: str) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def v1_requests() -> dict[str, tuple[dict, str]]:
+    """One request per model and the content type its answer must have."""
+    control = base64.b64encode((PAYLOADS / "flux_control.jpg").read_bytes()).decode()
+    return {
+        "sd1.5-controlnet-depth": (
+            {"image": png_base64((96, 64), "teal"), "prompt": "a house", "seed": 1},
+            "image/jpeg",
+        ),
+        "instantid": (json.loads((PAYLOADS / "instantid.json").read_text()), "image/jpeg"),
+        "insta-depth": (json.loads((PAYLOADS / "insta-depth.json").read_text()), "image/jpeg"),
+        "flux-depth-pro": (
+            {"control_image": control, "prompt": "a house", "steps": 15, "output_format": "png"},
+            "image/png",
+        ),
+    }
+
+
+def written_outside_writable(since: float) -> list[str]:
+    """What the server wrote outside the manifests' writable paths since `since`."""
+    found = []
+    for top in READ_ONLY_IN_K8S:
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if os.path.join(folder, d) not in WRITABLE]
+            for name in files + dirs:
+                path = os.path.join(folder, name)
+                if path in ENGINE_FILES:
+                    continue
+                try:
+                    if os.lstat(path).st_mtime >= since:
+                        found.append(path)
+                except OSError:
+                    continue
+    return found
+
+
+def wait_ready(base: str, server: subprocess.Popen, log: Path) -> None:
+    started = time.monotonic()
+    last_said = 0.0
+    while True:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited with status {server.returncode}")
+        # A runner whose start fails is not started again: /readyz would stay 503 until the
+        # deadline, so say it now.
+        if STARTUP_FAILED in log.read_bytes():
+            raise AssertionError("a service of the server failed to start (its log below)")
+        try:
+            status, _, _ = call(f"{base}/readyz")
+        except OSError:
+            status = None
+        waited = time.monotonic() - started
+        if status == 200:
+            print(f"smoke: /readyz 200 after {waited:.0f} s", flush=True)
+            return
+        if waited > READY_TIMEOUT_S:
+            raise AssertionError(f"/readyz not 200 after {READY_TIMEOUT_S} s (last: {status})")
+        if waited - last_said >= 15:
+            print(f"smoke: waiting for /readyz: {waited:.0f} s, last {status}", flush=True)
+            last_said = waited
+        time.sleep(2)
+
+
+def run_v2(base: str) -> str:
+    body, content_type = v1_requests()["sd1.5-controlnet-depth"]
+    status, _, raw = call(f"{base}/v2/sd1.5-controlnet-depth", body)
+    if status != 200:
+        raise AssertionError(f"v2 submit: {status} {raw[:300]!r}")
+    job = json.loads(raw)
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    while True:
+        _, _, raw = call(job["status_url"])
+        state = json.loads(raw)["status"]
+        if state in ("COMPLETED", "FAILED"):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"v2 job {job['request_id']} still {state}")
+        time.sleep(1)
+    status, _, raw = call(job["response_url"])
+    result = json.loads(raw)
+    if status != 200 or result.get("status") != "COMPLETED":
+        raise AssertionError(f"v2 result: {status} {raw[:300]!r}")
+    status, got_type, data = call(result["output"][0])
+    if status != 200:
+        raise AssertionError(f"v2 output: {status} {data[:300]!r}")
+    return check_image("v2 output", got_type, data, content_type)
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv:
+        raise SystemExit("usage: smoke.py -- ENTRY COMMAND...")
+    entry = argv[argv.index("--") + 1 :]
+    if os.getuid() == 0:
+        raise SystemExit("smoke: runs as the image's user, not root (USER in the Containerfile)")
+    for path in WRITABLE:
+        if not os.access(path, os.W_OK):
+            raise SystemExit(f"smoke: {path}, a writable path of the manifests, is not writable")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(KEYS_FILE, "w") as keys:
+        digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+        json.dump({"keys": [{"name": "smoke", "sha256": digest}]}, keys)
+    env = {**os.environ, **MANIFEST_ENV, "DEPTHID_API_KEYS_FILE": KEYS_FILE}
+    env.pop("DEPTHID_JOB_STORE_URL", None)
+    command = serve_command(entry, port)
+    started_at = time.time() - 1  # file times may be rounded down
+    print(f"smoke: {' '.join(command)} as uid {os.getuid()} in {os.getcwd()}", flush=True)
+    log = SERVER_LOG.open("w+b")  # read back on failure
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    failed = None
+    try:
+        wait_ready(base, server, SERVER_LOG)
+        body, _ = v1_requests()["sd1.5-controlnet-depth"]
+        status, _, data = call(f"{base}/v1/sd1.5-controlnet-depth", body, key=None)
+        if status != 401:
+            raise AssertionError(f"v1 without a key: {status}, not 401 (keys are on)")
+        print("smoke: v1 without a key: 401", flush=True)
+        for model, (body, content_type) in v1_requests().items():
+            started = time.monotonic()
+            status, got_type, data = call(f"{base}/v1/{model}", body)
+            if status != 200:
+                raise AssertionError(f"v1 {model}: {status} {data[:300]!r}")
+            seen = check_image(f"v1 {model}", got_type, data, content_type)
+            print(f"smoke: v1 {model}: 200 {seen} in {time.monotonic() - started:.1f} s",
+                  flush=True)  # fmt: skip
+        started = time.monotonic()
+        seen = run_v2(base)
+        print(f"smoke: v2 sd1.5-controlnet-depth: COMPLETED {seen} in "
+              f"{time.monotonic() - started:.1f} s", flush=True)  # fmt: skip
+    except (AssertionError, OSError, ValueError, KeyError) as error:
+        failed = error
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+    written = written_outside_writable(started_at) if failed is None else []
+    if written:
+        failed = AssertionError(
+            f"wrote outside {WRITABLE} (read-only in Kubernetes): {written[:20]}"
+        )
+    if failed is not None:
+        log.seek(0)
+        tail = log.read().decode(errors="replace")[-6000:]
+        print(f"smoke: FAILED: {failed}\n--- server log (end) ---\n{tail}", file=sys.stderr)
+        return 1
+    print(
+        f"smoke: the image answers all four models (v1) and a v2 job, writing only to {WRITABLE}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
