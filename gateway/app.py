@@ -22,12 +22,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from gateway import v1, v2
+from gateway import metrics, v1, v2
 from gateway.api_keys import load_key_ring
 from gateway.credits import Credits, make_ledger
 from gateway.errors import ApiError, validation_to_api_error
 from gateway.job_store import JobStore, MemoryJobStore
 from gateway.middleware import RequestContextMiddleware
+from gateway.model_specs import MODEL_SPECS
 from gateway.openapi import install as install_openapi
 from gateway.rate_limits import RateLimits, make_limit_store
 from gateway.redis_client import UNAVAILABLE_ERRORS
@@ -61,6 +62,8 @@ def make_job_store(settings: Settings) -> JobStore:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The v2 job store and worker live as long as the app serves."""
     settings: Settings = app.state.settings
+    # Every counter and gauge at 0 from the start: rate() and the dashboard see 0, not nothing.
+    metrics.expose_known_series(list(MODEL_SPECS))
     app.state.job_store = make_job_store(settings)
     worker = JobWorker(
         app.state.job_store,
