@@ -3,7 +3,9 @@ id of the request it was written for.
 
 The Gateway's middleware sets `request_id_var` for the life of a request and the v2 worker for
 the life of a job, so every line logged meanwhile, by our code, by BentoML (its access line) or
-by a library, names the request. Shared by the Gateway and the runners, like settings.py.
+by a library, names the request. Every job carries its request id to the runner, and a runner's
+`generate` names its batch's requests (`requests_of`) while it runs them. Shared by the Gateway
+and the runners, like settings.py.
 
 BentoML configures logging in each of its processes before it imports the service, from its
 dict `SERVER_LOGGING_CONFIG`; `configure_logging`, called when the services are imported, puts
@@ -13,12 +15,14 @@ and only the format changes.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import logging.config
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from bentoml._internal import log as bentoml_log
 from bentoml._internal.context import server_context
@@ -28,6 +32,19 @@ LogFormat = Literal["json", "text"]
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "depthid_request_id", default=None
 )
+
+
+@contextlib.contextmanager
+def requests_of(jobs: Iterable[Any]) -> Iterator[None]:
+    """Every line logged meanwhile names the request ids of `jobs` (a runner's batch: each id
+    once, comma-separated, in order)."""
+    ids = ",".join(dict.fromkeys(job.request_id for job in jobs))
+    token = request_id_var.set(ids or None)
+    try:
+        yield
+    finally:
+        request_id_var.reset(token)
+
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [request_id=%(request_id)s] %(message)s"
 # Our own code logs at INFO (worker start, runner not ready, requeued jobs); libraries keep

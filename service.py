@@ -14,7 +14,7 @@ from typing import Any
 
 import bentoml
 
-from gateway import connection_guard
+from gateway import connection_guard, route_templates
 from gateway.app import create_app
 from gateway.middleware import JsonErrorBodies
 from gateway.runner_client import RunnerClient
@@ -27,6 +27,7 @@ from settings import get_settings
 
 settings = get_settings()
 configure_logging(settings.log_format)  # BentoML's logging, our format (log_format.py)
+route_templates.install()  # BentoML's request metrics by route template, not raw path
 
 # The runners started here need their models: end `bentoml serve` now, non-zero, naming what is
 # missing and how to provide it, rather than let BentoML restart a runner that cannot load.

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import metrics
+from gateway import metrics, route_templates
 from gateway.app import create_app, make_job_store
 from gateway.job_store import JobRecord
 from gateway.middleware import metric_labels
@@ -156,7 +157,7 @@ def test_v2_reports_queue_depth_and_queue_wait() -> None:
 
 FRESH_PROCESS_EXPOSITION = """
 from prometheus_client import generate_latest
-from gateway import metrics
+from gateway import metrics, route_templates
 from gateway.model_specs import MODEL_SPECS
 metrics.expose_known_series(list(MODEL_SPECS))
 print(generate_latest().decode())
@@ -265,6 +266,57 @@ def test_served_metrics_show_the_traffic_with_its_labels(served_url: str) -> Non
     assert sample(after, "depthid_in_flight", model=MODEL) >= 0
     # BentoML's own series are still there, next to ours.
     assert any(name.startswith("bentoml_") for name, _ in after)
+
+
+def v2_round_trip(http: httpx.Client, jobs: int) -> None:
+    """`jobs` v2 jobs, each polled, its result and its image fetched: every route of a job."""
+    ids = [http.post(f"/v2/{MODEL}", json=body(seed=i)).json()["request_id"] for i in range(jobs)]
+    for request_id in ids:
+
+        def completed(request_id: str = request_id) -> bool:
+            return http.get(f"/v2/requests/{request_id}/status").json()["status"] == "COMPLETED"
+
+        assert wait_until(completed, 120)
+        assert http.get(f"/v2/requests/{request_id}").status_code == 200
+        assert http.get(f"/v2/requests/{request_id}/output/0").status_code == 200
+    http.get(f"/no/such/path/{uuid.uuid4().hex}")  # a scanner's path
+
+
+def series_count(base_url: str) -> int:
+    return len(scrape(base_url))
+
+
+def test_served_metrics_are_bounded_by_routes_not_requests(served_url: str) -> None:
+    with httpx.Client(base_url=served_url, timeout=120) as http:
+        v2_round_trip(http, 5)
+        time.sleep(1.5)  # the queue depth gauge is read every second
+        after_5 = scrape(served_url)
+        v2_round_trip(http, 45)
+        time.sleep(1.5)
+        after_50 = scrape(served_url)
+    assert set(after_50) == set(after_5), set(after_50) ^ set(after_5)
+    endpoints = {dict(labels).get("endpoint") for _, labels in after_50} - {None}
+    assert "/v2/requests/{request_id}/status" in endpoints
+    assert endpoints <= set(route_templates.templates()), endpoints
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v2/requests/0a1b/status", "/v2/requests/{request_id}/status"),
+        ("/v2/requests/0a1b", "/v2/requests/{request_id}"),
+        ("/v2/requests/0a1b/output/3", "/v2/requests/{request_id}/output/{index}"),
+        ("/v1/instantid", "/v1/instantid"),
+        ("/v2/made-up", "/v2/{model}"),
+        ("/docs/assets/swagger-ui.css", "/docs/assets/{file}"),
+        ("/metrics", "/metrics"),
+        ("/wp-login.php", "/{other}"),
+        ("/v2/requests/a/b/c/d", "/{other}"),
+    ],
+)
+def test_route_template(path: str, template: str) -> None:
+    assert route_templates.route_template(path) == template
+    assert template in route_templates.templates()
 
 
 # --- the Grafana dashboard ------------------------------------------------------------------
