@@ -24,6 +24,7 @@ from runners.flux_depth import FluxDepth
 from runners.instantid import InstantID
 from runners.sd15_depth import SD15Depth
 from settings import get_settings
+from tracing import tracing_options
 
 settings = get_settings()
 configure_logging(settings.log_format)  # BentoML's logging, our format (log_format.py)
@@ -55,6 +56,7 @@ connection_guard.install(settings.request_head_timeout_s)
     # BentoML's own runner probe hangs on a runner that refuses connections; __is_ready__
     # below asks every runner itself, with a bound.
     runner_probe={"enabled": False},
+    **tracing_options(settings),  # BentoML's OpenTelemetry spans, when an endpoint is set
 )
 @bentoml.asgi_app(app, path="/")
 class Gateway:
