@@ -97,6 +97,12 @@ V2_SUBMITTED_SCHEMA: dict[str, Any] = {
         "status_url": {"type": "string", "description": "Absolute URL of the status route."},
         "response_url": {"type": "string", "description": "Absolute URL of the result route."},
         "status": {"type": "string", "enum": ["QUEUED"]},
+        "ignored_fields": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Fields of the body the model does not take (ignored; only present "
+            "when there are some, also in the `x-ignored-fields` header).",
+        },
     },
 }
 V2_RESULT_SCHEMA: dict[str, Any] = {

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from gateway.admission import Admitted
 from gateway.api_keys import Tenant
 from gateway.errors import ApiError
+from gateway.ignored_fields import ignored_fields, ignored_fields_headers
 from gateway.model_specs import MODEL_SPECS
 from gateway.openapi import V1_BASE64_SCHEMA
 from gateway.responses import v1_response
@@ -23,7 +24,8 @@ router = APIRouter(prefix="/v1", tags=["v1 (synchronous)"])
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The image bytes; JSON with base64 images when `base64` is true or "
-        "more than one image was asked for.",
+        "more than one image was asked for. Fields the model does not take are ignored and "
+        "named in the `x-ignored-fields` header.",
         "content": {"image/jpeg": {}, "application/json": {"schema": V1_BASE64_SCHEMA}},
     },
     400: {"description": "Malformed JSON, a bad field, or an undecodable image."},
@@ -53,6 +55,7 @@ async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant
         result, as_base64=spec.wants_base64(body), media_type=spec.media_type(body)
     )
     response.headers.update(charge.headers())
+    response.headers.update(ignored_fields_headers(ignored_fields(request, spec.request)))
     return response
 
 
@@ -118,7 +121,8 @@ FLUX_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The image bytes, JPEG or PNG per `output_format`. With "
         "`prompt_upsampling`, the `x-prompt-used` header holds the prompt used, "
-        "percent-encoded UTF-8.",
+        "percent-encoded UTF-8. Fields the model does not take are ignored and named in the "
+        "`x-ignored-fields` header.",
         "content": {"image/jpeg": {}, "image/png": {}},
     },
     422: {"description": "The prompt or the generated image was blocked by the safety checks."},
