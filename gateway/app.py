@@ -29,6 +29,7 @@ from gateway.errors import ApiError, validation_to_api_error
 from gateway.job_store import JobStore, MemoryJobStore
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi import install as install_openapi
+from gateway.openapi import profile_description
 from gateway.rate_limits import RateLimits, make_limit_store
 from gateway.redis_job_store import RedisJobStore
 from gateway.runner_client import RunnerClient
@@ -82,6 +83,7 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
         title="DepthID",
         summary="Identity- and depth-conditioned image generation, hosted-API compatible.",
         version="0.1.0",
+        description=profile_description(settings),
         docs_url=None,
         redoc_url=None,
     )
