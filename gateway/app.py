@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway import v1, v2
-from gateway.api_keys import load_key_ring
+from gateway.api_keys import describe_keys, load_key_ring
 from gateway.credits import Credits, make_ledger
 from gateway.errors import ApiError, validation_to_api_error
 from gateway.job_store import JobStore, MemoryJobStore
@@ -60,6 +60,7 @@ def make_job_store(settings: Settings) -> JobStore:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The v2 job store and worker live as long as the app serves."""
     settings: Settings = app.state.settings
+    logger.info(describe_keys(app.state.api_keys, settings))
     app.state.job_store = make_job_store(settings)
     worker = JobWorker(
         app.state.job_store,
