@@ -6,6 +6,7 @@ in `app.state.runners`. Every failure answers `{"error": ...}`: never a list, HT
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -24,6 +25,7 @@ from starlette.routing import Match
 
 from gateway import v1, v2
 from gateway.api_keys import describe_keys, load_key_ring
+from gateway.banner import announce_when_ready
 from gateway.credits import Credits, make_ledger
 from gateway.errors import ApiError, validation_to_api_error
 from gateway.job_store import JobStore, MemoryJobStore
@@ -69,9 +71,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_finished=functools.partial(v2.on_job_finished, app.state),
     )
     worker.start()
+    keys = None if app.state.api_keys is None else len(app.state.api_keys)
+    banner = asyncio.create_task(announce_when_ready(lambda: app.state.runners, settings, keys))
     try:
         yield
     finally:
+        banner.cancel()
         await worker.stop(settings.shutdown_grace_s)
         await app.state.job_store.close()
         await app.state.credits.close()
