@@ -52,11 +52,9 @@ models: install
 
 # `make serve` logs text for a person at a terminal (the container keeps JSON, the default), in
 # a BentoML home of its own: `bentoml serve` empties its home's prometheus_multiproc_dir when it
-# starts, which would wipe the /metrics of another server running beside it. DEPTHID_HOST and
-# DEPTHID_PORT let the ready banner name the URL.
+# starts, which would wipe the /metrics of another server running beside it.
 DEPTHID_LOG_FORMAT ?= text
-SERVE_ENV = BENTOML_HOME=$$(mktemp -d -t depthid-bentoml-XXXXXX) \
-	DEPTHID_LOG_FORMAT=$(DEPTHID_LOG_FORMAT) DEPTHID_HOST=$(HOST) DEPTHID_PORT=$(PORT)
+SERVE_ENV = BENTOML_HOME=$$(mktemp -d -t depthid-bentoml-XXXXXX) DEPTHID_LOG_FORMAT=$(DEPTHID_LOG_FORMAT)
 
 serve: models
 	$(SERVE_ENV) BENTOML_DO_NOT_TRACK=true DEPTHID_PROFILE=tiny DEPTHID_DEVICE=cpu $(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)

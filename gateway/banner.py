@@ -9,6 +9,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import psutil
+
 from gateway.runner_client import RunnerClient
 from settings import Settings
 
@@ -23,9 +25,11 @@ DEVICES = {
 }
 
 
-def ready_banner(settings: Settings, keys: int | None) -> str:
-    """The banner's text; `keys`: how many API keys are configured, None when keys are off."""
-    url = (settings.public_base_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+def ready_banner(settings: Settings, keys: int | None, url: str | None = None) -> str:
+    """The banner's text; `keys`: how many API keys are configured, None when keys are off;
+    `url`: where this server answers (default: DEPTHID_PUBLIC_BASE_URL, else the socket this
+    process listens on, else DEPTHID_HOST and DEPTHID_PORT)."""
+    url = (url or served_url(settings)).rstrip("/")
     keys_line = "off (anyone may call)" if keys is None else f"on, {keys} keys"
     lines = [
         f"DepthID is ready: {url}",
@@ -41,6 +45,23 @@ def ready_banner(settings: Settings, keys: int | None) -> str:
             '  on a GPU (README "Profiles and weights").',
         ]
     return "\n".join(lines)
+
+
+def served_url(settings: Settings) -> str:
+    if settings.public_base_url:
+        return settings.public_base_url
+    # BentoML hands the Gateway process its one listening socket (`bentoml serve --port` may
+    # differ from DEPTHID_PORT); outside BentoML (tests) there is none.
+    listening = [
+        connection.laddr
+        for connection in psutil.Process().net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    if len(listening) == 1:
+        host, port = listening[0].ip, listening[0].port
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # every interface: this one too
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{settings.host}:{settings.port}"
 
 
 async def announce_when_ready(

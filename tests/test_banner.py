@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 
+import psutil
 from fastapi.testclient import TestClient
 
 from gateway import banner
@@ -69,3 +71,28 @@ def test_the_served_app_logs_the_banner_at_start(caplog):
     app = create_app(Settings(), runners={"sd1.5-controlnet-depth": runner})
     with TestClient(app):
         assert wait_until(lambda: "DepthID is ready" in caplog.text, 10), caplog.text
+
+
+class _Listening:
+    def __init__(self, *addresses: tuple[str, int]) -> None:
+        self.addresses = addresses
+
+    def net_connections(self, kind: str) -> list:
+        return [
+            SimpleNamespace(laddr=SimpleNamespace(ip=ip, port=port), status=psutil.CONN_LISTEN)
+            for ip, port in self.addresses
+        ]
+
+
+def test_the_url_is_the_socket_bentoml_gave_this_process(monkeypatch):
+    settings = Settings(port=3000)
+    monkeypatch.setattr(banner.psutil, "Process", lambda: _Listening(("127.0.0.1", 4321)))
+    assert banner.served_url(settings) == "http://127.0.0.1:4321"
+    monkeypatch.setattr(banner.psutil, "Process", lambda: _Listening(("0.0.0.0", 4321)))
+    assert banner.served_url(settings) == "http://127.0.0.1:4321"
+    monkeypatch.setattr(banner.psutil, "Process", lambda: _Listening(("::1", 4321)))
+    assert banner.served_url(settings) == "http://[::1]:4321"
+    monkeypatch.setattr(banner.psutil, "Process", lambda: _Listening())  # not under BentoML
+    assert banner.served_url(settings) == "http://127.0.0.1:3000"
+    public = Settings(public_base_url="https://api.example.com")
+    assert banner.served_url(public) == "https://api.example.com"
