@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
@@ -96,3 +97,10 @@ def test_the_url_is_the_socket_bentoml_gave_this_process(monkeypatch):
     assert banner.served_url(settings) == "http://127.0.0.1:3000"
     public = Settings(public_base_url="https://api.example.com")
     assert banner.served_url(public) == "https://api.example.com"
+
+
+def test_a_served_gateway_logs_the_banner_with_its_own_url(served_process):
+    url, process = served_process
+    log = Path(f"/proc/{process.pid}/fd/1").resolve()  # tests/served.py: the server's log file
+    assert wait_until(lambda: f"DepthID is ready: {url}" in log.read_text(), 30), url
+    assert "every image is" in log.read_text()  # tiny: noise, by design
