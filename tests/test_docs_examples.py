@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from gateway import examples
 from gateway.app import create_app
 from gateway.model_specs import MODEL_SPECS
 from gateway.runner_client import RunnerClient
@@ -64,3 +65,16 @@ def test_the_document_names_the_profile():
     with make_client(RecordingRunner(), profile="full") as client:
         full = client.get("/openapi.json").json()["info"]["description"]
     assert "**full** profile" in full
+
+
+def test_without_the_pictures_the_docs_still_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(examples, "PAYLOADS", tmp_path)
+    examples.request_examples.cache_clear()
+    try:
+        with make_client(RecordingRunner()) as client:
+            response = client.get("/openapi.json")
+        assert response.status_code == 200
+        operation = response.json()["paths"]["/v2/instantid"]["post"]
+        assert "examples" not in operation["requestBody"]["content"]["application/json"]
+    finally:
+        examples.request_examples.cache_clear()
