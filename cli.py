@@ -28,6 +28,7 @@ import httpx
 from settings import get_settings
 
 POLL_INTERVAL_S = 0.5
+REPEAT_STATUS_S = 10.0
 EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png"}
 
 
@@ -177,14 +178,18 @@ def run_v2(http: httpx.Client, model: str, body: dict[str, Any]) -> tuple[list[b
     report_ignored(submitted)
     job = submitted.json()
     print(f"submitted {job['request_id']}")
-    last = None
+    last, last_shown = None, 0.0
     while True:
         status_response = http.get(job["status_url"])
-        status = status_response.json().get("status") if status_response.content else None
-        if status != last:
-            shown = status or f"HTTP {status_response.status_code}"
-            print(f"  {shown} at {time.perf_counter() - started:.1f} s")
-            last = status
+        try:
+            status = status_response.json().get("status")
+        except (ValueError, AttributeError):
+            status = None  # not our JSON (a proxy's error page): the result says why
+        elapsed = time.perf_counter() - started
+        # Each new status, and a line every REPEAT_STATUS_S while it stays the same.
+        if status != last or elapsed - last_shown >= REPEAT_STATUS_S:
+            print(f"  {status or f'HTTP {status_response.status_code}'} at {elapsed:.1f} s")
+            last, last_shown = status, elapsed
         if status in ("COMPLETED", "FAILED") or status_response.status_code >= 400:
             break
         time.sleep(POLL_INTERVAL_S)
