@@ -6,6 +6,7 @@ in `app.state.runners`. Every failure answers `{"error": ...}`: never a list, HT
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -23,12 +24,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway import v1, v2
-from gateway.api_keys import load_key_ring
+from gateway.api_keys import describe_keys, load_key_ring
+from gateway.banner import announce_when_ready
 from gateway.credits import Credits, make_ledger
 from gateway.errors import ApiError, validation_to_api_error
 from gateway.job_store import JobStore, MemoryJobStore
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi import install as install_openapi
+from gateway.openapi import profile_description
 from gateway.rate_limits import RateLimits, make_limit_store
 from gateway.redis_client import UNAVAILABLE_ERRORS
 from gateway.redis_job_store import RedisJobStore
@@ -61,6 +64,7 @@ def make_job_store(settings: Settings) -> JobStore:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The v2 job store and worker live as long as the app serves."""
     settings: Settings = app.state.settings
+    logger.info(describe_keys(app.state.api_keys, settings))
     app.state.job_store = make_job_store(settings)
     worker = JobWorker(
         app.state.job_store,
@@ -69,9 +73,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_finished=functools.partial(v2.on_job_finished, app.state),
     )
     worker.start()
+    keys = None if app.state.api_keys is None else len(app.state.api_keys)
+    banner = asyncio.create_task(announce_when_ready(lambda: app.state.runners, settings, keys))
     try:
         yield
     finally:
+        banner.cancel()
         await worker.stop(settings.shutdown_grace_s)
         await app.state.job_store.close()
         await app.state.credits.close()
@@ -84,6 +91,7 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
         title="DepthID",
         summary="Identity- and depth-conditioned image generation, hosted-API compatible.",
         version="0.1.0",
+        description=profile_description(settings),
         docs_url=None,
         redoc_url=None,
     )
