@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 # torch is pinned in the same pip call as everything else: on these machines torch==2.13.0 is
 # the CPU build on disk, where an unpinned resolve would pull a multi-GB CUDA build.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# The first install is long: pip says what it fetches, how big, as it goes.
+PIP_INSTALL_SHOWN := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar on
 
 # Tests start their own redis-server and prometheus on 127.0.0.1; install them when the machine
 # lacks them.
@@ -31,7 +33,10 @@ TORCH_REQUIREMENT := "torch==2.13.0"
 endif
 
 $(VENV)/.installed: pyproject.toml requirements/gpu.txt | $(BIN)/python
-	$(PIP_INSTALL) $(TORCH_REQUIREMENT) -e ".[test]"
+	@echo "Installing DepthID's packages into $(VENV): about 2 GB once installed (torch alone"
+	@echo "0.75 GB), typically 5-10 minutes the first time, seconds after. pip lists each one:"
+	@start=$$(date +%s); $(PIP_INSTALL_SHOWN) $(TORCH_REQUIREMENT) -e ".[test]" && \
+		echo "Packages installed in $$(( $$(date +%s) - start )) s."
 	# insightface without its declared deps: see the note in pyproject.toml.
 	$(PIP_INSTALL) --no-deps "insightface==2.1"
 ifeq ($(GPU),1)
@@ -51,8 +56,14 @@ models: install
 # model ends the server at once, naming it and the command that provides it.
 DEPTHID_PROFILE ?= tiny
 DEPTHID_DEVICE ?= $(if $(filter tiny,$(DEPTHID_PROFILE)),cpu,auto)
+# `make serve` logs text for a person at a terminal (the container keeps JSON, the default), in
+# a BentoML home of its own: `bentoml serve` empties its home's prometheus_multiproc_dir when it
+# starts, which would wipe the /metrics of another server running beside it.
+DEPTHID_LOG_FORMAT ?= text
+SERVE_ENV = BENTOML_HOME=$$(mktemp -d -t depthid-bentoml-XXXXXX) DEPTHID_LOG_FORMAT=$(DEPTHID_LOG_FORMAT)
+
 serve: $(if $(filter tiny,$(DEPTHID_PROFILE)),models,install)
-	BENTOML_DO_NOT_TRACK=true DEPTHID_PROFILE=$(DEPTHID_PROFILE) DEPTHID_DEVICE=$(DEPTHID_DEVICE) $(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
+	$(SERVE_ENV) BENTOML_DO_NOT_TRACK=true DEPTHID_PROFILE=$(DEPTHID_PROFILE) DEPTHID_DEVICE=$(DEPTHID_DEVICE) $(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check .

@@ -23,6 +23,8 @@ import contextvars
 import json
 import logging
 import logging.config
+import os
+import warnings
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -112,6 +114,27 @@ class TextFormatter(logging.Formatter):
 
 FORMATTERS: dict[str, type[logging.Formatter]] = {"json": JsonFormatter, "text": TextFormatter}
 
+# Library output a server's operator cannot act on, silenced in every served process: set here,
+# when the services are imported, before any runner imports these libraries (in its own
+# __init__), which read them once. An operator's own values win (setdefault).
+QUIET_LIBRARIES_ENV = {
+    # Progress bars (diffusers' "Loading pipeline components", transformers' "Loading weights",
+    # each pipeline call's steps): carriage-return art that breaks the one-record-a-line logs.
+    "TQDM_DISABLE": "1",
+    # Notices about the libraries' own choices: torchvision fallbacks, `image_encoder is not
+    # loaded` (InstantID uses embeddings), fp32-kept modules, experimental attention backends.
+    # Their errors still show.
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+}
+
+
+def quiet_libraries() -> None:
+    for name, value in QUIET_LIBRARIES_ENV.items():
+        os.environ.setdefault(name, value)
+    # diffusers' own loaders still pass `torch_dtype`, which it deprecates.
+    warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+
 
 def configure_logging(log_format: LogFormat) -> None:
     """Use `log_format` on BentoML's server logging: in its config dict (which it applies again
@@ -126,6 +149,7 @@ def configure_logging(log_format: LogFormat) -> None:
     # Our modules were imported, their loggers made, before this runs: keep them enabled.
     config["disable_existing_loggers"] = False
     if _bentoml_server_logging_applied():
+        quiet_libraries()
         logging.config.dictConfig(config)
         logging.captureWarnings(True)  # library warnings become log lines in the same format
 

@@ -15,7 +15,11 @@ and a fast hash keeps the check per request at microseconds, a dictionary lookup
 never compares secrets character by character.
 
     python -m gateway.api_keys new --name team-a [--models M ...] [--credits N]
-prints a new key once, and the entry to add to the file.
+prints a new key once, and the entry to add to the file;
+    python -m gateway.api_keys add --file keys.json --name team-a [...]
+makes a key and appends its entry to the file (creating it);
+    python -m gateway.api_keys check --file keys.json
+checks a file by the rules the Gateway starts with.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import secrets
 import sys
@@ -36,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.errors import ApiError
 from gateway.model_specs import MODEL_SPECS
-from settings import Settings
+from settings import Settings, get_settings
 
 HEADER = "x-api-key"
 KEY_PREFIX = "did_"  # makes a DepthID key recognisable (secret scanners, support tickets)
@@ -131,6 +136,9 @@ class KeyRing:
     def find(self, key: str) -> Tenant | None:
         return self._by_hash.get(hash_key(key))
 
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
     @classmethod
     def load(cls, path: Path, settings: Settings) -> KeyRing:
         """Read and check the keys file; any problem is an ApiKeysFileError naming it."""
@@ -143,23 +151,30 @@ class KeyRing:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ApiKeysFileError(f"{where}: is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ApiKeysFileError(f'{where}: must be a JSON object: {{"keys": [...]}}')
-        try:
-            entries = KeysFile.model_validate(data).keys
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-                for error in exc.errors()
-            )
-            raise ApiKeysFileError(f"{where}: {problems}") from exc
-        for field in ("name", "sha256"):
-            values = [getattr(entry, field) for entry in entries]
-            duplicates = sorted({value for value in values if values.count(value) > 1})
-            if duplicates:
-                shown = duplicates if field == "name" else [d[:12] + "…" for d in duplicates]
-                raise ApiKeysFileError(f"{where}: the same {field} twice: {shown}")
+        entries = check_keys_data(data, where)
         return cls({entry.sha256: tenant_of(entry, settings) for entry in entries})
+
+
+def check_keys_data(data: object, where: str) -> list[KeyEntry]:
+    """The entries of a keys file's parsed JSON, by the rules the Gateway starts with; any
+    problem is an ApiKeysFileError that starts with `where`."""
+    if not isinstance(data, dict):
+        raise ApiKeysFileError(f'{where}: must be a JSON object: {{"keys": [...]}}')
+    try:
+        entries = KeysFile.model_validate(data).keys
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ApiKeysFileError(f"{where}: {problems}") from exc
+    for field in ("name", "sha256"):
+        values = [getattr(entry, field) for entry in entries]
+        duplicates = sorted({value for value in values if values.count(value) > 1})
+        if duplicates:
+            shown = duplicates if field == "name" else [d[:12] + "…" for d in duplicates]
+            raise ApiKeysFileError(f"{where}: the same {field} twice: {shown}")
+    return entries
 
 
 def tenant_of(entry: KeyEntry, settings: Settings) -> Tenant:
@@ -179,6 +194,13 @@ def tenant_of(entry: KeyEntry, settings: Settings) -> Tenant:
             else settings.key_concurrent_jobs
         ),
     )
+
+
+def describe_keys(ring: KeyRing | None, settings: Settings) -> str:
+    """The Gateway's start-up line about keys."""
+    if ring is None:
+        return "API keys: off (DEPTHID_API_KEYS_FILE unset: anyone may call, no credits or limits)"
+    return f"API keys: on, {len(ring)} keys ({settings.api_keys_file})"
 
 
 def load_key_ring(settings: Settings) -> KeyRing | None:
@@ -225,17 +247,24 @@ def new_key() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.api_keys", description="Make DepthID API keys."
+        prog="python -m gateway.api_keys", description="Make DepthID API keys; check keys files."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     new = commands.add_parser("new", help="make a key: prints it once, and its file entry")
-    new.add_argument("--name", required=True, help="tenant id (logs, metrics, credit ledger)")
-    new.add_argument("--models", nargs="+", help="models it may use (default: all)")
-    new.add_argument("--credits", type=int, help="credits it may spend (default: no limit)")
-    new.add_argument("--requests-per-minute", type=int, help="override the setting's default")
-    new.add_argument("--concurrent-jobs", type=int, help="override the setting's default")
+    add = commands.add_parser("add", help="make a key and append its entry to a keys file")
+    add.add_argument("--file", type=Path, required=True, help="the keys file (created if absent)")
+    for command in (new, add):
+        command.add_argument("--name", required=True, help="tenant id (logs, metrics, ledger)")
+        command.add_argument("--models", nargs="+", help="models it may use (default: all)")
+        command.add_argument("--credits", type=int, help="credits it may spend (default: no limit)")
+        command.add_argument("--requests-per-minute", type=int, help="instead of the setting's")
+        command.add_argument("--concurrent-jobs", type=int, help="instead of the setting's")
+    check = commands.add_parser("check", help="check a keys file as the Gateway does at start")
+    check.add_argument("--file", type=Path, required=True, help="the keys file")
     args = parser.parse_args(argv)
 
+    if args.command == "check":
+        return check_file(args.file)
     key = new_key()
     fields = {
         "name": args.name,
@@ -252,11 +281,57 @@ def main(argv: list[str] | None = None) -> int:
             option = "--" + str(error["loc"][0]).replace("_", "-")
             print(f"error: {option}: {error['msg']}", file=sys.stderr)
         return 2
+    if args.command == "add":
+        try:
+            count = append_entry(args.file, entry)
+        except ApiKeysFileError as exc:
+            print(f"error: {exc} (the file is unchanged)", file=sys.stderr)
+            return 1
+        print(f"API key for '{entry.name}' (shown only now; hand it over, it cannot be recovered):")
+        print(key)
+        print(f"Added to {args.file} ({count} keys). The Gateway reads it at start: restart it.")
+        return 0
     print(f"API key for '{entry.name}' (shown only now; hand it over, it cannot be recovered):")
     print(key)
     print()
     print('Add this entry to the "keys" list of the file DEPTHID_API_KEYS_FILE names:')
     print(json.dumps(entry.model_dump(exclude_none=True)))
+    return 0
+
+
+def append_entry(path: Path, entry: KeyEntry) -> int:
+    """Append `entry` to the keys file at `path` (created when absent), checked first by the
+    Gateway's own rules (a name or hash twice is refused); the number of keys it now holds.
+    Written to a temporary file and renamed, so a reader never sees half a file."""
+    where = f"API keys file {path}"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiKeysFileError(f"{where}: cannot be read as JSON: {exc}") from exc
+        check_keys_data(data, where)  # the file as it is must be valid to add to it
+    else:
+        data = {"keys": []}
+    data["keys"].append(entry.model_dump(exclude_none=True))
+    entries = check_keys_data(data, where)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        temporary.chmod(0o600)  # hashes only, yet nobody else's business
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ApiKeysFileError(f"{where}: cannot be written: {exc}") from exc
+    return len(entries)
+
+
+def check_file(path: Path) -> int:
+    """Print whether the Gateway would start with this keys file, and why not."""
+    try:
+        ring = KeyRing.load(path, get_settings())
+    except ApiKeysFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok, {len(ring)} keys")
     return 0
 
 

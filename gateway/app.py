@@ -6,6 +6,7 @@ in `app.state.runners`. Every failure answers `{"error": ...}`: never a list, HT
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -23,13 +24,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway import metrics, v1, v2
-from gateway.api_keys import load_key_ring
+from gateway.api_keys import describe_keys, load_key_ring
+from gateway.banner import announce_when_ready
 from gateway.credits import Credits, make_ledger
 from gateway.errors import ApiError, validation_to_api_error
 from gateway.job_store import JobStore, MemoryJobStore
 from gateway.middleware import RequestContextMiddleware
 from gateway.model_specs import MODEL_SPECS
 from gateway.openapi import install as install_openapi
+from gateway.openapi import profile_description
 from gateway.rate_limits import RateLimits, make_limit_store
 from gateway.redis_client import UNAVAILABLE_ERRORS
 from gateway.redis_job_store import RedisJobStore
@@ -64,6 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # Every counter and gauge at 0 from the start: rate() and the dashboard see 0, not nothing.
     metrics.expose_known_series(list(MODEL_SPECS))
+    logger.info(describe_keys(app.state.api_keys, settings))
     app.state.job_store = make_job_store(settings)
     worker = JobWorker(
         app.state.job_store,
@@ -72,9 +76,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_finished=functools.partial(v2.on_job_finished, app.state),
     )
     worker.start()
+    keys = None if app.state.api_keys is None else len(app.state.api_keys)
+    banner = asyncio.create_task(announce_when_ready(lambda: app.state.runners, settings, keys))
     try:
         yield
     finally:
+        banner.cancel()
         await worker.stop(settings.shutdown_grace_s)
         await app.state.job_store.close()
         await app.state.credits.close()
@@ -87,6 +94,7 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
         title="DepthID",
         summary="Identity- and depth-conditioned image generation, hosted-API compatible.",
         version="0.1.0",
+        description=profile_description(settings),
         docs_url=None,
         redoc_url=None,
     )

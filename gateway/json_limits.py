@@ -30,9 +30,17 @@ IMAGE_FIELDS = frozenset(
 )
 
 
-def check_json_body(raw: bytes, settings: Settings) -> None:
-    """Raise the contract's 400 when `raw` is not JSON, or is JSON with too many items, nested
-    too deeply, or holding a string (value or key) that is too long or not valid Unicode."""
+class NotJson(ApiError):
+    """The body is not JSON at all (the middleware adds what it was sent as)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(400, f"malformed JSON body: {detail}")
+
+
+def check_json_body(raw: bytes, settings: Settings) -> Any:
+    """The parsed body; the contract's 400 when `raw` is not JSON, or is JSON with too many
+    items, nested too deeply, or holding a string (value or key) that is too long or not valid
+    Unicode."""
     # Every item after an array's or object's first follows a comma, so the commas bound the
     # items; counted before parsing (fast), so a body of millions of tiny items ([0,0,...]) is
     # refused at once instead of being parsed and walked for seconds. Commas inside strings
@@ -47,12 +55,13 @@ def check_json_body(raw: bytes, settings: Settings) -> None:
         # Deeper than the parser can go: certainly deeper than the limit.
         raise _too_deep(settings.max_json_depth) from None
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+        raise NotJson(str(exc)) from None
     except UnicodeDecodeError:
-        raise ApiError(400, "malformed JSON body: it is not UTF-8 text") from None
+        raise NotJson("it is not UTF-8 text") from None
     except ValueError:  # what else json.loads raises: int() refusing thousands of digits
-        raise ApiError(400, "malformed JSON body: a number has too many digits") from None
+        raise NotJson("a number has too many digits") from None
     _check(data, (), 0, settings)
+    return data
 
 
 def _check(value: Any, path: tuple[str, ...], depth: int, settings: Settings) -> None:

@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
 from gateway.errors import ApiError
-from gateway.json_limits import check_json_body
+from gateway.ignored_fields import STATE_KEY as BODY_FIELDS_KEY
+from gateway.json_limits import NotJson, check_json_body
 from gateway.model_specs import MODEL_SPECS
 from log_format import request_id_var
 from settings import Settings
@@ -87,11 +88,8 @@ class RequestContextMiddleware:
             self._check_declared_length(scope)
             if scope["method"] in BODY_METHODS:
                 body = await self._read_body(receive)
-                if len(body) > OFF_LOOP_BODY_BYTES:
-                    # Parsing megabytes takes a while: not on the loop that answers /livez.
-                    await asyncio.to_thread(check_json_body, body, self.settings)
-                elif body:
-                    check_json_body(body, self.settings)
+                if body:
+                    await self._check_json(scope, body)
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_with_id)
         except _ClientGone:
@@ -109,6 +107,28 @@ class RequestContextMiddleware:
                 model, route = metric_labels(scope["path"])
                 metrics.observe_request(model, route, status, time.perf_counter() - started_at)
             request_id_var.reset(token)
+
+    async def _check_json(self, scope: Scope, body: bytes) -> None:
+        """Every body this API takes is a JSON object: check it (gateway/json_limits.py), keep
+        its field names for the routes (gateway/ignored_fields.py), and let FastAPI read it as
+        JSON whatever Content-Type it came with (`curl -d` sends a form's)."""
+        content_type = _content_type(scope)
+        try:
+            if len(body) > OFF_LOOP_BODY_BYTES:
+                # Parsing megabytes takes a while: not on the loop that answers /livez.
+                data = await asyncio.to_thread(check_json_body, body, self.settings)
+            else:
+                data = check_json_body(body, self.settings)
+        except NotJson as exc:
+            exc.message += f". This API takes a JSON object, {JSON_EXAMPLE}"
+            if not _is_json(content_type):
+                exc.message += f"; this body was sent as {content_type or 'no Content-Type'}"
+            raise
+        if isinstance(data, dict):
+            scope["state"][BODY_FIELDS_KEY] = list(data)
+        if not _is_json(content_type):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
     def _check_declared_length(self, scope: Scope) -> None:
         limit = self.settings.max_body_bytes
@@ -146,6 +166,21 @@ class RequestContextMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+JSON_EXAMPLE = '{"prompt": "a house", ...}'
+
+
+def _content_type(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return value.decode("latin-1")
+    return ""
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -15,12 +15,15 @@ tests/test_fuzz.py holds the served API to this document.
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path
 from fastapi.openapi.utils import get_openapi
 
+from gateway.examples import request_examples
 from gateway.model_specs import MODEL_SPECS
+from settings import Settings
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -97,6 +100,12 @@ V2_SUBMITTED_SCHEMA: dict[str, Any] = {
         "status_url": {"type": "string", "description": "Absolute URL of the status route."},
         "response_url": {"type": "string", "description": "Absolute URL of the result route."},
         "status": {"type": "string", "enum": ["QUEUED"]},
+        "ignored_fields": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Fields of the body the model does not take (ignored; only present "
+            "when there are some, also in the `x-ignored-fields` header).",
+        },
     },
 }
 V2_RESULT_SCHEMA: dict[str, Any] = {
@@ -163,6 +172,26 @@ V2_SUBMIT_BODY: dict[str, Any] = {
 }
 
 
+V2_SUBMIT_PATH = "/v2/{model}"
+
+
+def profile_description(settings: Settings) -> str:
+    """The document's description: which profile this server runs, and what that means for
+    the examples."""
+    if settings.profile == "tiny":
+        return (
+            "This server runs the **tiny** profile: random-weight models of the real "
+            "architectures, so every image is noise, by design. Each route's example answers "
+            "200 as it stands (Try it out). Serve real weights with `DEPTHID_PROFILE=full` "
+            "(`make pull` first)."
+        )
+    return (
+        "This server runs the **full** profile (real weights). The face models' examples hold a "
+        "synthetic face that only the tiny profile's detector finds: put a photo with a face in "
+        "`face_image` (and `pose_image`)."
+    )
+
+
 def install(app: FastAPI) -> None:
     """Serve `contract_openapi(app)` at /openapi.json (built once, on first request)."""
 
@@ -185,6 +214,8 @@ def contract_openapi(app: FastAPI) -> dict[str, Any]:
     for operations in spec["paths"].values():
         for operation in operations.values():
             _complete_responses(operation)
+    _add_v1_examples(spec)
+    _split_v2_submit(spec)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = ERROR_SCHEMA
     # Referenced only by the 422s dropped above.
@@ -212,3 +243,48 @@ def _complete_responses(operation: dict[str, Any]) -> None:
     for code, response in responses.items():
         if code[0] in "45" and not response.get("content"):
             response["content"] = _json(ERROR_REF)
+
+
+def _add_v1_examples(spec: dict[str, Any]) -> None:
+    for model, example in request_examples().items():
+        operation = spec["paths"].get(f"/v1/{model}", {}).get("post")
+        if operation is not None:
+            operation["requestBody"]["content"]["application/json"]["examples"] = {model: example}
+
+
+def _split_v2_submit(spec: dict[str, Any]) -> None:
+    """`POST /v2/{model}` is one route whose body depends on the model: documented as one
+    operation per model (`POST /v2/sd1.5-controlnet-depth`, ...), each with its model's schema
+    and example, so /docs offers the right body for each. The route itself serves them all."""
+    paths = spec["paths"]
+    if V2_SUBMIT_PATH not in paths:
+        return
+    generic = paths[V2_SUBMIT_PATH]["post"]
+    per_model = {}
+    for model, model_spec in MODEL_SPECS.items():
+        operation = copy.deepcopy(generic)
+        operation["summary"] = f"{model}: submit; poll status_url, then fetch response_url"
+        operation["operationId"] = f"submit_{model.replace('.', '_').replace('-', '_')}"
+        parameters = [p for p in operation.get("parameters", []) if p["name"] != "model"]
+        if parameters:
+            operation["parameters"] = parameters
+        else:
+            operation.pop("parameters", None)
+        content: dict[str, Any] = {
+            "schema": {"$ref": f"#/components/schemas/{model_spec.request.__name__}"}
+        }
+        example = request_examples().get(model)
+        if example is not None:
+            content["examples"] = {model: example}
+        operation["requestBody"] = {
+            "required": True,
+            "description": f"The same body as `POST /v1/{model}`.",
+            "content": {"application/json": content},
+        }
+        per_model[f"/v2/{model}"] = {"post": operation}
+    # In the generic route's place, so /docs lists them where it was.
+    spec["paths"] = {
+        name: item
+        for path, value in paths.items()
+        for name, item in (per_model.items() if path == V2_SUBMIT_PATH else [(path, value)])
+    }

@@ -93,7 +93,7 @@ class RunnerClient:
     async def _send(self, jobs: list[Any], token: str) -> list[Any]:
         if self._suspect:
             if not await self.is_ready():
-                raise ApiError(502, f"the {self.name} model runner is restarting")
+                raise ApiError(502, f"the {self.name} model runner is unreachable or restarting")
             self._suspect = False
         try:
             # The runner's log lines about this call name its requests (log_format.py).

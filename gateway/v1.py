@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from gateway.admission import Admitted
 from gateway.api_keys import Tenant
 from gateway.errors import ApiError
+from gateway.ignored_fields import ignored_fields, ignored_fields_headers
 from gateway.model_specs import MODEL_SPECS
 from gateway.openapi import V1_BASE64_SCHEMA
 from gateway.responses import v1_response
@@ -30,7 +31,8 @@ T = TypeVar("T")
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The image bytes; JSON with base64 images when `base64` is true or "
-        "more than one image was asked for.",
+        "more than one image was asked for. Fields the model does not take are ignored and "
+        "named in the `x-ignored-fields` header.",
         "content": {"image/jpeg": {}, "application/json": {"schema": V1_BASE64_SCHEMA}},
     },
     400: {"description": "Malformed JSON, a bad field, or an undecodable image."},
@@ -62,6 +64,7 @@ async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant
         result, as_base64=spec.wants_base64(body), media_type=spec.media_type(body)
     )
     response.headers.update(charge.headers())
+    response.headers.update(ignored_fields_headers(ignored_fields(request, spec.request)))
     return response
 
 
@@ -149,7 +152,8 @@ FLUX_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The image bytes, JPEG or PNG per `output_format`. With "
         "`prompt_upsampling`, the `x-prompt-used` header holds the prompt used, "
         "percent-encoded UTF-8. `x-prompt-truncated: true` when the prompt ran past the T5 "
-        "token limit and was cut there.",
+        "token limit and was cut there. Fields the model does not take are ignored and named in "
+        "the `x-ignored-fields` header.",
         "content": {"image/jpeg": {}, "image/png": {}},
     },
     422: {"description": "The prompt or the generated image was blocked by the safety checks."},

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.admission import Admitted
 from gateway.api_keys import Authenticated, Tenant
 from gateway.errors import ApiError, validation_to_api_error
+from gateway.ignored_fields import ignored_fields, ignored_fields_headers
 from gateway.job_store import JobRecord, JobStore, QueueFull, Status
 from gateway.model_specs import MODEL_SPECS, ModelSpec
 from gateway.openapi import (
@@ -136,15 +137,16 @@ async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> JSONRes
         async with state.credits.charge(tenant, model, spec.credit_cost(body)) as charge:  # 406
             record.credits_charged = charge.amount
             await _enqueue(request, record)  # 429: the queue is full
-    return JSONResponse(
-        {
-            "request_id": job_id,
-            "status_url": f"{base_url}/v2/requests/{job_id}/status",
-            "response_url": f"{base_url}/v2/requests/{job_id}",
-            "status": "QUEUED",
-        },
-        headers=charge.headers(),
-    )
+    answer = {
+        "request_id": job_id,
+        "status_url": f"{base_url}/v2/requests/{job_id}/status",
+        "response_url": f"{base_url}/v2/requests/{job_id}",
+        "status": "QUEUED",
+    }
+    ignored = ignored_fields(request, spec.request)
+    if ignored:
+        answer["ignored_fields"] = ignored
+    return JSONResponse(answer, headers={**charge.headers(), **ignored_fields_headers(ignored)})
 
 
 @router.get(

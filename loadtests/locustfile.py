@@ -23,8 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 from locust import HttpUser, between, events, task
 from locust.clients import ResponseContextManager
+from locust.runners import STATE_STOPPED
 from segmind.v2 import DEFAULT_POLL_INTERVAL_S, DEFAULT_POLL_TIMEOUT_S
 
 HERE = Path(__file__).resolve().parent
@@ -101,6 +103,37 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument(
         "--summary-file", default="", help="write the final statistics here (JSON), for the gate"
+    )
+    parser.add_argument(
+        "--progress-every", type=float, default=5.0, help="seconds between progress lines (0: none)"
+    )
+
+
+@events.test_start.add_listener
+def start_progress(environment: Any, **_: Any) -> None:
+    """A line every --progress-every seconds while the run goes on (Locust's own table is off
+    with --only-summary): requests, failures and the p95 so far."""
+    every = environment.parsed_options.progress_every
+    if every > 0:
+        gevent.spawn(_report_progress, environment, every)
+
+
+def _report_progress(environment: Any, every: float) -> None:
+    started = time.monotonic()
+    while environment.runner is not None and environment.runner.state != STATE_STOPPED:
+        gevent.sleep(every)
+        total = environment.stats.total
+        p95 = total.get_response_time_percentile(0.95) if total.num_requests else 0
+        print(
+            progress_line(time.monotonic() - started, total.num_requests, total.num_failures, p95),
+            flush=True,
+        )
+
+
+def progress_line(elapsed_s: float, requests: int, failures: int, p95_ms: float) -> str:
+    return (
+        f"progress {elapsed_s:4.0f} s: {requests} requests, {failures} failures, "
+        f"p95 so far {p95_ms:.0f} ms"
     )
 
 

@@ -20,6 +20,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +67,9 @@ class Entry:
 
 
 def read_summary(path: Path) -> list[Entry]:
-    return [Entry(**entry) for entry in json.loads(path.read_text())]
+    """The entries of a summary: Locust's list, or, once judged, {"entries", "verdict"}."""
+    data = json.loads(path.read_text())
+    return [Entry(**entry) for entry in (data["entries"] if isinstance(data, dict) else data)]
 
 
 def generation_entry(model: str, flow: str) -> str:
@@ -76,8 +79,14 @@ def generation_entry(model: str, flow: str) -> str:
 
 @dataclass(frozen=True)
 class Check:
-    what: str
+    what: str  # the whole line, as printed
     ok: bool
+    measured: str = ""  # the value the run gave, with its unit
+    threshold: str = ""  # what it had to be
+
+
+def judged(name: str, measured: str, threshold: str, ok: bool, note: str = "") -> Check:
+    return Check(f"{name} {measured} {threshold}{note}", ok, measured, threshold)
 
 
 def evaluate(
@@ -91,8 +100,9 @@ def evaluate(
         return [Check("no request was made", ok=False)]
     ratio = total.failures / total.requests
     checks.append(
-        Check(
-            f"failure ratio {ratio:.4f} ({total.failures}/{total.requests}) "
+        judged(
+            "failure ratio",
+            f"{ratio:.4f} ({total.failures}/{total.requests})",
             f"<= {thresholds.max_failure_ratio}",
             ok=ratio <= thresholds.max_failure_ratio,
         )
@@ -100,22 +110,26 @@ def evaluate(
     generations = [(pair, by_name.get(generation_entry(*pair))) for pair in expected]
     throughput = sum(entry.completed_per_s for _, entry in generations if entry)
     checks.append(
-        Check(
-            f"throughput {throughput:.3f} generations/s >= {thresholds.min_throughput_rps}",
+        judged(
+            "throughput",
+            f"{throughput:.3f} generations/s",
+            f">= {thresholds.min_throughput_rps}",
             ok=throughput >= thresholds.min_throughput_rps,
         )
     )
     for (model, flow), entry in generations:
         name = generation_entry(model, flow)
-        if entry is None or entry.requests == entry.failures:
-            checks.append(Check(f"{name}: never completed", ok=False))
-            continue
         limit = thresholds.p95_limit_ms(model)
+        if entry is None or entry.requests == entry.failures:
+            checks.append(Check(f"{name}: never completed", False, "never completed", "completes"))
+            continue
         checks.append(
-            Check(
-                f"{name}: p95 {entry.p95_ms:.0f} ms <= {limit:.0f} ms "
-                f"({entry.requests - entry.failures} completed)",
+            judged(
+                f"{name}: p95",
+                f"{entry.p95_ms:.0f} ms",
+                f"<= {limit:.0f} ms",
                 ok=entry.p95_ms <= limit,
+                note=f" ({entry.requests - entry.failures} completed)",
             )
         )
     return checks
@@ -218,10 +232,51 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nrelease gate, profile {args.profile!r} ({args.thresholds}):")
     for check in checks:
         print(f"  {'ok    ' if check.ok else 'BREACH'} {check.what}")
-    print(f"reports: {args.out / args.profile}_stats.csv and {args.out / args.profile}.html")
     passed = all(check.ok for check in checks)
+    html = args.out / f"{args.profile}.html"
+    write_verdict(summary, html, args.profile, checks, passed)
+    print(f"reports: {args.out / args.profile}_stats.csv, {html} and {summary}")
     print("PASSED" if passed else "FAILED")
     return EXIT_PASSED if passed else EXIT_BREACHED
+
+
+def write_verdict(summary: Path, html: Path, profile: str, checks: list[Check], ok: bool) -> None:
+    """The verdict, each check with its measured value, threshold and result, into the summary
+    (beside its entries) and at the top of Locust's HTML report."""
+    verdict = {
+        "profile": profile,
+        "passed": ok,
+        "checks": [
+            {"check": c.what, "measured": c.measured, "threshold": c.threshold, "ok": c.ok}
+            for c in checks
+        ],
+    }
+    entries = json.loads(summary.read_text())
+    entries = entries["entries"] if isinstance(entries, dict) else entries
+    summary.write_text(json.dumps({"entries": entries, "verdict": verdict}, indent=1))
+    if html.is_file():
+        html.write_text(with_verdict(html.read_text(), profile, checks, ok))
+
+
+def with_verdict(report: str, profile: str, checks: list[Check], ok: bool) -> str:
+    """Locust's HTML report with a verdict table above its own content."""
+    rows = "".join(
+        f"<tr><td>{escape(c.what)}</td><td>{escape(c.measured)}</td>"
+        f"<td>{escape(c.threshold)}</td>"
+        f"<td style='color:{'green' if c.ok else 'red'}'>{'pass' if c.ok else 'BREACH'}</td></tr>"
+        for c in checks
+    )
+    section = (
+        "<section id='depthid-verdict' style='font-family:sans-serif;margin:2em'>"
+        f"<h1>Release gate, profile {escape(profile)}: {'PASSED' if ok else 'FAILED'}</h1>"
+        "<table border='1' cellpadding='4' style='border-collapse:collapse'>"
+        "<tr><th>check</th><th>measured</th><th>threshold</th><th>result</th></tr>"
+        f"{rows}</table></section>"
+    )
+    anchor = '<div id="root">'
+    if anchor in report:
+        return report.replace(anchor, section + anchor, 1)
+    return report + section
 
 
 if __name__ == "__main__":

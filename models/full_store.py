@@ -421,7 +421,7 @@ def _sd15_base(dest: Path, c: dict) -> None:
 
     _write_json(dest / "model_index.json", SD15_MODEL_INDEX)
     _write_json(dest / "feature_extractor" / "preprocessor_config.json", SD15_FEATURE_EXTRACTOR)
-    PNDMScheduler(**SCHEDULER_CONFIG).save_pretrained(dest / "scheduler")
+    PNDMScheduler.from_config(SCHEDULER_CONFIG).save_pretrained(dest / "scheduler")
     _clip_tokenizer(dest / "tokenizer", pad_token="<|endoftext|>")
     with _creating(torch.float16):
         text_encoder = _clip_text(CLIPTextModel, c["clip_l"])

@@ -80,9 +80,17 @@ def run_batched(
     `max_batch_size` of them) and answers one result per job, in order."""
     rows = split_jobs(jobs)
     groups: dict[Hashable, list[int]] = {}
-    for index, row in enumerate(rows):
-        groups.setdefault(call_key(row), []).append(index)
     row_results: dict[int, GenerationResult] = {}
+    for index, row in enumerate(rows):
+        # The key reads the row's inputs (its prompt's encoded length, say): a row whose inputs
+        # cannot even be keyed fails alone here, before it could share a call with others.
+        try:
+            key = call_key(row)
+        except Exception:
+            logger.exception("request %s cannot be prepared for a pipeline call", row.request_id)
+            row_results[index] = failed_result(row, INTERNAL_FAILURE)
+            continue
+        groups.setdefault(key, []).append(index)
     for indexes in groups.values():
         for start in range(0, len(indexes), max_batch_size):
             chunk = indexes[start : start + max_batch_size]

@@ -5,6 +5,7 @@ makes it exit non-zero; and the gate's checks, on hand-made statistics."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 import tomllib
@@ -12,11 +13,13 @@ from pathlib import Path
 
 from loadtests.run import (
     THRESHOLDS,
+    Check,
     Entry,
     Thresholds,
     evaluate,
     generation_entry,
     read_summary,
+    with_verdict,
 )
 from settings import PROJECT_ROOT
 
@@ -52,6 +55,14 @@ def test_smoke_run_passes_and_writes_reports(served_url, tmp_path):
     assert {generation_entry(model, flow) for model, flow in PAIRS} <= reported
     html = (tmp_path / "smoke.html").read_text()
     assert "<html" in html.lower() and generation_entry("flux-depth-pro", "v2") in html
+    # While it ran: a progress line every 5 s. After: the verdict in the HTML and the summary.
+    progress = [line for line in result.stdout.splitlines() if line.startswith("progress")]
+    assert len(progress) >= 2 and "failures, p95 so far" in progress[-1], result.stdout
+    assert "Release gate, profile smoke: PASSED" in html
+    verdict = json.loads((tmp_path / "smoke_summary.json").read_text())["verdict"]
+    assert verdict["passed"] is True
+    throughput = next(c for c in verdict["checks"] if c["check"].startswith("throughput"))
+    assert throughput["measured"].endswith("generations/s") and throughput["threshold"]
 
 
 def test_an_impossible_threshold_fails_the_run(served_url, tmp_path):
@@ -71,6 +82,11 @@ def test_an_impossible_threshold_fails_the_run(served_url, tmp_path):
     assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-4000:]
     assert "BREACH throughput" in result.stdout and "FAILED" in result.stdout
     assert (tmp_path / "smoke_stats.csv").is_file() and (tmp_path / "smoke.html").is_file()
+    html = (tmp_path / "smoke.html").read_text()
+    assert "Release gate, profile smoke: FAILED" in html and ">BREACH</td>" in html
+    verdict = json.loads((tmp_path / "smoke_summary.json").read_text())["verdict"]
+    breached = [c for c in verdict["checks"] if not c["ok"]]
+    assert verdict["passed"] is False and breached[0]["threshold"] == ">= 1000000000.0"
 
 
 # --- the gate's checks ------------------------------------------------------------------------
@@ -127,3 +143,11 @@ def test_the_gate_breaches_when_a_weighted_pair_never_completed():
     assert "v1 sd1.5-controlnet-depth: never completed" in breaches(
         stats(**{all_failed.name: all_failed})
     )
+
+
+def test_the_verdict_goes_above_the_report_and_escapes_its_text():
+    checks = [Check("p95 <b>", ok=False, measured="9 ms", threshold="<= 1 ms")]
+    report = '<html><body><div id="root"></div></body></html>'
+    html = with_verdict(report, "smoke", checks, ok=False)
+    assert html.index("depthid-verdict") < html.index('<div id="root">')
+    assert "p95 &lt;b&gt;" in html and "&lt;= 1 ms" in html and "FAILED" in html
