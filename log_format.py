@@ -24,6 +24,7 @@ import json
 import logging
 import logging.config
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -39,14 +40,20 @@ LogFormat = Literal["json", "text"]
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "depthid_request_id", default=None
 )
-# The baggage entry a runner call carries its request ids in.
+# The baggage entry a runner call carries its request ids in. Anyone can send a `baggage`
+# header, so only ids of the shape ours have (request ids, comma-separated) are believed.
 REQUEST_ID_BAGGAGE = "depthid.request_id"
+_CARRIED_IDS = re.compile(r"[A-Za-z0-9._:-]{1,128}(,[A-Za-z0-9._:-]{1,128})*")
 
 
 def current_request_id() -> str | None:
     """The request id(s) a line logged now is about: set in this process, or carried here by
     the call being handled (a runner's, from the Gateway)."""
-    return request_id_var.get() or baggage.get_baggage(REQUEST_ID_BAGGAGE)
+    own = request_id_var.get()
+    if own is not None:
+        return own
+    carried = baggage.get_baggage(REQUEST_ID_BAGGAGE)
+    return carried if isinstance(carried, str) and _CARRIED_IDS.fullmatch(carried) else None
 
 
 @contextlib.contextmanager

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry import baggage, propagate
 from opentelemetry import context as otel_context
-from opentelemetry import propagate
 
 import log_format
 from gateway.app import create_app
@@ -240,3 +240,21 @@ def test_a_runner_call_carries_its_request_ids_to_the_runner() -> None:
     finally:
         otel_context.detach(token)
     assert log_format.current_request_id() is None
+
+
+@pytest.mark.parametrize("carried", ["req-1", "req-1,req-2"])
+def test_carried_ids_of_our_shape_are_believed(carried: str) -> None:
+    token = otel_context.attach(baggage.set_baggage(log_format.REQUEST_ID_BAGGAGE, carried))
+    try:
+        assert log_format.current_request_id() == carried
+    finally:
+        otel_context.detach(token)
+
+
+@pytest.mark.parametrize("forged", ["", "a b", "x" * 129, "a,,b", "a\nfake line"])
+def test_a_forged_baggage_id_is_not(forged: str) -> None:
+    token = otel_context.attach(baggage.set_baggage(log_format.REQUEST_ID_BAGGAGE, forged))
+    try:
+        assert log_format.current_request_id() is None
+    finally:
+        otel_context.detach(token)
