@@ -12,10 +12,11 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # The first install is long: pip says what it fetches, how big, as it goes.
 PIP_INSTALL_SHOWN := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar on
 
-# Tests start their own redis-server on 127.0.0.1; install it when the machine lacks it.
+# Tests start their own redis-server and prometheus on 127.0.0.1; install them when the machine
+# lacks them.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test lint format models redis-server image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
+.PHONY: install serve test lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,12 +77,18 @@ redis-server:
 	@command -v redis-server >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
 
+# Debian's prometheus (not its recommended node exporter): tests/test_prometheus.py runs the
+# Grafana dashboard's queries against it.
+prometheus:
+	@command -v prometheus >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus)
+
 # The image tests build the CPU image with podman (tests/test_image.py); install it when missing.
 image-tools:
 	@command -v podman >/dev/null && command -v debootstrap >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq podman debootstrap)
 
-test: lint models redis-server image-tools
+test: lint models redis-server prometheus image-tools
 	$(BIN)/python -m pytest
 
 bench-latency: models

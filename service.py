@@ -14,7 +14,7 @@ from typing import Any
 
 import bentoml
 
-from gateway import connection_guard
+from gateway import connection_guard, route_templates
 from gateway.app import create_app
 from gateway.middleware import JsonErrorBodies
 from gateway.runner_client import RunnerClient
@@ -24,9 +24,11 @@ from runners.flux_depth import FluxDepth
 from runners.instantid import InstantID
 from runners.sd15_depth import SD15Depth
 from settings import get_settings
+from tracing import tracing_options
 
 settings = get_settings()
 configure_logging(settings.log_format)  # BentoML's logging, our format (log_format.py)
+route_templates.install()  # BentoML's request metrics by route template, not raw path
 
 # The runners started here need their models: end `bentoml serve` now, non-zero, naming what is
 # missing and how to provide it, rather than let BentoML restart a runner that cannot load.
@@ -54,6 +56,7 @@ connection_guard.install(settings.request_head_timeout_s)
     # BentoML's own runner probe hangs on a runner that refuses connections; __is_ready__
     # below asks every runner itself, with a bound.
     runner_probe={"enabled": False},
+    **tracing_options(settings),  # BentoML's OpenTelemetry spans, when an endpoint is set
 )
 @bentoml.asgi_app(app, path="/")
 class Gateway:

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     # "json": one JSON object per line (the served default), "text": BentoML-like lines.
     log_format: Literal["json", "text"] = "json"
 
+    # --- tracing (tracing.py): BentoML's OpenTelemetry spans, exported over OTLP/HTTP -------
+    # The collector's traces URL (e.g. http://otel-collector:4318/v1/traces); unset: no tracing.
+    tracing_otlp_endpoint: str | None = None
+    # Fraction of requests traced (the Gateway decides; the runners follow its choice).
+    tracing_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+
     # --- image URL fetching -------------------------------------------------------------
     url_fetch_timeout_s: float = Field(default=10.0, gt=0)
     url_max_redirects: int = Field(default=3, ge=0, le=10)

@@ -23,13 +23,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from gateway import v1, v2
+from gateway import metrics, v1, v2
 from gateway.api_keys import describe_keys, load_key_ring
 from gateway.banner import announce_when_ready
 from gateway.credits import Credits, make_ledger
 from gateway.errors import ApiError, validation_to_api_error
 from gateway.job_store import JobStore, MemoryJobStore
 from gateway.middleware import RequestContextMiddleware
+from gateway.model_specs import MODEL_SPECS
 from gateway.openapi import install as install_openapi
 from gateway.openapi import profile_description
 from gateway.rate_limits import RateLimits, make_limit_store
@@ -64,6 +65,8 @@ def make_job_store(settings: Settings) -> JobStore:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The v2 job store and worker live as long as the app serves."""
     settings: Settings = app.state.settings
+    # Every counter and gauge at 0 from the start: rate() and the dashboard see 0, not nothing.
+    metrics.expose_known_series(list(MODEL_SPECS))
     logger.info(describe_keys(app.state.api_keys, settings))
     app.state.job_store = make_job_store(settings)
     worker = JobWorker(

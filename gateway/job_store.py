@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -83,6 +83,9 @@ class JobStore(Protocol):
 
     async def queue_depth(self) -> int:
         """How many jobs wait in the queue."""
+
+    async def queue_depth_by_model(self) -> dict[str, int]:
+        """How many jobs of each model wait in the queue (models with none left out)."""
 
     async def close(self) -> None: ...
 
@@ -188,6 +191,9 @@ class MemoryJobStore:
 
     async def queue_depth(self) -> int:
         return len(self._queue)
+
+    async def queue_depth_by_model(self) -> dict[str, int]:
+        return dict(Counter(self._jobs[job_id].record.model for job_id in self._queue))
 
     async def close(self) -> None:
         return None

@@ -9,7 +9,7 @@ Metric names (all prefixed `depthid_`):
 - depthid_request_duration_seconds{model, route}   histogram end-to-end time of an answer
 - depthid_generation_seconds{model}                histogram runner time per generation
 - depthid_in_flight{model}                         gauge     generations being run now
-- depthid_queue_depth                              gauge     v2 jobs queued, not started
+- depthid_queue_depth{model}                       gauge     v2 jobs queued, not started
 - depthid_queue_wait_seconds{model}                histogram v2 submit -> start
 - depthid_batch_size{model}                        histogram samples per runner call
 - depthid_credits_refused_total{model}             counter   406 answers
@@ -17,6 +17,9 @@ Metric names (all prefixed `depthid_`):
 
 `route` is "v1", "v2" or "other" (docs, schema, unknown paths); `model` is one of the served
 models or "" (routes without one, unknown names: a caller cannot grow the label set).
+`expose_known_series` creates every series whose label values are known up front (each model,
+each refusal reason) at 0 when the Gateway starts, so rate() and the dashboard see 0 rather than
+nothing before the first event.
 
 How they reach /metrics: `bentoml serve` runs every service in worker processes that share a
 prometheus_client multiprocess directory (PROMETHEUS_MULTIPROC_DIR, set in the workers'
@@ -73,8 +76,8 @@ METRICS: dict[str, MetricSpec] = {
     ),
     "depthid_queue_depth": MetricSpec(
         "Gauge",
-        "v2 jobs queued and not yet started",
-        (),
+        "v2 jobs queued and not yet started, per model",
+        ("model",),
         # Every process reads the same shared queue (Redis): its latest reading is the depth.
         (("multiprocess_mode", "livemostrecent"),),
     ),
@@ -99,6 +102,13 @@ METRICS: dict[str, MetricSpec] = {
         ("reason",),
     ),
 }
+
+
+# Label values known up front. `route` of a generation is "v1" or "v2"; the codes every model
+# and route starts with are those the error ratio reads (success and server error).
+RATE_LIMIT_REASONS = ("rate", "concurrency", "queue")
+GENERATION_ROUTES = ("v1", "v2")
+INITIAL_CODES = ("200", "500")
 
 
 def exposed_names() -> set[str]:
@@ -126,6 +136,27 @@ def _metric(name: str) -> Any:
     return kind(name, spec.help, spec.labels, **dict(spec.options))
 
 
+def expose_known_series(models: list[str]) -> None:
+    """Every series whose labels are known up front, at 0: each of `models` (all the API
+    serves) and each refusal reason. Called once in each Gateway process at start-up."""
+    for model in models:
+        for route in GENERATION_ROUTES:
+            for code in INITIAL_CODES:
+                _metric("depthid_requests").labels(model=model, route=route, code=code)
+            _metric("depthid_request_duration_seconds").labels(model=model, route=route)
+        for name in (
+            "depthid_generation_seconds",
+            "depthid_in_flight",
+            "depthid_queue_depth",
+            "depthid_queue_wait_seconds",
+            "depthid_batch_size",
+            "depthid_credits_refused",
+        ):
+            _metric(name).labels(model=model)
+    for reason in RATE_LIMIT_REASONS:
+        _metric("depthid_rate_limited").labels(reason=reason)
+
+
 def observe_request(model: str, route: str, code: int, seconds: float) -> None:
     """One API answer: `route` is "v1", "v2" or "other"; model "" for routes without one."""
     _metric("depthid_requests").labels(model=model, route=route, code=str(code)).inc()
@@ -142,9 +173,9 @@ def track_in_flight(model: str, delta: int) -> None:
     _metric("depthid_in_flight").labels(model=model).inc(delta)
 
 
-def set_queue_depth(depth: int) -> None:
-    """Jobs queued and not yet started, as the job store counts them."""
-    _metric("depthid_queue_depth").set(depth)
+def set_queue_depth(model: str, depth: int) -> None:
+    """Jobs of `model` queued and not yet started, as the job store counts them."""
+    _metric("depthid_queue_depth").labels(model=model).set(depth)
 
 
 def observe_queue_wait(model: str, seconds: float) -> None:

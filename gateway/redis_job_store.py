@@ -99,6 +99,25 @@ redis.call('HSET', KEYS[4], 'status', 'QUEUED')
 return 1
 """
 
+# Waiting jobs per model: one pass over the queue (bounded by DEPTHID_JOB_QUEUE_MAX), each job's
+# model read from its `record`. Returns [model, count, model, count, ...].
+_DEPTH_BY_MODEL = """
+local counts = {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local record = redis.call('HGET', ARGV[1] .. id, 'record')
+  if record then
+    local model = cjson.decode(record)['model']
+    counts[model] = (counts[model] or 0) + 1
+  end
+end
+local flat = {}
+for model, count in pairs(counts) do
+  table.insert(flat, model)
+  table.insert(flat, count)
+end
+return flat
+"""
+
 # The fields fixed at submit time, stored together as JSON in the hash's `record` field. The
 # payload has a field of its own: it is read only by the worker that takes the job, never by
 # status polls, and deleted when the job finishes.
@@ -147,6 +166,7 @@ class RedisJobStore:
         self._finish = self.client.register_script(_FINISH)
         self._release = self.client.register_script(_RELEASE)
         self._requeue = self.client.register_script(_REQUEUE)
+        self._depth_by_model = self.client.register_script(_DEPTH_BY_MODEL)
 
     async def submit(self, record: JobRecord) -> None:
         static = json.dumps({name: getattr(record, name) for name in _STATIC_FIELDS})
@@ -254,6 +274,10 @@ class RedisJobStore:
 
     async def queue_depth(self) -> int:
         return await self.client.llen(QUEUE)
+
+    async def queue_depth_by_model(self) -> dict[str, int]:
+        flat = await self._depth_by_model(keys=[QUEUE], args=[PREFIX + "job:"])
+        return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     async def close(self) -> None:
         await self.client.aclose()

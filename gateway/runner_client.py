@@ -28,6 +28,7 @@ from bentoml.exceptions import BentoMLException
 
 from gateway import metrics
 from gateway.errors import ApiError
+from log_format import joined_request_ids, request_ids_sent
 from runners.batching import merge_jobs, split_jobs
 
 logger = logging.getLogger(__name__)
@@ -95,8 +96,10 @@ class RunnerClient:
                 raise ApiError(502, f"the {self.name} model runner is unreachable or restarting")
             self._suspect = False
         try:
-            async with asyncio.timeout(self.deadline_s):
-                return await self._call(jobs)
+            # The runner's log lines about this call name its requests (log_format.py).
+            with request_ids_sent(joined_request_ids(jobs)):
+                async with asyncio.timeout(self.deadline_s):
+                    return await self._call(jobs)
         except asyncio.CancelledError:
             self._cancel_in_runner(token)  # the caller went away
             raise

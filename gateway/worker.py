@@ -104,7 +104,9 @@ class JobWorker:
     async def _queue_depth_loop(self) -> None:
         while True:
             try:
-                metrics.set_queue_depth(await self.store.queue_depth())
+                depths = await self.store.queue_depth_by_model()
+                for model in MODEL_SPECS:  # 0 for a model with nothing waiting
+                    metrics.set_queue_depth(model, depths.get(model, 0))
             except Exception:
                 logger.exception("could not read the queue depth; retrying")
             await asyncio.sleep(QUEUE_DEPTH_PERIOD_S)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bentoml
 
+from log_format import requests_of
 from runners import deadlines
 from runners.jobs import FluxDepthJob
 from runners.service_config import (
@@ -32,7 +33,8 @@ class FluxDepth:
         """Run the jobs, one result each: jobs that can share a pipeline call share one.
         With adaptive batching, BentoML gathers concurrent calls into one list. Jobs nobody
         waits for any more are not run (runners/deadlines.py)."""
-        return deadlines.run_live(jobs, self.pipeline.run_batch)
+        with requests_of(jobs):  # every log line names the batch's requests
+            return deadlines.run_live(jobs, self.pipeline.run_batch)
 
     @bentoml.api
     async def cancel(self, tokens: list[str]) -> int:

@@ -10,6 +10,7 @@ from log_format import configure_logging
 from runners import batch_hold
 from runners.jobs import GenerationResult
 from settings import Settings, get_settings
+from tracing import tracing_options
 
 # Every runner module imports this one, in each BentoML process that serves it, once BentoML
 # has configured logging: the moment to put our log format in place (log_format.py), and,
@@ -29,6 +30,7 @@ def runner_service_config(settings: Settings) -> dict[str, Any]:
         "workers": settings.runner_workers,
         "traffic": {"timeout": settings.generation_timeout_s},
         "runner_connection": NEVER_RECYCLE,
+        **tracing_options(settings),  # OTLP tracing, when an endpoint is set (tracing.py)
     }
 
 

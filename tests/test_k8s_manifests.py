@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway import route_templates
 from gateway.api_keys import KeysFile, hash_key
 from gateway.redis_job_store import QUEUE
 from settings import PROJECT_ROOT, Settings
@@ -610,3 +611,69 @@ def test_the_flux_runner_lands_on_a_gpu_with_room_for_its_weights(rendered, over
 def test_the_cpu_overlay_asks_for_no_gpu_memory(rendered):
     for workload in workloads(rendered["cpu-tiny"]):
         assert required_gpu_memory_mib(workload) is None
+
+
+# The models each runner Deployment serves (service.py's runner clients).
+RUNNER_MODELS = {
+    "depthid-runner-sd15-depth": {"sd1.5-controlnet-depth"},
+    "depthid-runner-flux-depth": {"flux-depth-pro"},
+    "depthid-runner-instantid": {"instantid", "insta-depth"},
+}
+
+
+def models_read(query: str) -> set[str]:
+    """The model label values a PromQL query selects (model="a" or model=~"a|b")."""
+    models: set[str] = set()
+    for operator, value in re.findall(r'model\s*(=~|=)\s*"([^"]*)"', query):
+        models |= set(value.split("|")) if operator == "=~" else {value}
+    return models
+
+
+def selector_models(selector: dict[str, Any]) -> set[str]:
+    models = {selector.get("matchLabels", {}).get("model")} - {None}
+    for expression in selector.get("matchExpressions", []):
+        if expression["key"] == "model" and expression["operator"] == "In":
+            models |= set(expression["values"])
+    return models
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_each_runner_scales_on_its_own_models_queue_and_in_flight(rendered, overlay):
+    docs = rendered[overlay]
+    for name, models in RUNNER_MODELS.items():
+        (scaler,) = [
+            d
+            for d in docs
+            if d["kind"] in {"ScaledObject", "HorizontalPodAutoscaler"}
+            and d["metadata"]["name"] == name
+        ]
+        read: dict[str, set[str]] = {}  # metric -> the models it is read for
+        for trigger in scaler["spec"].get("triggers", []):
+            assert trigger["type"] != "redis", "the shared list holds every model's jobs"
+            if trigger["type"] == "prometheus":
+                query = trigger["metadata"]["query"]
+                for metric in re.findall(r"\bdepthid_[a-z_]+\b", query):
+                    read.setdefault(metric, set()).update(models_read(query))
+        for metric in scaler["spec"].get("metrics", []):
+            if metric["type"] == "External":
+                external = metric["external"]["metric"]
+                models_of = selector_models(external.get("selector", {}))
+                read.setdefault(external["name"], set()).update(models_of)
+        assert read == {"depthid_queue_depth": models, "depthid_in_flight": models}, name
+
+
+def test_the_service_monitor_keeps_exactly_the_route_templates(rendered):
+    """metricRelabelings: a bentoml_* series survives only with a route template's endpoint."""
+    (monitor,) = [d for d in rendered["gpu"] if d["kind"] == "ServiceMonitor"]
+    mark, drop, cleanup = monitor["spec"]["endpoints"][0]["metricRelabelings"]
+    known = re.compile(mark["regex"])  # Prometheus anchors it; fullmatch below does too
+    for template in route_templates.templates():
+        assert known.fullmatch(template), template
+    for raw in ("/v2/requests/0a1b2c/status", "/v2/requests/0a1b2c", "/wp-login.php", "/v3/x"):
+        assert not known.fullmatch(raw), raw
+    assert mark["targetLabel"] == drop["sourceLabels"][-1] == cleanup["regex"]
+    assert drop["action"] == "drop" and cleanup["action"] == "labeldrop"
+    drop_rule = re.compile(drop["regex"])
+    assert drop_rule.fullmatch("bentoml_service_request_total;/v2/requests/0a1b/status;")
+    assert not drop_rule.fullmatch("bentoml_service_request_total;/v2/{model};known")
+    assert not drop_rule.fullmatch("depthid_requests_total;;")

@@ -4,6 +4,7 @@ configured its logging, and on the served Gateway's own output."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -14,16 +15,26 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry import baggage, propagate
+from opentelemetry import context as otel_context
 
+import log_format
 from gateway.app import create_app
 from gateway.runner_client import RunnerClient
 from log_format import JsonFormatter, request_id_var
+from runners import deadlines
+from runners.flux_depth import FluxDepth
+from runners.instantid import InstantID
+from runners.sd15_depth import SD15Depth
 from settings import PROJECT_ROOT, Settings
-from tests.helpers import b64, scene_image, wait_until
+from tests.helpers import RecordingRunner, b64, scene_image, wait_until
+from tests.jobs import sd15_job
 
 MODEL = "sd1.5-controlnet-depth"
 
@@ -161,8 +172,89 @@ def test_served_lines_are_json_and_name_the_request(
         lines = [json.loads(line) for line in text.splitlines() if line.strip()]
         return [line for line in lines if line["request_id"] == request_id]
 
-    assert wait_until(lambda: request_lines() != [], 10)  # the access line, written last
+    # The access lines, written last.
+    assert wait_until(
+        lambda: {line["service"] for line in request_lines()} >= {"gateway", "sd15_depth"}, 10
+    )
     time.sleep(0.5)
     lines = request_lines()  # parses every line written meanwhile: all of them are JSON
-    assert any(line["logger"] == "bentoml.access" for line in lines)
-    assert {line["service"] for line in lines} == {"gateway"}
+    access = {line["service"] for line in lines if line["logger"] == "bentoml.access"}
+    # The Gateway's access line, and the runner's for the call that ran this request's job.
+    assert access == {"gateway", "sd15_depth"}
+    assert {line["service"] for line in lines} == {"gateway", "sd15_depth"}
+
+
+# --- runners ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", [SD15Depth, FluxDepth, InstantID])
+def test_a_runners_lines_name_its_batchs_requests(
+    service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a runner logs while it runs a batch names the batch's request ids."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    runners_logger = logging.getLogger("runners")
+    runners_logger.addHandler(handler)
+
+    def run_live(jobs: list, run: Any) -> list:
+        logging.getLogger("runners.batching").warning("a pipeline call failed")
+        return []
+
+    monkeypatch.setattr(deadlines, "run_live", run_live)
+    instance = object.__new__(service.inner)  # no pipelines: run_live stands in for them
+    instance.pipelines = instance.pipeline = SimpleNamespace(run_batch=None)
+    jobs = [SimpleNamespace(request_id=rid) for rid in ("req-a", "req-b", "req-a")]
+    try:
+        service.apis["generate"].func(instance, jobs)
+    finally:
+        runners_logger.removeHandler(handler)
+    [line] = parsed(stream)
+    assert line["request_id"] == "req-a,req-b"  # each request of the batch, once
+    assert request_id_var.get() is None
+
+
+def test_a_runner_call_carries_its_request_ids_to_the_runner() -> None:
+    """The call's propagation headers (BentoML's client injects them) hold the ids as baggage,
+    and on the runner's side, with that context, every line names them."""
+    sent: list[dict[str, str]] = []
+
+    async def runner(jobs: list) -> list:
+        headers: dict[str, str] = {}
+        propagate.inject(headers)  # what BentoML's client does for each call
+        sent.append(headers)
+        return await RecordingRunner()(jobs)
+
+    client = RunnerClient("sd15", runner, 30)
+    job = sd15_job(request_id="req-7", samples=2)
+    asyncio.run(client.generate([job], model=MODEL))
+    [headers] = sent
+    assert "depthid.request_id=req-7" in headers["baggage"]  # once, though two samples
+
+    received = propagate.extract(headers)  # the runner's BentoML middleware does this
+    token = otel_context.attach(received)
+    try:
+        record = logging.LogRecord("runners.x", logging.INFO, __file__, 1, "hi", (), None)
+        assert json.loads(JsonFormatter().format(record))["request_id"] == "req-7"
+    finally:
+        otel_context.detach(token)
+    assert log_format.current_request_id() is None
+
+
+@pytest.mark.parametrize("carried", ["req-1", "req-1,req-2"])
+def test_carried_ids_of_our_shape_are_believed(carried: str) -> None:
+    token = otel_context.attach(baggage.set_baggage(log_format.REQUEST_ID_BAGGAGE, carried))
+    try:
+        assert log_format.current_request_id() == carried
+    finally:
+        otel_context.detach(token)
+
+
+@pytest.mark.parametrize("forged", ["", "a b", "x" * 129, "a,,b", "a\nfake line"])
+def test_a_forged_baggage_id_is_not(forged: str) -> None:
+    token = otel_context.attach(baggage.set_baggage(log_format.REQUEST_ID_BAGGAGE, forged))
+    try:
+        assert log_format.current_request_id() is None
+    finally:
+        otel_context.detach(token)

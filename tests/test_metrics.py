@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -16,9 +19,11 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import metrics
-from gateway.app import create_app
+from gateway import metrics, route_templates
+from gateway.app import create_app, make_job_store
+from gateway.job_store import JobRecord
 from gateway.middleware import metric_labels
+from gateway.model_specs import MODEL_SPECS
 from gateway.runner_client import GenerateCall, RunnerClient
 from settings import PROJECT_ROOT, Settings
 from tests.helpers import RecordingRunner, b64, scene_image, wait_until
@@ -139,13 +144,68 @@ def test_v2_reports_queue_depth_and_queue_wait() -> None:
         for _ in range(3):
             assert client.post(f"/v2/{MODEL}", json=body()).status_code == 200
         # One job in the runner, two waiting: the depth gauge follows the store.
-        assert wait_until(lambda: value("depthid_queue_depth") == 2.0, 10)
+        depth = lambda: value("depthid_queue_depth", model=MODEL)  # noqa: E731
+        assert wait_until(lambda: depth() == 2.0, 10)
+        assert value("depthid_queue_depth", model="flux-depth-pro") == 0.0  # its own queue
         runner.gate.set()
-        assert wait_until(lambda: value("depthid_queue_depth") == 0.0, 10)
+        assert wait_until(lambda: depth() == 0.0, 10)
         assert wait_until(lambda: len(runner.jobs) == 3, 10)
     assert value("depthid_queue_wait_seconds_count", model=MODEL) == waits + 3
     # The last job waited for the two before it.
     assert value("depthid_queue_wait_seconds_sum", model=MODEL) > 0
+
+
+FRESH_PROCESS_EXPOSITION = """
+from prometheus_client import generate_latest
+from gateway import metrics, route_templates
+from gateway.model_specs import MODEL_SPECS
+metrics.expose_known_series(list(MODEL_SPECS))
+print(generate_latest().decode())
+"""
+
+
+def test_known_series_are_there_at_zero_from_the_start() -> None:
+    """In a fresh process, before any event: every model's and reason's series, at 0."""
+    text = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_EXPOSITION],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def at_zero(name: str, **labels: str) -> bool:
+        return samples.get((name, tuple(sorted(labels.items())))) == 0.0
+
+    for model in MODEL_SPECS:
+        assert at_zero("depthid_credits_refused_total", model=model)
+        assert at_zero("depthid_queue_depth", model=model)
+        assert at_zero("depthid_in_flight", model=model)
+        assert at_zero("depthid_generation_seconds_count", model=model)
+        assert at_zero("depthid_batch_size_count", model=model)
+        assert at_zero("depthid_queue_wait_seconds_count", model=model)
+        for route in ("v1", "v2"):
+            assert at_zero("depthid_requests_total", model=model, route=route, code="500")
+            assert at_zero("depthid_request_duration_seconds_count", model=model, route=route)
+    for reason in ("rate", "concurrency", "queue"):
+        assert at_zero("depthid_rate_limited_total", reason=reason)
+
+
+def test_app_start_exposes_the_known_series() -> None:
+    with make_client(RecordingRunner()):
+        assert (
+            REGISTRY.get_sample_value("depthid_rate_limited_total", {"reason": "concurrency"})
+            is not None
+        )
+        assert (
+            REGISTRY.get_sample_value("depthid_credits_refused_total", {"model": "instantid"})
+            is not None
+        )
 
 
 def test_credits_and_rate_limit_counters() -> None:
@@ -202,10 +262,61 @@ def test_served_metrics_show_the_traffic_with_its_labels(served_url: str) -> Non
     assert delta("depthid_generation_seconds_count", model=MODEL) >= 2  # v1 and the v2 job
     assert delta("depthid_batch_size_count", model=MODEL) >= 2
     assert delta("depthid_queue_wait_seconds_count", model=MODEL) >= 1
-    assert ("depthid_queue_depth", ()) in after
+    assert all(("depthid_queue_depth", (("model", m),)) in after for m in MODEL_SPECS)
     assert sample(after, "depthid_in_flight", model=MODEL) >= 0
     # BentoML's own series are still there, next to ours.
     assert any(name.startswith("bentoml_") for name, _ in after)
+
+
+def v2_round_trip(http: httpx.Client, jobs: int) -> None:
+    """`jobs` v2 jobs, each polled, its result and its image fetched: every route of a job."""
+    ids = [http.post(f"/v2/{MODEL}", json=body(seed=i)).json()["request_id"] for i in range(jobs)]
+    for request_id in ids:
+
+        def completed(request_id: str = request_id) -> bool:
+            return http.get(f"/v2/requests/{request_id}/status").json()["status"] == "COMPLETED"
+
+        assert wait_until(completed, 120)
+        assert http.get(f"/v2/requests/{request_id}").status_code == 200
+        assert http.get(f"/v2/requests/{request_id}/output/0").status_code == 200
+    http.get(f"/no/such/path/{uuid.uuid4().hex}")  # a scanner's path
+
+
+def series_count(base_url: str) -> int:
+    return len(scrape(base_url))
+
+
+def test_served_metrics_are_bounded_by_routes_not_requests(served_url: str) -> None:
+    with httpx.Client(base_url=served_url, timeout=120) as http:
+        v2_round_trip(http, 5)
+        time.sleep(1.5)  # the queue depth gauge is read every second
+        after_5 = scrape(served_url)
+        v2_round_trip(http, 45)
+        time.sleep(1.5)
+        after_50 = scrape(served_url)
+    assert set(after_50) == set(after_5), set(after_50) ^ set(after_5)
+    endpoints = {dict(labels).get("endpoint") for _, labels in after_50} - {None}
+    assert "/v2/requests/{request_id}/status" in endpoints
+    assert endpoints <= set(route_templates.templates()), endpoints
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v2/requests/0a1b/status", "/v2/requests/{request_id}/status"),
+        ("/v2/requests/0a1b", "/v2/requests/{request_id}"),
+        ("/v2/requests/0a1b/output/3", "/v2/requests/{request_id}/output/{index}"),
+        ("/v1/instantid", "/v1/instantid"),
+        ("/v2/made-up", "/v2/{model}"),
+        ("/docs/assets/swagger-ui.css", "/docs/assets/{file}"),
+        ("/metrics", "/metrics"),
+        ("/wp-login.php", "/{other}"),
+        ("/v2/requests/a/b/c/d", "/{other}"),
+    ],
+)
+def test_route_template(path: str, template: str) -> None:
+    assert route_templates.route_template(path) == template
+    assert template in route_templates.templates()
 
 
 # --- the Grafana dashboard ------------------------------------------------------------------
@@ -238,12 +349,22 @@ def test_metric_names_are_read_out_of_promql() -> None:
     assert metric_names(expr) == {"depthid_batch_size_bucket", "depthid_queue_depth", "up"}
 
 
-def test_dashboard_reads_only_our_metrics_and_shows_each() -> None:
+# Besides ours: BentoML's adaptive batch size per runner, and NVIDIA's DCGM exporter's GPU
+# metrics (documented in the panels as needing the exporter).
+OTHER_METRICS = {
+    "bentoml_service_adaptive_batch_size_sum",
+    "bentoml_service_adaptive_batch_size_count",
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_DEV_FB_USED",
+}
+
+
+def test_dashboard_reads_only_known_metrics_and_shows_each_of_ours() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    exposed = metrics.exposed_names()
+    exposed = metrics.exposed_names() | OTHER_METRICS
     read: set[str] = set()
     panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
     assert panels
@@ -255,8 +376,38 @@ def test_dashboard_reads_only_our_metrics_and_shows_each() -> None:
             assert names and names <= exposed, (panel["title"], names - exposed)
             read |= names
     read |= metric_names(variables["model"]["definition"])
+    assert read >= OTHER_METRICS  # a panel for runner batches, GPU utilisation and memory
     # Every metric of gateway/metrics.py has a panel.
     assert {name.removesuffix("_bucket") for name in read} >= {
         name if spec.kind != "Counter" else f"{name}_total"
         for name, spec in metrics.METRICS.items()
     }
+
+
+# --- queue depth per model, in each job store -------------------------------------------------
+
+
+def test_each_store_counts_waiting_jobs_per_model(backend: dict) -> None:
+    settings = Settings(**backend)
+
+    def job(job_id: str, model: str) -> JobRecord:
+        return JobRecord(
+            id=job_id, model=model, payload="{}", as_base64=False, media_type="image/jpeg",
+            base_url="http://x", submitted_at=time.time(),
+        )  # fmt: skip
+
+    async def scenario() -> None:
+        store = make_job_store(settings)
+        try:
+            assert await store.queue_depth_by_model() == {}
+            for index in range(3):
+                await store.submit(job(f"f{index}", "flux-depth-pro"))
+            await store.submit(job("s0", MODEL))
+            assert await store.queue_depth_by_model() == {"flux-depth-pro": 3, MODEL: 1}
+            taken = await store.take("w", timeout_s=1)
+            assert taken.id == "f0"  # FIFO across models, as before
+            assert await store.queue_depth_by_model() == {"flux-depth-pro": 2, MODEL: 1}
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
