@@ -123,10 +123,4 @@ def run_isolated(
 
 def failed_result(row: Any, message: str) -> GenerationResult:
     """An internal failure of one row: no images, a message fit for the caller."""
-    return GenerationResult(
-        request_id=row.request_id,
-        images=[],
-        seed=row.seed,
-        inference_time=0.0,
-        failure=JobFailure(kind="internal", message=message),
-    )
+    return GenerationResult.failed(row, JobFailure(kind="internal", message=message))

@@ -58,13 +58,7 @@ def abandoned(job: Any) -> bool:
 
 
 def expired_result(job: Any) -> GenerationResult:
-    return GenerationResult(
-        request_id=job.request_id,
-        images=[],
-        seed=job.seed,
-        inference_time=0.0,
-        failure=JobFailure(kind="expired", message=EXPIRED_MESSAGE),
-    )
+    return GenerationResult.failed(job, JobFailure(kind="expired", message=EXPIRED_MESSAGE))
 
 
 def run_live(

@@ -218,11 +218,9 @@ def _call_key(job: FluxDepthJob) -> tuple:
 def _failed(
     job: FluxDepthJob, message: str, prompt_used: str | None, start: float
 ) -> GenerationResult:
-    return GenerationResult(
-        request_id=job.request_id,
-        images=[],
-        seed=job.seed,
+    return GenerationResult.failed(
+        job,
+        JobFailure(kind="blocked", message=message),
         inference_time=time.perf_counter() - start,
-        failure=JobFailure(kind="blocked", message=message),
         prompt_used=prompt_used,
     )

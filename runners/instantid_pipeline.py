@@ -302,10 +302,8 @@ class InstantIDPipelines:
 
 
 def _no_face(job: InstantIDJob, field: str, start: float) -> GenerationResult:
-    return GenerationResult(
-        request_id=job.request_id,
-        images=[],
-        seed=job.seed,
+    return GenerationResult.failed(
+        job,
+        JobFailure(kind="invalid_input", field=field, message=f"no face found in {field}"),
         inference_time=time.perf_counter() - start,
-        failure=JobFailure(kind="invalid_input", field=field, message=f"no face found in {field}"),
     )

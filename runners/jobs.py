@@ -184,3 +184,17 @@ class GenerationResult(BaseModel):
     # Samples in the pipeline call that made this job's images (its own and those batched with
     # it), so the Gateway can report batch sizes.
     batch_size: int = 1
+
+    @classmethod
+    def failed(
+        cls, job: Any, failure: JobFailure, inference_time: float = 0.0, **fields: Any
+    ) -> GenerationResult:
+        """No images for `job`, and why."""
+        return cls(
+            request_id=job.request_id,
+            images=[],
+            seed=job.seed,
+            inference_time=inference_time,
+            failure=failure,
+            **fields,
+        )
