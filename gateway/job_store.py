@@ -69,8 +69,9 @@ class JobStore(Protocol):
     async def fail(self, job_id: str, worker_id: str, error: str, result: dict) -> bool:
         """Write the FAILED result once; False (nothing written) if already terminal."""
 
-    async def release(self, job_id: str, worker_id: str) -> None:
-        """Hand a job in hand back to the queue (graceful shutdown, transient failure)."""
+    async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
+        """Hand a job in hand back to the queue (graceful shutdown, transient failure).
+        `ran=False`: it never reached a runner, so its take does not count as an attempt."""
 
     async def requeue_expired(self) -> int:
         """Put jobs whose lease expired (their worker died) back in the queue."""
@@ -155,12 +156,14 @@ class MemoryJobStore:
         job.expires_at = job.record.finished_at + self.retention_s
         return True
 
-    async def release(self, job_id: str, worker_id: str) -> None:
+    async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
         async with self._queued:
             job = self._jobs.get(job_id)
             if job is None or job.record.status != "PROCESSING":
                 return
             job.record.status = "QUEUED"
+            if not ran:
+                job.record.attempts -= 1
             self._queue.appendleft(job_id)  # first in line: it waited longest
             self._queued.notify()
 

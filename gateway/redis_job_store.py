@@ -86,6 +86,7 @@ redis.call('DEL', KEYS[1])
 if redis.call('LREM', KEYS[2], 0, ARGV[2]) > 0 then
   redis.call('RPUSH', KEYS[3], ARGV[2])
   redis.call('HSET', KEYS[4], 'status', 'QUEUED')
+  if ARGV[3] == '0' then redis.call('HINCRBY', KEYS[4], 'attempts', -1) end
 end
 return 1
 """
@@ -233,9 +234,9 @@ class RedisJobStore:
         ]  # fmt: skip
         return bool(await self._finish(keys=keys, args=args))
 
-    async def release(self, job_id: str, worker_id: str) -> None:
+    async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
         keys = [_lease_key(job_id), PROCESSING, QUEUE, _job_key(job_id)]
-        await self._release(keys=keys, args=[worker_id, job_id])
+        await self._release(keys=keys, args=[worker_id, job_id, "1" if ran else "0"])
 
     async def requeue_expired(self) -> int:
         # Taking sets the lease in the same script, so a taken id without a lease has been

@@ -38,6 +38,10 @@ QUEUE_DEPTH_PERIOD_S = 1.0  # how often the queue depth metric is read from the 
 JobFinished = Callable[[JobRecord, Status], Awaitable[None]]
 
 
+class _HandBack(Exception):
+    """The job did not run and this replica is stopping: give it back to the queue."""
+
+
 class JobWorker:
     def __init__(
         self,
@@ -85,7 +89,10 @@ class JobWorker:
         while not self._stopping.is_set():
             try:
                 record = await self.store.take(self.worker_id, TAKE_WAIT_S)
-                if record is not None:
+                if record is not None and self._stopping.is_set():
+                    # Taken as this replica began to stop: another replica runs it.
+                    await self.store.release(record.id, self.worker_id, ran=False)
+                elif record is not None:
                     await self._run_taken(record)
             except Exception:
                 logger.exception("v2 worker: job store error; going on")
@@ -128,6 +135,9 @@ class JobWorker:
         except asyncio.CancelledError:
             await asyncio.shield(self.store.release(record.id, self.worker_id))
             raise
+        except _HandBack:
+            await self.store.release(record.id, self.worker_id, ran=False)
+            return
         except ApiError as exc:
             await self._fail(record, exc.message)
             return
@@ -159,6 +169,10 @@ class JobWorker:
                 [result] = await runner.generate([job], model=record.model)
                 return result
             except ApiError as exc:
+                if exc.status == 502 and self._stopping.is_set():
+                    # The runner refused it while this replica stops (its runners stop with it):
+                    # hand the job back now rather than retry past the process's own end.
+                    raise _HandBack from exc
                 if exc.status != 502 or time.monotonic() + RETRY_DELAY_S > give_up_at:
                     raise
                 logger.warning("job %s: %s; trying again", record.id, exc.message)

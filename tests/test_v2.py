@@ -17,7 +17,7 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.app import create_app
+from gateway.app import create_app, make_job_store
 from gateway.runner_client import RunnerClient
 from runners.encoding import encode_image
 from runners.jobs import GenerationResult, JobFailure
@@ -62,7 +62,7 @@ def runner() -> GatedRunner:
 
 def make_client(runner: GatedRunner, **overrides) -> TestClient:
     settings = Settings(
-        job_workers=1, job_visibility_timeout_s=1.0, shutdown_grace_s=1, **overrides
+        **{"job_workers": 1, "job_visibility_timeout_s": 1.0, "shutdown_grace_s": 1, **overrides}
     )
     app = create_app(settings, runners={MODEL: RunnerClient("sd15_depth", runner, 30)})
     return TestClient(app, raise_server_exceptions=False)
@@ -213,3 +213,38 @@ def test_graceful_shutdown_hands_back_the_job_in_hand(redis_url, runner):
     runner.gate.set()
     with make_client(runner, job_store_url=redis_url) as client:
         assert wait_until(lambda: status_of(client, request_id) == "COMPLETED", 10)
+
+
+class StoppedRunner:
+    """A runner that stops with the Gateway, as a replica's own runners do on SIGTERM: once
+    `stopped` is set, every call is refused at the transport."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self.calls = 0
+
+    async def __call__(self, jobs):
+        self.calls += 1
+        while not self.stopped.is_set():
+            await asyncio.sleep(0.01)
+        raise ConnectionRefusedError("runner stopped")
+
+
+def test_a_stopping_replica_hands_back_a_job_its_runner_refused_without_an_attempt(backend):
+    runner = StoppedRunner()
+    client = make_client(runner, shutdown_grace_s=30, **backend)
+    with client:
+        request_id = client.post(f"/v2/{MODEL}", json=body()).json()["request_id"]
+        assert wait_until(lambda: status_of(client, request_id) == "PROCESSING", 10)
+        store = client.app.state.job_store
+        runner.stopped.set()
+        # What a SIGTERM does: the app stops (its worker first), its runners with it.
+        started = time.monotonic()
+    # Handed back at once, not retried against the stopped runner until the grace ran out; the
+    # take it had does not count as an attempt, so the replica that runs it next runs it once.
+    assert time.monotonic() - started < 10
+    if backend:  # Redis: read it afresh (the app's client closed with it)
+        store = make_job_store(Settings(**backend))
+    record = asyncio.run(store.get(request_id))
+    assert record.status == "QUEUED"
+    assert record.attempts == 0
