@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     # Every image field: the long side at most this many times the short one (README "Bad
     # input"): the depth and face preprocessors cannot use a sliver (a 1000x1 picture).
     max_aspect_ratio: float = Field(default=4.0, ge=1.0, le=64.0)
-    # JSON bodies (gateway/json_limits.py): nesting of objects/arrays, and the length of every
+    # JSON bodies (gateway/http/json_limits.py): nesting of objects/arrays, and the length of every
     # string but the image fields', which carry base64 up to max_image_bytes and are bounded by
     # that limit instead. Our bodies are flat objects and prompts a few hundred characters.
     max_json_depth: int = Field(default=32, ge=1, le=500)  # below Python's recursion limit
@@ -146,9 +146,9 @@ class Settings(BaseSettings):
     max_json_items: int = Field(default=100_000, ge=100)
     # Slow clients (README "Slow and idle connections"): a request head (request line and
     # headers) must arrive within this of the connection opening or of its previous answer,
-    # else the connection is closed (gateway/connection_guard.py) ...
+    # else the connection is closed (gateway/http/connection_guard.py) ...
     request_head_timeout_s: float = Field(default=10.0, gt=0)
-    # ... and a request body within this of its head, else 408 (gateway/middleware.py): a
+    # ... and a request body within this of its head, else 408 (gateway/http/middleware.py): a
     # 32 MB body at about 2 Mbit/s.
     request_body_timeout_s: float = Field(default=120.0, gt=0)
 

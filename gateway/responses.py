@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from fastapi.responses import JSONResponse, Response
 
-from runners.jobs import GenerationResult
+from protocol.jobs import GenerationResult
 
 PROMPT_USED_HEADER = "x-prompt-used"
 PROMPT_TRUNCATED_HEADER = "x-prompt-truncated"

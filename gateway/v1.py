@@ -12,15 +12,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from gateway.admission import Admitted
-from gateway.api_keys import Tenant
-from gateway.errors import ApiError
-from gateway.ignored_fields import ignored_fields, ignored_fields_headers
-from gateway.model_specs import MODEL_SPECS
-from gateway.openapi import V1_BASE64_SCHEMA
+from gateway.http.errors import ApiError
+from gateway.http.openapi import V1_BASE64_SCHEMA
 from gateway.responses import v1_response
 from gateway.schemas import flux_depth, insta_depth, instantid, sd15_depth
-from runners.jobs import JobFailure
+from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
+from gateway.schemas.registry import MODEL_SPECS
+from gateway.tenancy.admission import Admitted
+from gateway.tenancy.api_keys import Tenant
+from protocol.jobs import JobFailure
 
 router = APIRouter(prefix="/v1", tags=["v1 (synchronous)"])
 
@@ -47,8 +47,8 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant) -> Response:
-    """The caller is admitted (key, model, request rate: gateway/admission.py) and `body` valid;
-    now a concurrency slot, the images decoded into a job, the credits, the runner."""
+    """The caller is admitted (key, model, request rate: gateway/tenancy/admission.py) and
+    `body` valid; now a concurrency slot, the images decoded into a job, the credits, the runner."""
     spec = MODEL_SPECS[model]
     state = request.app.state
     async with state.rate_limits.in_flight(tenant):  # 429: too many jobs at once

@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.job_store import JobRecord
-from gateway.normalize import MAX_SEED
+from gateway.jobs.store import JobRecord
+from gateway.jobs.worker import completed_body
 from gateway.runner_client import RunnerClient
-from gateway.worker import completed_body
-from runners.jobs import FluxDepthJob, GenerationResult, JobFailure
+from gateway.schemas.normalize import MAX_SEED
+from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure
 from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
 from tests.flux_helpers import drive_score, restored_classifier
 from tests.helpers import RecordingRunner, assert_bound, assert_error, b64, scene_image
@@ -230,7 +230,7 @@ def test_job_and_result_cross_json(client, recorder):
 def test_gateway_modules_never_import_torch():
     code = (
         "import sys, gateway.app, gateway.v1, gateway.responses, gateway.schemas.flux_depth,"
-        " runners.jobs, runners.flux_depth;"
+        " protocol.jobs, runners.flux_depth;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

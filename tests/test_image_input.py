@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gateway import images, url_fetch
-from gateway.errors import ApiError
-from gateway.images import DecodedImage, load_image
-from gateway.url_fetch import fetch_image_url
+from gateway.http.errors import ApiError
+from gateway.schemas import images, url_fetch
+from gateway.schemas.images import DecodedImage, load_image
+from gateway.schemas.url_fetch import fetch_image_url
 from settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -674,7 +674,7 @@ def test_pillow_bomb_warning_is_refused_where_warnings_are_errors() -> None:
 
 def test_image_input_does_not_import_torch() -> None:
     code = (
-        "import sys, gateway.images, gateway.url_fetch; "
+        "import sys, gateway.schemas.images, gateway.schemas.url_fetch; "
         "print([m for m in sys.modules if m == 'torch' or m.startswith('torch.')])"
     )
     result = subprocess.run(

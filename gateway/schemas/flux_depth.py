@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import input_side_limit, load_image
-from gateway.normalize import MAX_SEED, output_size, resolve_seed
-from runners.jobs import FluxDepthJob, OutputFormat
+from gateway.schemas.images import input_side_limit, load_image
+from gateway.schemas.normalize import MAX_SEED, output_size, resolve_seed
+from protocol.jobs import FluxDepthJob, OutputFormat
 from settings import Settings
 
 MODEL = "flux-depth-pro"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.normalize import MAX_SEED, resolve_seed
 from gateway.schemas.instantid import framed_size, load_faces
-from runners.jobs import InstantIDJob
+from gateway.schemas.normalize import MAX_SEED, resolve_seed
+from protocol.jobs import InstantIDJob
 from settings import Settings
 
 MODEL = "insta-depth"

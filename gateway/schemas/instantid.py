@@ -6,10 +6,10 @@ import asyncio
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import DecodedImage, input_side_limit, load_image
-from gateway.normalize import MAX_SEED, output_size, resolve_seed
-from gateway.styles import NO_STYLE, StyleName, apply_style
-from runners.jobs import InstantIDJob
+from gateway.schemas.images import DecodedImage, input_side_limit, load_image
+from gateway.schemas.normalize import MAX_SEED, output_size, resolve_seed
+from gateway.schemas.styles import NO_STYLE, StyleName, apply_style
+from protocol.jobs import InstantIDJob
 from settings import Settings
 
 MODEL = "instantid"

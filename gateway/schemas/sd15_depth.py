@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.images import input_side_limit, load_image
-from gateway.normalize import MAX_SEED, output_size, resolve_seed
-from runners.jobs import SD15DepthJob
+from gateway.schemas.images import input_side_limit, load_image
+from gateway.schemas.normalize import MAX_SEED, output_size, resolve_seed
+from protocol.jobs import SD15DepthJob
 from settings import Settings
 
 MODEL = "sd1.5-controlnet-depth"

@@ -19,12 +19,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from gateway import metrics
-from gateway.errors import ApiError
-from gateway.job_store import JobRecord, JobStore, Status
-from gateway.model_specs import MODEL_SPECS
+from gateway.http.errors import ApiError
+from gateway.jobs.store import JobRecord, JobStore, Status
 from gateway.runner_client import RunnerClient
+from gateway.schemas.registry import MODEL_SPECS
 from log_format import request_id_var
-from runners.jobs import GenerationResult
+from protocol.jobs import GenerationResult
 from settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 (401), the key's models (403) and the key's request rate (429).
 
 Generation routes (POST /v1/{model}, POST /v2/{model}) declare `tenant: Admitted`; the v2
-request routes only `Authenticated` (gateway/api_keys.py): polls are not rate-limited.
+request routes only `Authenticated` (gateway/tenancy/api_keys.py): polls are not rate-limited.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.api_keys import Authenticated, Tenant, authorize
-from gateway.model_specs import MODEL_SPECS
-from gateway.rate_limits import RateLimits
+from gateway.schemas.registry import MODEL_SPECS
+from gateway.tenancy.api_keys import Authenticated, Tenant, authorize
+from gateway.tenancy.rate_limits import RateLimits
 
 
 async def admit(request: Request, tenant: Authenticated) -> Tenant:
