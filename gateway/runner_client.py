@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 GenerateCall = Callable[[list[Any]], Awaitable[list[Any]]]
 ReadyCall = Callable[[], Awaitable[bool]]
 CancelCall = Callable[[list[str]], Awaitable[Any]]
-READY_PROBE_TIMEOUT_S = 3.0  # well inside a Kubernetes probe's default 1s period x threshold
+# A runner's readiness answer, asked on the Gateway's /readyz: inside that probe's own 5 s
+# timeout (k8s/base/gateway.yaml), so a hung runner reads "not ready", not a probe timeout.
+READY_PROBE_TIMEOUT_S = 3.0
 
 
 class RunnerClient:

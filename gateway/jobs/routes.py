@@ -24,7 +24,7 @@ from gateway.http.openapi import (
     V2_SUBMIT_OK,
 )
 from gateway.jobs.store import JobRecord, JobStore, QueueFull, Status
-from gateway.responses import PROMPT_TRUNCATED_HEADER
+from gateway.responses import v2_result_headers
 from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
 from gateway.schemas.registry import MODEL_SPECS, ModelSpec
 from gateway.tenancy.admission import Admitted
@@ -169,10 +169,7 @@ async def result(request_id: str, request: Request, tenant: Authenticated) -> JS
         return JSONResponse(_status_body(record), status_code=202)
     headers = await request.app.state.credits.remaining_headers(tenant)
     if record.status == "COMPLETED" and record.result is not None:
-        headers["x-seed"] = str(record.result["seed"])
-        headers["x-inference-time"] = f"{record.result['metrics']['inference_time']:.4f}"
-        if record.result.get("prompt_truncated"):
-            headers[PROMPT_TRUNCATED_HEADER] = "true"
+        headers.update(v2_result_headers(record.result))
         return JSONResponse(record.result, headers=headers)
     return JSONResponse(record.result or _status_body(record), status_code=422, headers=headers)
 

@@ -16,7 +16,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from gateway.tenancy.api_keys import ANONYMOUS
+from gateway.tenancy import ANONYMOUS
 
 Status = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
 TERMINAL: tuple[Status, ...] = ("COMPLETED", "FAILED")

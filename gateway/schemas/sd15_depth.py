@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from gateway.schemas.base import RequestSchema
 from gateway.schemas.images import input_side_limit, load_image
 from gateway.schemas.normalize import MAX_SEED, output_size, resolve_seed
 from protocol.jobs import SD15DepthJob
@@ -30,11 +31,7 @@ Scheduler = Literal[
 ]
 
 
-class SD15DepthRequest(BaseModel):
-    # strict: a known field with the wrong JSON type is an error, never silently coerced;
-    # extra="ignore": fields outside the table are ignored, as the contract says.
-    model_config = ConfigDict(strict=True, extra="ignore")
-
+class SD15DepthRequest(RequestSchema):
     image: str = Field(
         description="Input image: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP)."
     )

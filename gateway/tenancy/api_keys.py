@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.http.errors import ApiError
 from gateway.schemas.registry import MODEL_SPECS
+from gateway.tenancy import ANONYMOUS
 from settings import Settings, get_settings
 
 HEADER = "x-api-key"
@@ -48,7 +49,6 @@ KEY_PREFIX = "did_"  # makes a DepthID key recognisable (secret scanners, suppor
 KEY_BYTES = 32  # 256 random bits
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # safe in Redis keys, logs and labels
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-ANONYMOUS = "anonymous"  # the one tenant when keys are off; reserved, never a key's name
 
 # Declares the header in the OpenAPI schema (an "Authorize" button in /docs); the check is ours.
 api_key_header = APIKeyHeader(
