@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 GenerateCall = Callable[[list[Any]], Awaitable[list[Any]]]
 ReadyCall = Callable[[], Awaitable[bool]]
 CancelCall = Callable[[list[str]], Awaitable[Any]]
-# A runner's readiness answer, asked on the Gateway's /readyz: inside that probe's own 5 s
-# timeout (k8s/base/gateway.yaml), so a hung runner reads "not ready", not a probe timeout.
+# How long a runner's readiness (and cancel) route may take: the Gateway's /readyz asks it, so
+# it stays inside that probe's 5 s timeout (k8s/base/gateway.yaml) and a hung runner reads
+# "not ready" rather than failing the probe.
 READY_PROBE_TIMEOUT_S = 3.0
 
 
