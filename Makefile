@@ -77,13 +77,13 @@ redis-server:
 	@command -v redis-server >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
 
-# Debian's prometheus (not its recommended node exporter): tests/test_prometheus.py runs the
+# Debian's prometheus (not its recommended node exporter): tests/deploy/test_prometheus.py runs the
 # Grafana dashboard's queries against it.
 prometheus:
 	@command -v prometheus >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus)
 
-# The image tests build the CPU image with podman (tests/test_image.py); install it when missing.
+# The image tests build the CPU image with podman (tests/deploy/test_image.py); install it when missing.
 image-tools:
 	@command -v podman >/dev/null && command -v debootstrap >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq podman debootstrap)

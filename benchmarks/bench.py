@@ -30,7 +30,7 @@ import httpx
 
 from benchmarks.latency import MODELS, direct_call
 from settings import Settings
-from tests.served import serve
+from tests.support.served import serve
 
 CLIENTS = 8
 # Runners, and the model each is driven through for (b). insta-depth runs on instantid's.

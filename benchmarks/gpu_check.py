@@ -36,7 +36,7 @@ import httpx
 
 from models.full_store import SCALES, write_full_store
 from settings import PROJECT_ROOT
-from tests.served import process_tree, serve_process
+from tests.support.served import process_tree, serve_process
 
 PAYLOADS = PROJECT_ROOT / "loadtests" / "payloads"
 DEFAULT_STORE = PROJECT_ROOT / ".models" / "gpu-check"
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
                 print(f"gpu-check: {model} v2 ...", flush=True)
                 row.v2 = _v2(client, model, body)
         memory.stop()
-    log_text = Path(server.log_path).read_text(errors="replace")  # tests/served.py keeps it
+    log_text = Path(server.log_path).read_text(errors="replace")  # tests/support/served.py keeps it
     accelerations = _accelerations(log_text)
     for row in rows:
         runner = RUNNER_OF[row.model]

@@ -19,8 +19,8 @@ import httpx
 
 from gateway.schemas.registry import MODEL_SPECS
 from settings import PROJECT_ROOT, Settings
-from tests.helpers import b64, scene_image
-from tests.served import serve
+from tests.support.helpers import b64, scene_image
+from tests.support.served import serve
 
 PAYLOADS = PROJECT_ROOT / "loadtests" / "payloads"
 SIDE = 64  # a 64x64 input gives a 64x64 output on the tiny profile

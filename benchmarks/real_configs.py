@@ -7,7 +7,7 @@ left out). The schedulers' configs are the real ones that the tiny builders (mod
 already hold. The benchmark's timings depend on the shapes only, never on the weights' values.
 
 `TINY` has the same structure shrunk to toy sizes, so `--scale tiny` runs the whole benchmark on
-the CPU in seconds (tests/test_bench_gpu.py); its numbers mean nothing.
+the CPU in seconds (tests/deploy/test_bench_gpu.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image
 
 # What k8s/overlays/cpu-tiny gives every container (the ConfigMap depthid-config), less what
-# points at other pods (runner URLs, Redis) (tests/test_image.py checks that these equal the
+# points at other pods (runner URLs, Redis) (tests/deploy/test_image.py checks that these equal the
 # rendered overlay's). /tmp and BENTOML_HOME are the manifests' writable paths.
 MANIFEST_ENV = {
     "DEPTHID_PROFILE": "tiny",

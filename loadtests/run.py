@@ -151,7 +151,9 @@ def target(host: str | None) -> Iterator[str]:
     if host:
         yield host.rstrip("/")
         return
-    from tests.served import serve  # the same start, readiness wait and stop as the e2e tests
+    from tests.support.served import (
+        serve,  # the same start, readiness wait and stop as the e2e tests
+    )
 
     print("serving the tiny profile for the run ...", flush=True)
     with serve() as url:

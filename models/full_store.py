@@ -22,7 +22,7 @@ The tokenizers cannot be had offline: each is built at its real size and in its 
 byte-level BPE tokens plus its special tokens), with made-up merges. The antelopev2 face models
 are the tiny profile's hand-set ONNX detector and recogniser (models/tiny_faces.py) under the real
 file names at both scales: random ONNX weights would find no face, and these find the faces of
-tests/face_images.py.
+tests/support/face_images.py.
 
 The `.complete` marker names this writer, not a repository revision, so `make pull` replaces
 these models with real ones.

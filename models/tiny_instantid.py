@@ -12,7 +12,7 @@ way:
         ip_adapter   to_k_ip / to_v_ip of every cross-attention layer, keyed by the layer's index
                      among all the UNet's attention processors ("1.to_k_ip.weight", ...)
 
-diffusers' own `load_ip_adapter` reads this file (tests/test_instantid_runner.py checks it).
+diffusers' own `load_ip_adapter` reads this file (tests/runners/test_instantid_runner.py checks it).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ calls as the real one:
 Its weights are random, so its score is a real but meaningless function of the image. Like a real
 classifier shown ordinary pictures, it leans to `normal`: the classifier's bias starts the `nsfw`
 logit NORMAL_MARGIN below the `normal` one (about 2% nsfw), so the tiny profile's outputs pass at
-every default tolerance. Tests drive its final layer to chosen scores (tests/test_flux_runner.py).
+every default tolerance. Tests drive its final layer to chosen scores
+(tests/runners/test_flux_runner.py).
 """
 
 from __future__ import annotations

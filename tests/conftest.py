@@ -8,8 +8,8 @@ import pytest
 import redis
 
 from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
-from tests.redis_server import redis_server
-from tests.served import serve_process
+from tests.support.redis_server import redis_server
+from tests.support.served import serve_process
 
 SERVED_MAX_BODY_BYTES = 1_000_000
 # One served instance (`bentoml serve service:Gateway`, every runner) for the e2e modules.
@@ -25,7 +25,7 @@ SERVED_ENV = {
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    """A redis-server of the module's own (tests/redis_server.py), on a free port."""
+    """A redis-server of the module's own (tests/support/redis_server.py), on a free port."""
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server.url
 
