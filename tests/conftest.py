@@ -1,4 +1,9 @@
-"""Shared fixtures: the tiny models (built once, cached in the model store) and settings."""
+"""Fixtures of every tier: the tiny models (built once, cached in the model store) and settings,
+a redis-server, and the one served instance; a tier's own fixtures are in its conftest.py.
+
+Tests are marked `served` (a real server process: `bentoml serve`, the Gateway on a port) or
+`slow` (other long work: bento build, image build, the full store); `make test-fast` runs the
+rest (`-m "not served and not slow"`)."""
 
 from __future__ import annotations
 
@@ -60,3 +65,20 @@ def served_process(tiny_settings) -> tuple[str, subprocess.Popen]:
 @pytest.fixture(scope="session")
 def served_url(served_process) -> str:
     return served_process[0]
+
+
+SERVED_FIXTURES = {"served_url", "served_process"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the served instance must be marked `served`, or `make test-fast` would start it."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVED_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("served") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests on the served instance not marked `served`: " + ", ".join(unmarked)
+        )

@@ -18,6 +18,8 @@ import yaml
 
 from settings import PROJECT_ROOT
 
+pytestmark = pytest.mark.slow  # `bentoml build`, once for the module
+
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 # Any HTTP(S) request of the build goes to a port where nothing listens, and fails.
 NO_NETWORK = {

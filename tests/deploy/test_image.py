@@ -68,6 +68,7 @@ def containerfile_cmd() -> list[str]:
 
 
 @pytest.mark.timeout(3600)
+@pytest.mark.slow
 def test_make_image_builds_the_cpu_image_and_its_smoke_stage_answers_all_four_models(tmp_path):
     """`make image` as a user runs it; the build fails unless the smoke stage passed, and says
     so model by model; the image is tagged with the name the cpu-tiny overlay runs."""

@@ -11,6 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from loadtests.run import (
     THRESHOLDS,
     Check,
@@ -42,6 +44,7 @@ def run_gate(out: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.served
 def test_smoke_run_passes_and_writes_reports(served_url, tmp_path):
     result = run_gate(tmp_path, "--host", served_url, "--run-time", RUN_TIME)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -65,6 +68,7 @@ def test_smoke_run_passes_and_writes_reports(served_url, tmp_path):
     assert throughput["measured"].endswith("generations/s") and throughput["threshold"]
 
 
+@pytest.mark.served
 def test_an_impossible_threshold_fails_the_run(served_url, tmp_path):
     smoke = tomllib.loads(THRESHOLDS.read_text())["smoke"]
     impossible = {**smoke, "min_throughput_rps": 1e9}

@@ -21,6 +21,8 @@ import yaml
 from settings import PROJECT_ROOT
 from tests.support.helpers import b64, free_port, scene_image, wait_until
 
+pytestmark = [pytest.mark.served, pytest.mark.slow]  # Prometheus scraping the served instance
+
 DASHBOARD = PROJECT_ROOT / "observability" / "grafana-dashboard.json"
 SERVICE_MONITOR = PROJECT_ROOT / "k8s" / "components" / "monitoring" / "service-monitor.yaml"
 MODEL = "sd1.5-controlnet-depth"

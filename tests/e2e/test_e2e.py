@@ -21,6 +21,8 @@ from tests.conftest import SERVED_MAX_BODY_BYTES
 from tests.support.helpers import b64, free_port, is_ready, scene_image, wait_until
 from tests.support.served import serve
 
+pytestmark = pytest.mark.served  # the shared `bentoml serve` of tests/conftest.py
+
 ROUTE = "/v1/sd1.5-controlnet-depth"
 MAX_BODY = SERVED_MAX_BODY_BYTES
 
@@ -28,12 +30,6 @@ MAX_BODY = SERVED_MAX_BODY_BYTES
 @pytest.fixture(scope="module")
 def base_url(served_url) -> str:
     return served_url
-
-
-@pytest.fixture(scope="module")
-def http(base_url) -> httpx.Client:
-    with httpx.Client(base_url=base_url, timeout=120) as client:
-        yield client
 
 
 def body(**fields) -> dict:

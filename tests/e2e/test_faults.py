@@ -21,6 +21,8 @@ from tests.support.helpers import wait_until
 from tests.support.redis_server import redis_server
 from tests.support.served import process_tree, serve_process, stop
 
+pytestmark = pytest.mark.served  # `bentoml serve` instances of its own
+
 MODEL = "sd1.5-controlnet-depth"
 JOBS_PER_ROUND = 24
 ROUNDS = 3  # the stuck jobs were seen in one round of three

@@ -20,14 +20,10 @@ from segmind import InferenceFailed, SegmindClient
 
 from tests.support.flux_helpers import CONTROL_IMAGE
 
+pytestmark = pytest.mark.served  # the shared `bentoml serve` of tests/conftest.py
+
 ROUTE = "/v1/flux-depth-pro"
 PROMPT = "American man, smiling, waving, eyeglasses, sitting at desk, home office, daylight"
-
-
-@pytest.fixture(scope="module")
-def http(served_url) -> httpx.Client:
-    with httpx.Client(base_url=served_url, timeout=120) as client:
-        yield client
 
 
 def body(**fields) -> dict:

@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 import schemathesis
 from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
@@ -27,6 +28,8 @@ from schemathesis.engine import Status, events
 
 from gateway.http.json_limits import IMAGE_FIELDS
 from settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.served  # the shared `bentoml serve` of tests/conftest.py
 
 MAX_EXAMPLES = 10  # per operation and phase: the whole run takes seconds, a generation 0.3 s
 # The answers CONTRACT.md names (its error table), and the successes.

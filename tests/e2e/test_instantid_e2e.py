@@ -15,6 +15,8 @@ from segmind import InferenceFailed, SegmindClient
 
 from tests.support.face_images import PAYLOADS, b64_image
 
+pytestmark = pytest.mark.served  # the shared `bentoml serve` of tests/conftest.py
+
 INSTANTID = "/v1/instantid"
 INSTA_DEPTH = "/v1/insta-depth"
 BLANK = b64_image(Image.new("RGB", (96, 96), (30, 30, 30)))
@@ -22,12 +24,6 @@ BLANK = b64_image(Image.new("RGB", (96, 96), (30, 30, 30)))
 
 def payload(name: str, **fields) -> dict:
     return {**json.loads((PAYLOADS / name).read_text()), **fields}
-
-
-@pytest.fixture(scope="module")
-def http(served_url) -> httpx.Client:
-    with httpx.Client(base_url=served_url, timeout=120) as client:
-        yield client
 
 
 def assert_image(response: httpx.Response, size: tuple[int, int]) -> None:

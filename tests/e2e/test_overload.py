@@ -18,6 +18,8 @@ from benchmarks.latency import MODELS
 from tests.support.api_key_helpers import entry, key_of, write_keys
 from tests.support.served import serve
 
+pytestmark = pytest.mark.served  # `bentoml serve` instances of its own
+
 MODEL = "sd1.5-controlnet-depth"
 DEADLINE_S = 4.0
 # Past the deadline an answer may take this long more: the 504 itself, on a busy shared

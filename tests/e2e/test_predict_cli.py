@@ -10,9 +10,12 @@ import sys
 import tomllib
 
 import httpx
+import pytest
 from PIL import Image
 
 from settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.served  # the shared `bentoml serve` of tests/conftest.py
 
 PAYLOADS = PROJECT_ROOT / "loadtests" / "payloads"
 

@@ -18,6 +18,8 @@ import pytest
 
 from tests.support.served import serve
 
+pytestmark = pytest.mark.served  # the shared `bentoml serve` of tests/conftest.py
+
 HEAD_TIMEOUT_S = 2
 BODY_TIMEOUT_S = 3
 MAX_BODY_BYTES = 32 * 1024 * 1024

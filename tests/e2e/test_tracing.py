@@ -116,6 +116,7 @@ def test_an_endpoint_switches_it_on_and_spans_reach_the_collector(receiver: OTLP
     assert [name for _, name, _ in receiver.spans] == ["a-span"]
 
 
+@pytest.mark.served
 def test_served_one_trace_runs_from_the_gateway_through_the_runner(
     receiver: OTLPReceiver, tiny_settings: object
 ) -> None:

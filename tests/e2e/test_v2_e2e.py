@@ -17,6 +17,8 @@ from tests.support.helpers import b64, free_port, scene_image, wait_until
 from tests.support.redis_server import redis_server
 from tests.support.served import kill_tree, process_tree, serve, serve_process
 
+pytestmark = pytest.mark.served  # `bentoml serve` instances of its own
+
 MODEL = "sd1.5-controlnet-depth"
 
 

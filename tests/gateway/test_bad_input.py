@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.runner_client import RunnerClient
 from settings import PROJECT_ROOT, Settings
+from tests.support.gateway_client import make_client
 from tests.support.helpers import RecordingRunner, assert_error, b64
 
 FACE = b64((PROJECT_ROOT / "loadtests" / "payloads" / "face.png").read_bytes())
@@ -69,9 +69,7 @@ def recorder() -> RecordingRunner:
 
 @pytest.fixture(scope="module")
 def client(recorder):
-    runner = RunnerClient("recording", recorder, 30.0)
-    app = create_app(Settings(), runners=dict.fromkeys(IMAGE_FIELDS, runner))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with make_client(recorder, IMAGE_FIELDS) as test_client:
         yield test_client
 
 
@@ -148,9 +146,7 @@ def test_the_aspect_ratio_limit_itself_is_accepted(client, recorder, size):
 
 
 def test_the_aspect_ratio_limit_is_a_setting(recorder):
-    runner = RunnerClient("recording", recorder, 30.0)
-    app = create_app(Settings(max_aspect_ratio=8), runners={"flux-depth-pro": runner})
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with make_client(recorder, ["flux-depth-pro"], max_aspect_ratio=8) as client:
         ok = post_json(client, "/v1/flux-depth-pro", {"prompt": "a", "control_image": png(8, 64)})
         assert ok.status_code == 200, ok.text
         body = {"prompt": "a", "control_image": png(9, 80)}

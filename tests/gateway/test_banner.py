@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
+import pytest
 from fastapi.testclient import TestClient
 
 from gateway import banner
@@ -99,6 +100,7 @@ def test_the_url_is_the_socket_bentoml_gave_this_process(monkeypatch):
     assert banner.served_url(public) == "https://api.example.com"
 
 
+@pytest.mark.served
 def test_a_served_gateway_logs_the_banner_with_its_own_url(served_process):
     url, process = served_process
     log = Path(

@@ -4,20 +4,10 @@ and the document says which profile this server runs."""
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
-
-from gateway.app import create_app
 from gateway.http import examples
-from gateway.runner_client import RunnerClient
 from gateway.schemas.registry import MODEL_SPECS
-from settings import Settings
+from tests.support.gateway_client import make_client
 from tests.support.helpers import RecordingRunner
-
-
-def make_client(recorder: RecordingRunner, **overrides) -> TestClient:
-    runner = RunnerClient("any", recorder, 30.0)
-    app = create_app(Settings(**overrides), runners=dict.fromkeys(MODEL_SPECS, runner))
-    return TestClient(app)
 
 
 def documented_examples(spec: dict) -> list[tuple[str, dict]]:
@@ -34,7 +24,7 @@ def documented_examples(spec: dict) -> list[tuple[str, dict]]:
 
 def test_every_example_answers_200_with_no_ignored_field():
     recorder = RecordingRunner()
-    with make_client(recorder) as client:
+    with make_client(recorder, MODEL_SPECS) as client:
         examples = documented_examples(client.get("/openapi.json").json())
         paths = sorted(path for path, _ in examples)
         assert paths == sorted(f"/{v}/{model}" for v in ("v1", "v2") for model in MODEL_SPECS)
@@ -46,7 +36,7 @@ def test_every_example_answers_200_with_no_ignored_field():
 
 
 def test_v2_is_documented_per_model_with_its_own_schema():
-    with make_client(RecordingRunner()) as client:
+    with make_client(RecordingRunner(), MODEL_SPECS) as client:
         spec = client.get("/openapi.json").json()
     assert "/v2/{model}" not in spec["paths"]
     for model, model_spec in MODEL_SPECS.items():
@@ -59,10 +49,10 @@ def test_v2_is_documented_per_model_with_its_own_schema():
 
 
 def test_the_document_names_the_profile():
-    with make_client(RecordingRunner()) as client:
+    with make_client(RecordingRunner(), MODEL_SPECS) as client:
         tiny = client.get("/openapi.json").json()["info"]["description"]
     assert "**tiny** profile" in tiny and "noise" in tiny
-    with make_client(RecordingRunner(), profile="full") as client:
+    with make_client(RecordingRunner(), MODEL_SPECS, profile="full") as client:
         full = client.get("/openapi.json").json()["info"]["description"]
     assert "**full** profile" in full
 
@@ -71,7 +61,7 @@ def test_without_the_pictures_the_docs_still_build(monkeypatch, tmp_path):
     monkeypatch.setattr(examples, "PAYLOADS", tmp_path)
     examples.request_examples.cache_clear()
     try:
-        with make_client(RecordingRunner()) as client:
+        with make_client(RecordingRunner(), MODEL_SPECS) as client:
             response = client.get("/openapi.json")
         assert response.status_code == 200
         operation = response.json()["paths"]["/v2/instantid"]["post"]

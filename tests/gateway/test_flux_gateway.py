@@ -14,14 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.app import create_app
 from gateway.jobs.store import JobRecord
 from gateway.jobs.worker import completed_body
-from gateway.runner_client import RunnerClient
 from gateway.schemas.normalize import MAX_SEED
 from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure
-from settings import DEFAULT_SAFETY_THRESHOLDS, Settings
+from settings import DEFAULT_SAFETY_THRESHOLDS
 from tests.support.flux_helpers import drive_score, restored_classifier
+from tests.support.gateway_client import make_client
 from tests.support.helpers import (
     RecordingRunner,
     assert_bound,
@@ -36,20 +35,9 @@ MODEL = "flux-depth-pro"
 BLOCKED = "the generated image was blocked by the safety checker at safety_tolerance 2"
 
 
-def make_client(call=None, **overrides) -> TestClient:
-    runner = RunnerClient("flux_depth", call or RecordingRunner(), deadline_s=60)
-    app = create_app(Settings(**overrides), runners={MODEL: runner})
-    return TestClient(app, raise_server_exceptions=False)
-
-
-@pytest.fixture
-def recorder() -> RecordingRunner:
-    return RecordingRunner()
-
-
 @pytest.fixture
 def client(recorder: RecordingRunner) -> TestClient:
-    return make_client(recorder)
+    return make_client(recorder, [MODEL])
 
 
 def body(**fields) -> dict:
@@ -76,7 +64,7 @@ def test_defaults_reach_the_runner(client, recorder):
 
 
 def test_long_side_is_a_setting_and_sides_are_multiples_of_16(recorder):
-    client = make_client(recorder, output_long_side=1024)
+    client = make_client(recorder, [MODEL], output_long_side=1024)
     assert client.post(ROUTE, json=body()).status_code == 200
     assert (recorder.jobs[0].width, recorder.jobs[0].height) == (1024, 688)
     assert client.post(ROUTE, json=body(control_image=b64(scene_image(50, 150)))).status_code == 200
@@ -181,7 +169,7 @@ def test_control_image_formats(client, recorder, fmt):
 
 def test_blocked_result_is_422_with_the_contract_body_and_no_image():
     failing = RecordingRunner(failure=JobFailure(kind="blocked", message=BLOCKED))
-    response = make_client(failing).post(ROUTE, json=body())
+    response = make_client(failing, [MODEL]).post(ROUTE, json=body())
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": BLOCKED}
@@ -190,7 +178,7 @@ def test_blocked_result_is_422_with_the_contract_body_and_no_image():
 
 def test_prompt_used_header_is_percent_encoded_utf8():
     used = "a house, «soft» light — 日本, 100% detail"
-    client = make_client(RecordingRunner(prompt_used=used))
+    client = make_client(RecordingRunner(prompt_used=used), [MODEL])
     response = client.post(ROUTE, json=body(prompt_upsampling=True))
     assert response.status_code == 200
     header = response.headers["x-prompt-used"]
@@ -247,7 +235,7 @@ def real_client(real_pipeline) -> TestClient:
     async def call(jobs):
         return [real_pipeline.run(job) for job in jobs]
 
-    return make_client(call)
+    return make_client(call, [MODEL], deadline_s=60)
 
 
 def test_real_runner_defaults_are_reproducible(real_client):
@@ -285,10 +273,10 @@ def test_real_runner_upsampling_header_and_blocked_prompt(real_client):
 
 
 def test_a_cut_prompt_says_so_in_a_header():
-    response = make_client(RecordingRunner(prompt_truncated=True)).post(ROUTE, json=body())
+    response = make_client(RecordingRunner(prompt_truncated=True), [MODEL]).post(ROUTE, json=body())
     assert response.status_code == 200
     assert response.headers["x-prompt-truncated"] == "true"
-    plain = make_client(RecordingRunner()).post(ROUTE, json=body())
+    plain = make_client(RecordingRunner(), [MODEL]).post(ROUTE, json=body())
     assert "x-prompt-truncated" not in plain.headers
 
 
@@ -313,7 +301,7 @@ def test_a_cut_prompt_says_so_in_the_v2_result():
 def test_v2_result_carries_the_same_generation_headers_as_v1():
     used = "a house, golden hour, é"
     runner = RecordingRunner(prompt_used=used, prompt_truncated=True)
-    with make_client(runner) as client:
+    with make_client(runner, [MODEL]) as client:
         v1 = client.post(ROUTE, json=body(prompt_upsampling=True))
         request_id = client.post(f"/v2/{MODEL}", json=body(prompt_upsampling=True)).json()[
             "request_id"

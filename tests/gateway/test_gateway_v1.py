@@ -14,28 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.app import create_app
-from gateway.runner_client import RunnerClient
 from gateway.schemas.normalize import MAX_SEED
 from protocol.jobs import GenerationResult, JobFailure
 from runners.schedulers import SCHEDULERS
-from settings import Settings
+from tests.support.gateway_client import make_client
 from tests.support.helpers import RecordingRunner, assert_bound, assert_error, b64, scene_image
 
 ROUTE = "/v1/sd1.5-controlnet-depth"
 MODEL = "sd1.5-controlnet-depth"
-
-
-def make_client(call=None, deadline_s: float = 30.0, **overrides) -> TestClient:
-    settings = Settings(**overrides)
-    runner = RunnerClient("sd15_depth", call or RecordingRunner(), deadline_s)
-    app = create_app(settings, runners={MODEL: runner})
-    return TestClient(app, raise_server_exceptions=False)
-
-
-@pytest.fixture
-def recorder() -> RecordingRunner:
-    return RecordingRunner()
 
 
 @pytest.fixture

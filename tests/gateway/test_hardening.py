@@ -27,32 +27,23 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.app import create_app
 from gateway.http.errors import ApiError
 from gateway.http.json_limits import IMAGE_FIELDS
 from gateway.http.middleware import JsonErrorBodies
-from gateway.runner_client import RunnerClient
 from gateway.schemas.images import load_image
 from settings import PROJECT_ROOT, Settings
 from tests.gateway.test_image_input import fake_dns, serve
+from tests.support.gateway_client import make_client
 from tests.support.helpers import RecordingRunner, assert_error, b64, scene_image
 
 V1 = "/v1/sd1.5-controlnet-depth"
 V2 = "/v2/sd1.5-controlnet-depth"
-MODEL = "sd1.5-controlnet-depth"
 LEAKS = ("Traceback", str(PROJECT_ROOT), "site-packages", 'File "')
-
-
-def make_client(**overrides: object) -> tuple[TestClient, RecordingRunner]:
-    recorder = RecordingRunner()
-    runner = RunnerClient("sd15_depth", recorder, 30.0)
-    app = create_app(Settings(**overrides), runners={MODEL: runner})
-    return TestClient(app, raise_server_exceptions=False), recorder
 
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    test_client, _ = make_client()
+    test_client = make_client()
     with test_client:  # runs the lifespan: v2 needs its job store
         yield test_client
 
@@ -83,7 +74,8 @@ def assert_no_leak(response: httpx.Response) -> None:
 
 @pytest.mark.parametrize("route", [V1, V2, "/v2/no-such-model"])
 def test_body_over_the_limit_is_413_on_every_route(route: str) -> None:
-    test_client, recorder = make_client(max_body_bytes=4096)
+    recorder = RecordingRunner()
+    test_client = make_client(recorder, max_body_bytes=4096)
     with test_client as client:
         big = body(prompt="x" * 10_000)
         assert "4096" in assert_error(client.post(route, json=big), 413)["error"]
@@ -120,7 +112,8 @@ def test_nesting_past_what_the_parser_can_is_400_not_500(client: TestClient, rou
 
 @pytest.mark.parametrize("route", [V1, V2])
 def test_a_long_prompt_is_400_naming_it(route: str) -> None:
-    test_client, recorder = make_client(max_string_chars=1000)
+    recorder = RecordingRunner()
+    test_client = make_client(recorder, max_string_chars=1000)
     with test_client as client:
         assert client.post(route, json=body(prompt="p" * 1000)).status_code == 200
         response = client.post(route, json=body(prompt="p" * 1001))
@@ -130,7 +123,7 @@ def test_a_long_prompt_is_400_naming_it(route: str) -> None:
 
 
 def test_a_long_string_anywhere_is_400_naming_its_path() -> None:
-    test_client, _ = make_client(max_string_chars=1000)
+    test_client = make_client(max_string_chars=1000)
     response = test_client.post(V1, json=body(meta={"notes": ["ok", "n" * 1001]}))
     assert_error(response, 400, "meta.notes.1")
     long_key = test_client.post(V1, json=body(**{"k" * 1001: 1}))
@@ -153,7 +146,7 @@ def test_image_fields_are_every_models_image_inputs() -> None:
 
 
 def test_an_image_over_the_image_limit_is_413_not_a_string_error() -> None:
-    test_client, _ = make_client(max_image_bytes=2048)
+    test_client = make_client(max_image_bytes=2048)
     noisy = Image.effect_noise((128, 128), 100).convert("RGB")
     buffer = io.BytesIO()
     noisy.save(buffer, format="PNG")
@@ -340,8 +333,7 @@ def test_an_internal_fault_shows_neither_trace_nor_path() -> None:
     async def broken(jobs: list) -> list:
         raise RuntimeError(f"boom in {PROJECT_ROOT}/runners/secret.py")
 
-    app = create_app(Settings(), runners={MODEL: RunnerClient("sd15_depth", broken, 30.0)})
-    response = TestClient(app, raise_server_exceptions=False).post(V1, json=body())
+    response = make_client(broken).post(V1, json=body())
     assert_error(response, 500)
     assert_no_leak(response)
 
@@ -363,6 +355,7 @@ def test_plain_text_errors_from_outside_the_app_become_the_contract_body() -> No
     assert client.get("/metrics").text == "metrics text"  # successes are left alone
 
 
+@pytest.mark.served
 def test_served_gateway_answers_json_for_paths_its_router_cannot_match(served_url: str) -> None:
     # A newline in the path: BentoML's own router answers, before our app sees it.
     response = httpx.get(f"{served_url}/v2/requests/a%0Ab/status")

@@ -7,20 +7,11 @@ import json
 import time
 from urllib.parse import unquote
 
-from fastapi.testclient import TestClient
-
-from gateway.app import create_app
-from gateway.runner_client import RunnerClient
 from gateway.schemas.ignored_fields import MAX_HEADER_CHARS, ignored_fields_headers
-from settings import Settings
+from tests.support.gateway_client import make_client
 from tests.support.helpers import RecordingRunner, assert_error, b64, scene_image
 
 MODEL = "sd1.5-controlnet-depth"
-
-
-def make_client(recorder: RecordingRunner) -> TestClient:
-    runner = RunnerClient("sd15_depth", recorder, 30.0)
-    return TestClient(create_app(Settings(), runners={MODEL: runner}))
 
 
 def body(**fields) -> dict:

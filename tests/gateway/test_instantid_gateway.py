@@ -12,20 +12,19 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.app import create_app
-from gateway.runner_client import RunnerClient
 from gateway.schemas import insta_depth
 from gateway.schemas.normalize import MAX_SEED
 from gateway.schemas.styles import STYLES
 from protocol.jobs import InstantIDJob, JobFailure
-from settings import Settings
 from tests.support.face_images import b64_image, face_picture, payload_face, payload_pose
+from tests.support.gateway_client import make_client
 from tests.support.helpers import RecordingRunner, assert_bound, assert_error, b64
 
 INSTANTID = "/v1/instantid"
 INSTA_DEPTH = "/v1/insta-depth"
 FACE = b64_image(payload_face())  # 256 x 256
 POSE = b64_image(payload_pose())  # 192 x 256, portrait
+MODELS = ["instantid", "insta-depth"]
 
 FIXED_TEN = [
     "(No style)", "Watercolor", "Film Noir", "Neon", "Jungle", "Mars", "Vibrant Color", "Snow",
@@ -33,20 +32,9 @@ FIXED_TEN = [
 ]  # fmt: skip
 
 
-def make_client(runner: RecordingRunner, **overrides) -> TestClient:
-    client = RunnerClient("instantid", runner, 30.0)
-    app = create_app(Settings(**overrides), runners={"instantid": client, "insta-depth": client})
-    return TestClient(app, raise_server_exceptions=False)
-
-
-@pytest.fixture
-def recorder() -> RecordingRunner:
-    return RecordingRunner()
-
-
 @pytest.fixture
 def client(recorder) -> TestClient:
-    return make_client(recorder)
+    return make_client(recorder, MODELS)
 
 
 def instantid_body(**fields) -> dict:
@@ -120,7 +108,7 @@ def test_instantid_fields_reach_the_runner(client, recorder):
     ],
 )
 def test_output_size_follows_the_framing_image(recorder, route, body, expected):
-    client = make_client(recorder, output_long_side=256)
+    client = make_client(recorder, MODELS, output_long_side=256)
     assert client.post(route, json=body).status_code == 200
     [job] = recorder.jobs
     assert (job.width, job.height) == expected
@@ -135,7 +123,7 @@ def test_large_photos_reach_the_runner_scaled_down(recorder, long_side, kept_sid
     the identity is a crop of the face at the image's own resolution."""
     face = face_picture(3000, 2000, [(1500, 900, 500)])
     pose = face_picture(1500, 3000, [(700, 900, 300)], body=True)
-    client = make_client(recorder, output_long_side=long_side)
+    client = make_client(recorder, MODELS, output_long_side=long_side)
     body = insta_depth_body(face_image=b64_image(face), pose_image=b64_image(pose))
     assert client.post(INSTA_DEPTH, json=body).status_code == 200
     [job] = recorder.jobs
@@ -327,7 +315,7 @@ def test_both_images_undecodable_names_face_image_first(client):
 )
 def test_no_face_is_a_400_naming_the_field(route, make_body, field):
     failure = JobFailure(kind="invalid_input", field=field, message=f"no face found in {field}")
-    client = make_client(RecordingRunner(failure))
+    client = make_client(RecordingRunner(failure), MODELS)
     payload = assert_error(client.post(route, json=make_body(pose_image=POSE)), 400, field)
     assert payload["error"] == f"no face found in {field}"
 

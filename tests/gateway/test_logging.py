@@ -157,6 +157,7 @@ def test_outside_bentoml_logging_is_left_alone() -> None:
 # --- served ---------------------------------------------------------------------------------
 
 
+@pytest.mark.served
 def test_served_lines_are_json_and_name_the_request(
     served_process: tuple[str, subprocess.Popen],
 ) -> None:

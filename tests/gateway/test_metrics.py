@@ -15,18 +15,17 @@ import uuid
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
-from gateway.app import create_app, make_job_store
+from gateway.app import make_job_store
 from gateway.http import route_templates
 from gateway.http.middleware import metric_labels
 from gateway.jobs.store import JobRecord
-from gateway.runner_client import GenerateCall, RunnerClient
 from gateway.schemas.registry import MODEL_SPECS
 from settings import PROJECT_ROOT, Settings
+from tests.support.gateway_client import make_client
 from tests.support.helpers import RecordingRunner, b64, scene_image, wait_until
 
 MODEL = "sd1.5-controlnet-depth"
@@ -55,11 +54,6 @@ class BatchedRunner(RecordingRunner):
         self.in_flight_seen.append(value("depthid_in_flight", model=MODEL))
         results = await super().__call__(jobs)
         return [result.model_copy(update={"batch_size": self.batch_size}) for result in results]
-
-
-def make_client(runner: GenerateCall, **overrides: object) -> TestClient:
-    app = create_app(Settings(**overrides), runners={MODEL: RunnerClient("sd15", runner, 30)})
-    return TestClient(app, raise_server_exceptions=False)
 
 
 # --- in process -----------------------------------------------------------------------------
@@ -243,6 +237,7 @@ def sample(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+@pytest.mark.served
 def test_served_metrics_show_the_traffic_with_its_labels(served_url: str) -> None:
     before = scrape(served_url)
     with httpx.Client(base_url=served_url, timeout=120) as http:
@@ -288,6 +283,7 @@ def series_count(base_url: str) -> int:
     return len(scrape(base_url))
 
 
+@pytest.mark.served
 def test_served_metrics_are_bounded_by_routes_not_requests(served_url: str) -> None:
     with httpx.Client(base_url=served_url, timeout=120) as http:
         v2_round_trip(http, 5)

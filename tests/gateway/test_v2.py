@@ -17,11 +17,11 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.app import create_app, make_job_store
-from gateway.runner_client import RunnerClient
+from gateway.app import make_job_store
 from protocol.jobs import GenerationResult, JobFailure
 from runners.encoding import encode_image
 from settings import Settings
+from tests.support.gateway_client import make_client
 from tests.support.helpers import b64, scene_image, wait_until
 
 MODEL = "sd1.5-controlnet-depth"
@@ -60,14 +60,6 @@ def runner() -> GatedRunner:
     return GatedRunner()
 
 
-def make_client(runner: GatedRunner, **overrides) -> TestClient:
-    settings = Settings(
-        **{"job_workers": 1, "job_visibility_timeout_s": 1.0, "shutdown_grace_s": 1, **overrides}
-    )
-    app = create_app(settings, runners={MODEL: RunnerClient("sd15_depth", runner, 30)})
-    return TestClient(app, raise_server_exceptions=False)
-
-
 def body(**fields) -> dict:
     return {"image": b64(scene_image(96, 64)), "prompt": "a house", **fields}
 
@@ -77,7 +69,7 @@ def status_of(client: TestClient, request_id: str) -> str:
 
 
 def test_lifecycle(backend, runner):
-    with make_client(runner, **backend) as client:
+    with make_client(runner, quick_jobs=True, **backend) as client:
         submitted = client.post(f"/v2/{MODEL}", json=body(samples=2, seed=77))
         assert submitted.status_code == 200, submitted.text
         answer = submitted.json()
@@ -111,7 +103,7 @@ def test_lifecycle(backend, runner):
 
 def test_base64_output(backend, runner):
     runner.gate.set()
-    with make_client(runner, **backend) as client:
+    with make_client(runner, quick_jobs=True, **backend) as client:
         request_id = client.post(f"/v2/{MODEL}", json=body(base64=True)).json()["request_id"]
         assert wait_until(lambda: status_of(client, request_id) == "COMPLETED", 10)
         [encoded] = client.get(f"/v2/requests/{request_id}").json()["output"]
@@ -119,7 +111,7 @@ def test_base64_output(backend, runner):
 
 
 def test_queue_time_is_measured(backend, runner):
-    with make_client(runner, **backend) as client:
+    with make_client(runner, quick_jobs=True, **backend) as client:
         first = client.post(f"/v2/{MODEL}", json=body()).json()["request_id"]
         assert wait_until(lambda: status_of(client, first) == "PROCESSING", 10)
         second = client.post(f"/v2/{MODEL}", json=body()).json()["request_id"]
@@ -133,7 +125,7 @@ def test_queue_time_is_measured(backend, runner):
 def test_failed_job_answers_422_with_error(backend, runner):
     runner.failure = JobFailure(kind="blocked", message="the result was blocked")
     runner.gate.set()
-    with make_client(runner, **backend) as client:
+    with make_client(runner, quick_jobs=True, **backend) as client:
         request_id = client.post(f"/v2/{MODEL}", json=body()).json()["request_id"]
         assert wait_until(lambda: status_of(client, request_id) == "FAILED", 10)
         status = client.get(f"/v2/requests/{request_id}/status")
@@ -147,7 +139,7 @@ def test_failed_job_answers_422_with_error(backend, runner):
 
 
 def test_bad_requests_are_400_at_submit_and_never_queued(backend, runner):
-    with make_client(runner, **backend) as client:
+    with make_client(runner, quick_jobs=True, **backend) as client:
         bad_field = client.post(f"/v2/{MODEL}", json=body(num_inference_steps=5))
         assert bad_field.status_code == 400
         assert bad_field.json()["details"][0]["field"] == "num_inference_steps"
@@ -163,7 +155,7 @@ def test_bad_requests_are_400_at_submit_and_never_queued(backend, runner):
 
 
 def test_unknown_model_and_ids_are_404(backend, runner):
-    with make_client(runner, **backend) as client:
+    with make_client(runner, quick_jobs=True, **backend) as client:
         assert client.post("/v2/nope", json=body()).status_code == 404
         for path in ("/v2/requests/abc/status", "/v2/requests/abc", "/v2/requests/abc/output/0"):
             response = client.get(path)
@@ -172,7 +164,7 @@ def test_unknown_model_and_ids_are_404(backend, runner):
 
 def test_results_expire(backend, runner):
     runner.gate.set()
-    with make_client(runner, job_retention_s=1, **backend) as client:
+    with make_client(runner, quick_jobs=True, job_retention_s=1, **backend) as client:
         request_id = client.post(f"/v2/{MODEL}", json=body()).json()["request_id"]
         assert wait_until(lambda: status_of(client, request_id) == "COMPLETED", 10)
         assert client.get(f"/v2/requests/{request_id}/output/0").status_code == 200
@@ -182,7 +174,9 @@ def test_results_expire(backend, runner):
 
 
 def test_full_queue_is_429_with_retry_after(backend, runner):
-    with make_client(runner, job_queue_max=1, queue_retry_after_s=7, **backend) as client:
+    with make_client(
+        runner, quick_jobs=True, job_queue_max=1, queue_retry_after_s=7, **backend
+    ) as client:
         first = client.post(f"/v2/{MODEL}", json=body()).json()["request_id"]
         assert wait_until(lambda: status_of(client, first) == "PROCESSING", 10)
         assert client.post(f"/v2/{MODEL}", json=body()).status_code == 200  # waits in the queue
@@ -193,7 +187,9 @@ def test_full_queue_is_429_with_retry_after(backend, runner):
 
 
 def test_public_base_url_setting(backend, runner):
-    with make_client(runner, public_base_url="https://images.example.com/", **backend) as client:
+    with make_client(
+        runner, quick_jobs=True, public_base_url="https://images.example.com/", **backend
+    ) as client:
         answer = client.post(f"/v2/{MODEL}", json=body()).json()
         assert answer["status_url"].startswith("https://images.example.com/v2/requests/")
         runner.gate.set()
@@ -201,7 +197,7 @@ def test_public_base_url_setting(backend, runner):
 
 def test_graceful_shutdown_hands_back_the_job_in_hand(redis_url, runner):
     redis.Redis.from_url(redis_url).flushall()
-    with make_client(runner, job_store_url=redis_url) as client:
+    with make_client(runner, quick_jobs=True, job_store_url=redis_url) as client:
         request_id = client.post(f"/v2/{MODEL}", json=body()).json()["request_id"]
         assert wait_until(lambda: status_of(client, request_id) == "PROCESSING", 10)
     # The app stopped (grace 1s) with the job unfinished: it was handed back at once (queued,
@@ -211,7 +207,7 @@ def test_graceful_shutdown_hands_back_the_job_in_hand(redis_url, runner):
     assert store.lrange("depthid:queue", 0, -1) == [request_id.encode()]
     assert not store.exists(f"depthid:lease:{request_id}")
     runner.gate.set()
-    with make_client(runner, job_store_url=redis_url) as client:
+    with make_client(runner, quick_jobs=True, job_store_url=redis_url) as client:
         assert wait_until(lambda: status_of(client, request_id) == "COMPLETED", 10)
 
 
@@ -232,7 +228,7 @@ class StoppedRunner:
 
 def test_a_stopping_replica_hands_back_a_job_its_runner_refused_without_an_attempt(backend):
     runner = StoppedRunner()
-    client = make_client(runner, shutdown_grace_s=30, **backend)
+    client = make_client(runner, quick_jobs=True, shutdown_grace_s=30, **backend)
     with client:
         request_id = client.post(f"/v2/{MODEL}", json=body()).json()["request_id"]
         assert wait_until(lambda: status_of(client, request_id) == "PROCESSING", 10)

@@ -26,7 +26,7 @@ from settings import PROJECT_ROOT, Settings
 from tests.support.jobs import flux_job, instantid_job, sd15_job
 from tests.support.served import BENTOML
 
-pytestmark = pytest.mark.full_profile
+pytestmark = [pytest.mark.full_profile, pytest.mark.slow]  # writes a 2.5 GB store once
 
 STORE = PROJECT_ROOT / ".models" / "full-ci"
 FAST_STEPS = 2  # runner jobs bypass the request schemas: two steps prove the path
@@ -128,6 +128,7 @@ def test_flux_runner_generates_with_the_language_model_upsampler(full_store):
     _one_image(result, (64, 48))
 
 
+@pytest.mark.served
 def test_serving_full_on_an_empty_store_ends_at_once_naming_the_model(tmp_path):
     env = {
         **os.environ,
@@ -154,6 +155,7 @@ def test_serving_full_on_an_empty_store_ends_at_once_naming_the_model(tmp_path):
     assert "model 'flux-depth-dev'" in out and "model 'sdxl-base'" in out
 
 
+@pytest.mark.served
 def test_gpu_check_at_the_ci_scale_serves_every_model_through_v1_and_v2(full_store, capsys):
     """`make gpu-check` on the CPU: the same script, the ci store, every model v1 and v2."""
     args = gpu_check.parse_args(["--scale", "ci", "--device", "cpu", "--store", str(STORE)])

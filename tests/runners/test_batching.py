@@ -160,13 +160,6 @@ def test_the_gateway_sends_one_sample_jobs_and_merges_their_results():
 # --- each runner, on the tiny models --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sd15(tiny_settings):
-    from runners.sd15_pipeline import SD15DepthPipelines
-
-    return SD15DepthPipelines(tiny_settings)
-
-
 def test_sd15_batch_equals_each_job_alone(sd15):
     other_image = Image.open(io.BytesIO(scene_image(80, 80)))
     jobs = [
@@ -191,13 +184,6 @@ def test_sd15_max_batch_size_bounds_every_call(tiny_settings):
     assert [r.batch_size for r in results] == [2, 2] and len(results[0].images) == 3
 
 
-@pytest.fixture(scope="module")
-def flux(tiny_settings):
-    from runners.flux_pipeline import FluxDepthPipeline
-
-    return FluxDepthPipeline(tiny_settings)
-
-
 def flux_job(**fields) -> FluxDepthJob:
     """Few steps; the most lenient safety tolerance, so only the blocked prompt is blocked."""
     return shared_jobs.flux_job(**{"steps": 4, "safety_tolerance": 6, **fields})
@@ -214,13 +200,6 @@ def test_flux_batch_equals_each_job_alone_and_a_blocked_prompt_fails_alone(flux)
     results = assert_batched_equals_alone(flux, jobs, [2, 2, 1, 1])
     assert results[2].failure is not None and results[2].failure.kind == "blocked"
     assert all(r.failure is None for i, r in enumerate(results) if i != 2)
-
-
-@pytest.fixture(scope="module")
-def instantid(tiny_settings):
-    from runners.instantid_pipeline import InstantIDPipelines
-
-    return InstantIDPipelines(tiny_settings)
 
 
 def test_instantid_batch_equals_each_job_alone_with_per_sample_strengths(instantid):
@@ -252,6 +231,7 @@ def test_insta_depth_batches_apart_from_instantid(instantid):
 # --- BentoML gathers concurrent calls --------------------------------------------------------
 
 
+@pytest.mark.served
 def test_a_served_runner_batches_concurrent_calls(tiny_settings):
     """The sd15 runner served on its own, called by 8 clients at once: BentoML's adaptive
     batching hands the pipeline several calls' jobs in one list."""

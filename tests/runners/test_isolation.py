@@ -114,13 +114,6 @@ def test_run_batched_never_raises_for_a_job(tiny_settings):
 # --- every runner, a full batch with crafted jobs, on the tiny models ------------------------
 
 
-@pytest.fixture(scope="module")
-def sd15(tiny_settings):
-    from runners.sd15_pipeline import SD15DepthPipelines
-
-    return SD15DepthPipelines(tiny_settings)
-
-
 def sd15_job(**fields):
     return shared_jobs.sd15_job(**{"num_inference_steps": 4, "output_format": "PNG", **fields})
 
@@ -136,13 +129,6 @@ def test_sd15_crafted_jobs_fail_alone_in_a_full_batch(sd15):
     assert_isolated(sd15, jobs, crafted={2, 5})
 
 
-@pytest.fixture(scope="module")
-def flux(tiny_settings):
-    from runners.flux_pipeline import FluxDepthPipeline
-
-    return FluxDepthPipeline(tiny_settings)
-
-
 def test_flux_crafted_jobs_fail_alone_in_full_batches(flux):
     def job(seed: int, **fields):
         return shared_jobs.flux_job(
@@ -153,13 +139,6 @@ def test_flux_crafted_jobs_fail_alone_in_full_batches(flux):
     jobs.insert(1, with_surrogate(job(90), "prompt"))
     jobs.insert(6, with_surrogate(job(91, prompt_upsampling=True), "prompt"))
     assert_isolated(flux, jobs, crafted={1, 6})
-
-
-@pytest.fixture(scope="module")
-def instantid(tiny_settings):
-    from runners.instantid_pipeline import InstantIDPipelines
-
-    return InstantIDPipelines(tiny_settings)
 
 
 def test_instantid_crafted_jobs_fail_alone_in_full_batches(instantid):

@@ -10,13 +10,11 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.runner_client import RunnerClient
 from gateway.tenancy.api_keys import hash_key
-from settings import Settings
+from tests.support import gateway_client
+from tests.support.gateway_client import SD15 as SD15  # the tenancy tests import it from here
 from tests.support.helpers import RecordingRunner, b64, scene_image
 
-SD15 = "sd1.5-controlnet-depth"
 FLUX = "flux-depth-pro"
 SD15_DEFAULT_COST = 20  # 1 sample × 20 steps (the schema's default) × 1 credit per step
 
@@ -46,15 +44,16 @@ def make_client(
     deadline_s: float = 30.0,
     **overrides: Any,
 ) -> TestClient:
-    """An in-process app (as `with make_client(...) as client`, so its worker runs) serving
-    `runners` (default: one RecordingRunner for sd1.5-controlnet-depth)."""
-    settings = Settings(
-        api_keys_file=keys_file, job_workers=1, job_visibility_timeout_s=1.0, shutdown_grace_s=1,
+    """tests/support/gateway_client.py's app with `keys_file` and quick v2 jobs (the tenancy tests
+    all watch jobs), serving `runners` (default: one RecordingRunner for sd1.5-controlnet-depth).
+    Use it as `with make_client(...) as client`, so its worker runs."""
+    return gateway_client.make_client(
+        runners=runners,
+        deadline_s=deadline_s,
+        quick_jobs=True,
+        api_keys_file=keys_file,
         **overrides,
-    )  # fmt: skip
-    calls = runners if runners is not None else {SD15: RecordingRunner()}
-    clients = {model: RunnerClient(model, call, deadline_s) for model, call in calls.items()}
-    return TestClient(create_app(settings, runners=clients), raise_server_exceptions=False)
+    )
 
 
 def sd15_body(**fields: Any) -> dict:
