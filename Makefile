@@ -16,7 +16,7 @@ PIP_INSTALL_SHOWN := $(BIN)/python -m pip install --disable-pip-version-check --
 # lacks them.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
+.PHONY: install serve test test-fast lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,8 +88,14 @@ image-tools:
 	@command -v podman >/dev/null && command -v debootstrap >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq podman debootstrap)
 
+# The whole suite (what CI runs, .ci/run): every tier of tests/, served instances, builds and all.
 test: lint models redis-server prometheus image-tools
 	$(BIN)/python -m pytest
+
+# The quick loop while coding: no served instance, no bento or image build, no load test
+# (markers `served` and `slow`, tests/conftest.py); about two minutes on a quiet machine.
+test-fast: lint models redis-server
+	$(BIN)/python -m pytest -m "not served and not slow"
 
 bench-latency: models
 	$(BIN)/python -m benchmarks.latency

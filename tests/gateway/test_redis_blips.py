@@ -33,6 +33,8 @@ from tests.support.api_key_helpers import (
 from tests.support.helpers import RecordingRunner, assert_error, free_port, wait_until
 from tests.support.redis_server import redis_server
 
+pytestmark = pytest.mark.slow  # restarts a real redis-server, again and again
+
 DOWN_S = 3.0  # longer than redis-py's default retries ride out (about 2 s)
 
 

@@ -8,9 +8,12 @@ import asyncio
 import statistics
 import time
 
+import pytest
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
 from runners import batch_hold
+
+pytestmark = pytest.mark.slow  # bursts and idle latencies of the dispatcher
 
 BATCH_S = 0.03  # a pipeline call: fixed cost
 PER_ITEM_S = 0.01  # plus this per job in the batch
