@@ -2,8 +2,8 @@
 a redis-server, and the one served instance; a tier's own fixtures are in its conftest.py.
 
 Tests are marked `served` (a real server process: `bentoml serve`, the Gateway on a port) or
-`slow` (other long work: bento build, image build, the full store); `make test-fast` runs the
-rest (`-m "not served and not slow"`)."""
+`slow` (other long work: bento and image builds, the full store, redis restarts); `make
+test-fast` runs the rest (`-m "not served and not slow"`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from tests.support.redis_server import redis_server
 from tests.support.served import serve_process
 
 SERVED_MAX_BODY_BYTES = 1_000_000
-# One served instance (`bentoml serve service:Gateway`, every runner) for the e2e modules.
+# One served instance (`bentoml serve service:Gateway`, every runner), shared by the tests
+# that ask for `served_url` or `served_process`.
 SERVED_ENV = {
     "DEPTHID_MAX_BODY_BYTES": str(SERVED_MAX_BODY_BYTES),
     # The URL test fetches from a server on loopback, which is refused unless allowed.
