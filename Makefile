@@ -16,7 +16,7 @@ PIP_INSTALL_SHOWN := $(BIN)/python -m pip install --disable-pip-version-check --
 # lacks them.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
+.PHONY: install serve test lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -166,6 +166,11 @@ LOADTEST_TARGET := --host http://$(HOST):$(PORT)
 endif
 loadtest: models
 	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m loadtests.run --profile $(LOADTEST_PROFILE) $(LOADTEST_TARGET)
+
+# The generated references, docs/configuration.md (from settings.py) and docs/metrics.md (from
+# gateway/metrics.py), written by docs/generate.py; a test fails while either is stale.
+docs: install
+	$(BIN)/python -m docs.generate
 
 clean:
 	rm -rf $(VENV) .models .pytest_cache .ruff_cache
