@@ -104,7 +104,7 @@ bench-gpu: install
 	$(BIN)/python -m benchmarks.gpu $(ARGS)
 
 # Each runner's GPU memory for its weights, computed from the real configs' parameter counts on
-# PyTorch's meta device (benchmarks/gpu_memory.py): the README's "GPU memory" tables.
+# PyTorch's meta device (benchmarks/gpu_memory.py): docs/performance.md's "GPU memory" tables.
 gpu-memory: install
 	$(BIN)/python -m benchmarks.gpu_memory
 
@@ -124,12 +124,12 @@ gpu-check: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
-# store; `make image` and `make image-gpu` build the images from it (README "Container").
+# store; `make image` and `make image-gpu` build the images from it (docs/deploy.md, "Container").
 bento: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml build
 
-# The container images (README "Container"), built with podman (docker where podman is missing)
-# from the Bento by container/build.sh, with this machine's pip settings passed into the build.
+# The container images (docs/deploy.md, "Container"), built with podman (docker where podman is
+# missing) from the Bento by container/build.sh, with this machine's pip settings passed into the build.
 # `make image`: the CPU image with the tiny models, proven by its smoke stage (all four models
 # answer); on BASE_IMAGE, or where that cannot be pulled on the Debian base `make image-base`
 # builds once with debootstrap (cached in IMAGE_CACHE). `make image-gpu`: the CUDA image of

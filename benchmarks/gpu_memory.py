@@ -3,7 +3,8 @@
 The real architectures (benchmarks/real_configs.py, and the configs of the three small models
 written below) are built on PyTorch's meta device (shapes only, no memory), their parameters
 counted, and priced at the dtype each runner uses on CUDA: fp16 (sd15, instantid) and bf16
-(flux), 2 bytes a parameter either way. Prints markdown tables for the README ("GPU memory"):
+(flux), 2 bytes a parameter either way. Prints markdown tables for docs/performance.md ("GPU
+memory"):
 
     python -m benchmarks.gpu_memory          # make gpu-memory
 

@@ -80,7 +80,7 @@ def test_both_are_off_by_default(tiny_settings):
     assert not pipelines.components["vae"].use_tiling
 
 
-# --- the README's computed table (benchmarks/gpu_memory.py) -------------------------------------
+# --- docs/performance.md's computed table (benchmarks/gpu_memory.py) ----------------------------
 
 
 def test_the_computed_table_counts_the_real_architectures():
