@@ -33,7 +33,8 @@ FULL_FLUX_TEXT_TOKENS = 512
 TINY_FLUX_TEXT_TOKENS = 64
 # flux-depth-pro: the classifier's P(nsfw) at or above which an output is blocked, for
 # safety_tolerance 1 (strictest) .. 6 (most permissive). Calibrated for the `full` profile's
-# Falconsai/nsfw_image_detection; docs/models.md ("Content safety") has the table.
+# Falconsai/nsfw_image_detection; docs/models.md ("Content safety" under flux-depth-pro) has
+# the table.
 DEFAULT_SAFETY_THRESHOLDS = (0.10, 0.20, 0.35, 0.50, 0.70, 0.90)
 # How long a Redis command keeps retrying a dropped connection (gateway/redis_client.py): long
 # enough for a Redis restart with a modest append-only file to load.
