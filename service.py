@@ -14,9 +14,9 @@ from typing import Any
 
 import bentoml
 
-from gateway import connection_guard, route_templates
 from gateway.app import create_app
-from gateway.middleware import JsonErrorBodies
+from gateway.http import connection_guard, route_templates
+from gateway.http.middleware import JsonErrorBodies
 from gateway.runner_client import RunnerClient
 from log_format import configure_logging
 from models.store import MissingModelError, check_runner_models

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import httpx
 
-from gateway.model_specs import MODEL_SPECS
+from gateway.schemas.registry import MODEL_SPECS
 from settings import PROJECT_ROOT, Settings
 from tests.helpers import b64, scene_image
 from tests.served import serve

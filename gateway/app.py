@@ -23,21 +23,22 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from gateway import metrics, v1, v2
-from gateway.api_keys import describe_keys, load_key_ring
+from gateway import metrics, v1
 from gateway.banner import announce_when_ready
-from gateway.credits import Credits, make_ledger
-from gateway.errors import ApiError, validation_to_api_error
-from gateway.job_store import JobStore, MemoryJobStore
-from gateway.middleware import RequestContextMiddleware
-from gateway.model_specs import MODEL_SPECS
-from gateway.openapi import install as install_openapi
-from gateway.openapi import profile_description
-from gateway.rate_limits import RateLimits, make_limit_store
+from gateway.http.errors import ApiError, validation_to_api_error
+from gateway.http.middleware import RequestContextMiddleware
+from gateway.http.openapi import install as install_openapi
+from gateway.http.openapi import profile_description
+from gateway.jobs import routes as v2
+from gateway.jobs.redis_store import RedisJobStore
+from gateway.jobs.store import JobStore, MemoryJobStore
+from gateway.jobs.worker import JobWorker
 from gateway.redis_client import UNAVAILABLE_ERRORS
-from gateway.redis_job_store import RedisJobStore
 from gateway.runner_client import RunnerClient
-from gateway.worker import JobWorker
+from gateway.schemas.registry import MODEL_SPECS
+from gateway.tenancy.api_keys import describe_keys, load_key_ring
+from gateway.tenancy.credits import Credits, make_ledger
+from gateway.tenancy.rate_limits import RateLimits, make_limit_store
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
     _add_error_handlers(app)
     _add_docs_and_fallback_routes(app)
     app.add_middleware(RequestContextMiddleware, settings=settings)
-    install_openapi(app)  # the contract's error answers in /openapi.json (gateway/openapi.py)
+    install_openapi(app)  # the contract's error answers in /openapi.json (gateway/http/openapi.py)
     return app
 
 

@@ -3,7 +3,7 @@
 `call` is whatever sends the jobs: BentoML's dependency proxy when served, the runner object
 itself in tests. A runner that cannot be reached is a 502, one past the deadline a 504.
 
-Every job goes with its deadline and a token (runners/jobs.py): the runner does not start a
+Every job goes with its deadline and a token (protocol/jobs.py): the runner does not start a
 job past its deadline. When the deadline passes here, or the caller goes away (the call is
 cancelled), the token is sent to the runner's `cancel` API, so the work stops there too
 (runners/deadlines.py).
@@ -27,16 +27,19 @@ import aiohttp
 from bentoml.exceptions import BentoMLException
 
 from gateway import metrics
-from gateway.errors import ApiError
+from gateway.http.errors import ApiError
 from log_format import joined_request_ids, request_ids_sent
-from runners.batching import merge_jobs, split_jobs
+from protocol.samples import merge_jobs, split_jobs
 
 logger = logging.getLogger(__name__)
 
 GenerateCall = Callable[[list[Any]], Awaitable[list[Any]]]
 ReadyCall = Callable[[], Awaitable[bool]]
 CancelCall = Callable[[list[str]], Awaitable[Any]]
-READY_PROBE_TIMEOUT_S = 3.0  # well inside a Kubernetes probe's default 1s period x threshold
+# How long a runner's readiness (and cancel) route may take: the Gateway's /readyz asks it, so
+# it stays inside that probe's 5 s timeout (k8s/base/gateway.yaml) and a hung runner reads
+# "not ready" rather than failing the probe.
+READY_PROBE_TIMEOUT_S = 3.0
 
 
 class RunnerClient:

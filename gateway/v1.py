@@ -12,17 +12,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from gateway.admission import Admitted
-from gateway.api_keys import Tenant
-from gateway.errors import ApiError
-from gateway.ignored_fields import ignored_fields, ignored_fields_headers
-from gateway.model_specs import MODEL_SPECS
-from gateway.openapi import V1_BASE64_SCHEMA
+from gateway.http.errors import ApiError
+from gateway.http.openapi import V1_BASE64_SCHEMA
 from gateway.responses import v1_response
 from gateway.schemas import flux_depth, insta_depth, instantid, sd15_depth
-from runners.jobs import JobFailure
+from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
+from gateway.schemas.registry import MODEL_SPECS
+from gateway.tenancy.admission import admitted_to
+from gateway.tenancy.api_keys import Tenant
+from protocol.jobs import JobFailure
 
 router = APIRouter(prefix="/v1", tags=["v1 (synchronous)"])
+
+# Key, model and request rate, checked before the body is validated (401/403/429 before 400).
+SD15Admitted = admitted_to(sd15_depth.MODEL)
+InstantIDAdmitted = admitted_to(instantid.MODEL)
+InstaDepthAdmitted = admitted_to(insta_depth.MODEL)
+FluxAdmitted = admitted_to(flux_depth.MODEL)
 
 DISCONNECT_POLL_S = 0.25  # how often a generation checks that its caller is still there
 CLIENT_GONE = 499  # the caller closed the connection (nginx's code; nobody reads the answer)
@@ -47,8 +53,8 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant) -> Response:
-    """The caller is admitted (key, model, request rate: gateway/admission.py) and `body` valid;
-    now a concurrency slot, the images decoded into a job, the credits, the runner."""
+    """The caller is admitted (key, model, request rate: gateway/tenancy/admission.py) and
+    `body` valid; now a concurrency slot, the images decoded into a job, the credits, the runner."""
     spec = MODEL_SPECS[model]
     state = request.app.state
     async with state.rate_limits.in_flight(tenant):  # 429: too many jobs at once
@@ -108,7 +114,7 @@ def failure_error(failure: JobFailure, request_id: str) -> ApiError:
     responses=IMAGE_RESPONSES,
 )
 async def sd15_controlnet_depth(
-    body: sd15_depth.SD15DepthRequest, request: Request, tenant: Admitted
+    body: sd15_depth.SD15DepthRequest, request: Request, tenant: SD15Admitted
 ) -> Response:
     return await generate(request, sd15_depth.MODEL, body, tenant)
 
@@ -129,7 +135,7 @@ FACE_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=FACE_RESPONSES,
 )
 async def instantid_route(
-    body: instantid.InstantIDRequest, request: Request, tenant: Admitted
+    body: instantid.InstantIDRequest, request: Request, tenant: InstantIDAdmitted
 ) -> Response:
     return await generate(request, instantid.MODEL, body, tenant)
 
@@ -141,7 +147,7 @@ async def instantid_route(
     responses=FACE_RESPONSES,
 )
 async def insta_depth_route(
-    body: insta_depth.InstaDepthRequest, request: Request, tenant: Admitted
+    body: insta_depth.InstaDepthRequest, request: Request, tenant: InstaDepthAdmitted
 ) -> Response:
     return await generate(request, insta_depth.MODEL, body, tenant)
 
@@ -167,6 +173,6 @@ FLUX_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=FLUX_RESPONSES,
 )
 async def flux_depth_pro(
-    body: flux_depth.FluxDepthRequest, request: Request, tenant: Admitted
+    body: flux_depth.FluxDepthRequest, request: Request, tenant: FluxAdmitted
 ) -> Response:
     return await generate(request, flux_depth.MODEL, body, tenant)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from runners.jobs import GenerationResult, JobFailure
+from protocol.jobs import GenerationResult, JobFailure
 
 # A cancelled token is remembered this long: longer than any job waits in a runner's queue.
 CANCEL_MEMORY_S = 3600.0

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from runners.jobs import OutputFormat
+from protocol.jobs import OutputFormat
 
 JPEG_QUALITY = 95  # high enough that JPEG artefacts never dominate a generated image
 

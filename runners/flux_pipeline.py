@@ -17,6 +17,7 @@ from diffusers import FluxControlPipeline
 from PIL import Image
 
 from models.store import require_model
+from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure
 from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
@@ -31,7 +32,6 @@ from runners.batching import run_batched
 from runners.depth import DepthEstimator
 from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
-from runners.jobs import FluxDepthJob, GenerationResult, JobFailure
 from runners.prompt_filter import PromptFilter
 from runners.safety import SafetyChecker
 from runners.upsampler import make_upsampler

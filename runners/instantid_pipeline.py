@@ -26,6 +26,7 @@ from models.manifest import (
     weights_variant,
 )
 from models.store import require_model
+from protocol.jobs import GenerationResult, InstantIDJob, JobFailure
 from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
@@ -43,7 +44,6 @@ from runners.encoding import encode_image
 from runners.faces import DetectedFace, FaceAnalyzer, draw_keypoints, face_region_mask
 from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
-from runners.jobs import GenerationResult, InstantIDJob, JobFailure
 from runners.prompt_weighting import token_count
 from settings import Settings
 

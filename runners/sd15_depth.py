@@ -9,8 +9,8 @@ from __future__ import annotations
 import bentoml
 
 from log_format import requests_of
+from protocol.jobs import SD15DepthJob
 from runners import deadlines
-from runners.jobs import SD15DepthJob
 from runners.service_config import (
     GenerationResults,
     batching_options,

@@ -22,6 +22,7 @@ from PIL import Image
 
 from models.manifest import weights_variant
 from models.store import require_model
+from protocol.jobs import GenerationResult, SD15DepthJob
 from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
@@ -36,7 +37,6 @@ from runners.batching import run_batched
 from runners.depth import DepthEstimator
 from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
-from runners.jobs import GenerationResult, SD15DepthJob
 from runners.prompt_weighting import encode_sd15, token_count
 from runners.schedulers import make_scheduler
 from settings import Settings

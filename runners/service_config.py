@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from bentoml.validators import ContentType
 
 from log_format import configure_logging
+from protocol.jobs import GenerationResult
 from runners import batch_hold
-from runners.jobs import GenerationResult
 from settings import Settings, get_settings
 from tracing import tracing_options
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from gateway.api_keys import hash_key
 from gateway.app import create_app
 from gateway.runner_client import RunnerClient
+from gateway.tenancy.api_keys import hash_key
 from settings import Settings
 from tests.helpers import RecordingRunner, b64, scene_image
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 from PIL import Image, ImageDraw
 
+from protocol.jobs import GenerationResult, JobFailure
 from runners.encoding import encode_image
-from runners.jobs import GenerationResult, JobFailure
 
 
 def scene_image(width: int = 96, height: int = 64, fmt: str = "PNG") -> bytes:

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from runners.jobs import FluxDepthJob, InstantIDJob, SD15DepthJob
+from protocol.jobs import FluxDepthJob, InstantIDJob, SD15DepthJob
 from tests.face_images import payload_face
 from tests.helpers import scene_image
 

@@ -30,6 +30,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from models.store import require_model
+from protocol.jobs import SD15DepthJob
 from runners import acceleration
 from runners.acceleration import (
     Accelerations,
@@ -43,7 +44,6 @@ from runners.acceleration import (
     resolve_accelerations,
 )
 from runners.ip_adapter_attention import FaceAdapterAttnProcessor, SelfAttnProcessor
-from runners.jobs import SD15DepthJob
 from settings import Settings
 from tests.helpers import scene_image
 

@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
-from gateway.api_keys import ApiKeysFileError, main
 from gateway.app import create_app
+from gateway.tenancy.api_keys import ApiKeysFileError, main
 from settings import Settings
 from tests.api_key_helpers import (
     FLUX,

@@ -1,4 +1,5 @@
-"""`python -m gateway.api_keys add` / `check`, and the Gateway's start-up line about keys."""
+"""`python -m gateway.tenancy.api_keys add` / `check`, and the Gateway's start-up line about
+keys."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import stat
 
 from fastapi.testclient import TestClient
 
-from gateway.api_keys import main
 from gateway.app import create_app
+from gateway.tenancy.api_keys import main
 from settings import Settings
 from tests.api_key_helpers import SD15, entry, make_client, sd15_body, write_keys
 from tests.helpers import RecordingRunner

@@ -172,8 +172,8 @@ def test_an_unreadable_url_is_400_naming_the_field(client, recorder, route, url)
 
 @pytest.mark.parametrize("url", ["http://xn--zz/a.png", "http://xn--/", "http://xn--a.com/"])
 def test_the_url_fetcher_refuses_what_it_cannot_parse(url):
-    from gateway.errors import ApiError
-    from gateway.url_fetch import fetch_image_url
+    from gateway.http.errors import ApiError
+    from gateway.schemas.url_fetch import fetch_image_url
 
     with pytest.raises(ApiError) as refused:
         asyncio.run(fetch_image_url(url, field="pose_image", settings=Settings()))

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runners.batching import merge_results, run_batched, split_samples
-from runners.jobs import FluxDepthJob, GenerationResult, JobFailure, SD15DepthJob
+from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure, SD15DepthJob
+from protocol.samples import merge_results, split_samples
+from runners.batching import run_batched
 from runners.service_config import batching_options
 from tests import jobs as shared_jobs
 from tests.face_images import face_picture, payload_face, payload_pose

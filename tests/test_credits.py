@@ -14,16 +14,17 @@ import pytest
 import redis
 from fastapi.datastructures import State
 
-from gateway import metrics, v2
-from gateway.credits import Credits, RedisCreditLedger
-from gateway.job_store import JobRecord
-from gateway.model_specs import MODEL_SPECS
-from gateway.rate_limits import MemoryLimitStore, RateLimits
-from gateway.redis_job_store import RedisJobStore
+from gateway import metrics
+from gateway.jobs import routes as v2
+from gateway.jobs.redis_store import RedisJobStore
+from gateway.jobs.store import JobRecord
+from gateway.jobs.worker import JobWorker
 from gateway.runner_client import RunnerClient
 from gateway.schemas import sd15_depth
-from gateway.worker import JobWorker
-from runners.jobs import JobFailure
+from gateway.schemas.registry import MODEL_SPECS
+from gateway.tenancy.credits import Credits, RedisCreditLedger
+from gateway.tenancy.rate_limits import MemoryLimitStore, RateLimits
+from protocol.jobs import JobFailure
 from settings import Settings
 from tests.api_key_helpers import (
     SD15,

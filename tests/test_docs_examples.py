@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from gateway import examples
 from gateway.app import create_app
-from gateway.model_specs import MODEL_SPECS
+from gateway.http import examples
 from gateway.runner_client import RunnerClient
+from gateway.schemas.registry import MODEL_SPECS
 from settings import Settings
 from tests.helpers import RecordingRunner
 

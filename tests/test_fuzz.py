@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import Status, events
 
-from gateway.json_limits import IMAGE_FIELDS
+from gateway.http.json_limits import IMAGE_FIELDS
 from settings import PROJECT_ROOT
 
 MAX_EXAMPLES = 10  # per operation and phase: the whole run takes seconds, a generation 0.3 s

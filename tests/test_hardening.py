@@ -3,7 +3,7 @@ holding huge strings or numbers (400), image URLs that reach internal hosts, dec
 bombs (413), and answers that would show a trace or a server path.
 
 In process (create_app, a recording runner) for the contract's answers; the image URL guard is
-driven through gateway/url_fetch.py against a local host on 127.0.0.1, as in
+driven through gateway/schemas/url_fetch.py against a local host on 127.0.0.1, as in
 test_image_input.py (whose tests cover the rest of the guard); one test runs on the served
 Gateway, for the errors BentoML answers itself.
 """
@@ -28,11 +28,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from gateway.app import create_app
-from gateway.errors import ApiError
-from gateway.images import load_image
-from gateway.json_limits import IMAGE_FIELDS
-from gateway.middleware import JsonErrorBodies
+from gateway.http.errors import ApiError
+from gateway.http.json_limits import IMAGE_FIELDS
+from gateway.http.middleware import JsonErrorBodies
 from gateway.runner_client import RunnerClient
+from gateway.schemas.images import load_image
 from settings import PROJECT_ROOT, Settings
 from tests.helpers import RecordingRunner, assert_error, b64, scene_image
 from tests.test_image_input import fake_dns, serve

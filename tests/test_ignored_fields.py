@@ -10,8 +10,8 @@ from urllib.parse import unquote
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.ignored_fields import MAX_HEADER_CHARS, ignored_fields_headers
 from gateway.runner_client import RunnerClient
+from gateway.schemas.ignored_fields import MAX_HEADER_CHARS, ignored_fields_headers
 from settings import Settings
 from tests.helpers import RecordingRunner, assert_error, b64, scene_image
 

@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.normalize import MAX_SEED
 from gateway.runner_client import RunnerClient
 from gateway.schemas import insta_depth
-from gateway.styles import STYLES
-from runners.jobs import InstantIDJob, JobFailure
+from gateway.schemas.normalize import MAX_SEED
+from gateway.schemas.styles import STYLES
+from protocol.jobs import InstantIDJob, JobFailure
 from settings import Settings
 from tests.face_images import b64_image, face_picture, payload_face, payload_pose
 from tests.helpers import RecordingRunner, assert_bound, assert_error, b64

@@ -17,8 +17,8 @@ from PIL import Image
 
 from gateway.app import create_app
 from gateway.runner_client import RunnerClient
+from protocol.jobs import GenerationResult
 from runners.batching import INTERNAL_FAILURE, run_batched, run_isolated
-from runners.jobs import GenerationResult
 from settings import Settings
 from tests import jobs as shared_jobs
 from tests.face_images import payload_face, payload_pose

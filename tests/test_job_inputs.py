@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from gateway.app import make_job_store
-from gateway.job_store import JobRecord
+from gateway.jobs.store import JobRecord
 from settings import Settings
 
 INPUTS = '{"image": "' + "A" * 100_000 + '"}'  # stands for a job's base64 images

@@ -22,9 +22,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway import route_templates
-from gateway.api_keys import KeysFile, hash_key
-from gateway.redis_job_store import QUEUE
+from gateway.http import route_templates
+from gateway.jobs.redis_store import QUEUE
+from gateway.tenancy.api_keys import KeysFile, hash_key
 from settings import PROJECT_ROOT, Settings
 
 K8S = PROJECT_ROOT / "k8s"

@@ -121,7 +121,7 @@ configure_server_logging()
 from log_format import configure_logging, request_id_var
 configure_logging("{log_format}")
 request_id_var.set("sub-1")
-logging.getLogger("gateway.worker").info("our line %s", 1)
+logging.getLogger("gateway.jobs.worker").info("our line %s", 1)
 logging.getLogger("bentoml.access").info("127.0.0.1:5 (path=/v1) (status=200) 3ms")
 warnings.warn("a library warning")
 """
@@ -130,7 +130,11 @@ warnings.warn("a library warning")
 def test_under_bentoml_every_line_is_json_with_the_request_id() -> None:
     output = run_python(UNDER_BENTOML.format(log_format="json")).stdout
     lines = [json.loads(line) for line in output.splitlines()]
-    assert [line["logger"] for line in lines] == ["gateway.worker", "bentoml.access", "py.warnings"]
+    assert [line["logger"] for line in lines] == [
+        "gateway.jobs.worker",
+        "bentoml.access",
+        "py.warnings",
+    ]
     assert lines[0]["message"] == "our line 1" and lines[0]["level"] == "INFO"
     assert {line["request_id"] for line in lines} == {"sub-1"}
 
@@ -139,7 +143,7 @@ def test_text_format_keeps_the_request_id() -> None:
     output = run_python(UNDER_BENTOML.format(log_format="text")).stdout
     lines = [line for line in output.splitlines() if line]  # the warning ends with a newline
     assert len(lines) == 3 and all("[request_id=sub-1]" in line for line in lines)
-    assert "INFO gateway.worker" in lines[0]
+    assert "INFO gateway.jobs.worker" in lines[0]
 
 
 def test_outside_bentoml_logging_is_left_alone() -> None:

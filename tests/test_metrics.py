@@ -19,12 +19,13 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import metrics, route_templates
+from gateway import metrics
 from gateway.app import create_app, make_job_store
-from gateway.job_store import JobRecord
-from gateway.middleware import metric_labels
-from gateway.model_specs import MODEL_SPECS
+from gateway.http import route_templates
+from gateway.http.middleware import metric_labels
+from gateway.jobs.store import JobRecord
 from gateway.runner_client import GenerateCall, RunnerClient
+from gateway.schemas.registry import MODEL_SPECS
 from settings import PROJECT_ROOT, Settings
 from tests.helpers import RecordingRunner, b64, scene_image, wait_until
 
@@ -157,8 +158,9 @@ def test_v2_reports_queue_depth_and_queue_wait() -> None:
 
 FRESH_PROCESS_EXPOSITION = """
 from prometheus_client import generate_latest
-from gateway import metrics, route_templates
-from gateway.model_specs import MODEL_SPECS
+from gateway import metrics
+from gateway.http import route_templates
+from gateway.schemas.registry import MODEL_SPECS
 metrics.expose_known_series(list(MODEL_SPECS))
 print(generate_latest().decode())
 """

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from gateway import metrics
-from gateway.rate_limits import MemoryLimitStore, RedisLimitStore
-from runners.jobs import JobFailure
+from gateway.tenancy.rate_limits import MemoryLimitStore, RedisLimitStore
+from protocol.jobs import JobFailure
 from tests.api_key_helpers import (
     SD15,
     HeldRunner,

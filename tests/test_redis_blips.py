@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from gateway import redis_client
-from gateway.api_keys import Tenant
-from gateway.credits import Credits, RedisCreditLedger
-from gateway.job_store import JobRecord
-from gateway.rate_limits import RateLimits, RedisLimitStore
-from gateway.redis_job_store import RedisJobStore
+from gateway.jobs.redis_store import RedisJobStore
+from gateway.jobs.store import JobRecord
+from gateway.tenancy.api_keys import Tenant
+from gateway.tenancy.credits import Credits, RedisCreditLedger
+from gateway.tenancy.rate_limits import RateLimits, RedisLimitStore
 from settings import Settings
 from tests.api_key_helpers import (
     SD15,

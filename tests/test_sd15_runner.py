@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runners.jobs import SD15DepthJob
+from protocol.jobs import SD15DepthJob
 from runners.schedulers import SCHEDULERS, make_scheduler
 from tests.jobs import pixels
 from tests.jobs import sd15_job as job

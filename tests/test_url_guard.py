@@ -1,4 +1,5 @@
-"""The image URL guard against IANA's Special-Purpose Address Registries (gateway/url_fetch.py).
+"""The image URL guard (gateway/schemas/url_fetch.py) against IANA's Special-Purpose Address
+Registries.
 
 Every block of the IPv4 and IPv6 registries whose "Globally Reachable" is False (or N/A: not
 reachable at all) is refused at its first, a middle and its last address, whatever Python's
@@ -15,8 +16,8 @@ import socket
 
 import pytest
 
-from gateway.errors import ApiError
-from gateway.url_fetch import _is_allowed, fetch_image_url
+from gateway.http.errors import ApiError
+from gateway.schemas.url_fetch import _is_allowed, fetch_image_url
 from settings import Settings
 
 IPV4_NOT_GLOBAL = [

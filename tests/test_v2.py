@@ -19,8 +19,8 @@ from PIL import Image
 
 from gateway.app import create_app, make_job_store
 from gateway.runner_client import RunnerClient
+from protocol.jobs import GenerationResult, JobFailure
 from runners.encoding import encode_image
-from runners.jobs import GenerationResult, JobFailure
 from settings import Settings
 from tests.helpers import b64, scene_image, wait_until
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from gateway.job_store import JobRecord, QueueFull
-from gateway.redis_job_store import RedisJobStore
+from gateway.jobs.redis_store import RedisJobStore
+from gateway.jobs.store import JobRecord, QueueFull
 from tests.redis_server import redis_server
 
 

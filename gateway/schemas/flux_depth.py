@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gateway.images import input_side_limit, load_image
-from gateway.normalize import MAX_SEED, output_size, resolve_seed
-from runners.jobs import FluxDepthJob, OutputFormat
+from gateway.schemas.base import RequestSchema
+from gateway.schemas.images import input_side_limit, load_image
+from gateway.schemas.normalize import MAX_SEED, output_size, resolve_seed
+from protocol.jobs import FluxDepthJob, OutputFormat
 from settings import Settings
 
 MODEL = "flux-depth-pro"
@@ -26,11 +27,7 @@ OUTPUT_FORMATS: dict[str, tuple[OutputFormat, str]] = {
 }
 
 
-class FluxDepthRequest(BaseModel):
-    # strict: a known field with the wrong JSON type is an error, never silently coerced;
-    # extra="ignore": fields outside the table are ignored, as the contract says.
-    model_config = ConfigDict(strict=True, extra="ignore")
-
+class FluxDepthRequest(RequestSchema):
     control_image: str = Field(
         description="Control image: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP). Its "
         "depth map guides the generation."

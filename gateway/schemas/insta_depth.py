@@ -7,11 +7,12 @@ and a depth weight that lets the pose's depth shape the picture without overridi
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gateway.normalize import MAX_SEED, resolve_seed
+from gateway.schemas.base import RequestSchema
 from gateway.schemas.instantid import framed_size, load_faces
-from runners.jobs import InstantIDJob
+from gateway.schemas.normalize import MAX_SEED, resolve_seed
+from protocol.jobs import InstantIDJob
 from settings import Settings
 
 MODEL = "insta-depth"
@@ -22,11 +23,7 @@ DEPTH_STRENGTH = 0.5
 ENHANCE_FACE_REGION = True
 
 
-class InstaDepthRequest(BaseModel):
-    # strict: a known field with the wrong JSON type is an error, never silently coerced;
-    # extra="ignore": fields outside the table are ignored, as the contract says.
-    model_config = ConfigDict(strict=True, extra="ignore")
-
+class InstaDepthRequest(RequestSchema):
     face_image: str = Field(
         description="The identity: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP). Its "
         "largest face is used."

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gateway.images import DecodedImage, input_side_limit, load_image
-from gateway.normalize import MAX_SEED, output_size, resolve_seed
-from gateway.styles import NO_STYLE, StyleName, apply_style
-from runners.jobs import InstantIDJob
+from gateway.schemas.base import RequestSchema
+from gateway.schemas.images import DecodedImage, input_side_limit, load_image
+from gateway.schemas.normalize import MAX_SEED, output_size, resolve_seed
+from gateway.schemas.styles import NO_STYLE, StyleName, apply_style
+from protocol.jobs import InstantIDJob
 from settings import Settings
 
 MODEL = "instantid"
 SIZE_MULTIPLE = 64  # the contract: SDXL output sides are multiples of 64
 
 
-class InstantIDRequest(BaseModel):
-    # strict: a known field with the wrong JSON type is an error, never silently coerced;
-    # extra="ignore": fields outside the table are ignored, as the contract says.
-    model_config = ConfigDict(strict=True, extra="ignore")
-
+class InstantIDRequest(RequestSchema):
     face_image: str = Field(
         description="The identity: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP). Its "
         "largest face is used."

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gateway.images import input_side_limit, load_image
-from gateway.normalize import MAX_SEED, output_size, resolve_seed
-from runners.jobs import SD15DepthJob
+from gateway.schemas.base import RequestSchema
+from gateway.schemas.images import input_side_limit, load_image
+from gateway.schemas.normalize import MAX_SEED, output_size, resolve_seed
+from protocol.jobs import SD15DepthJob
 from settings import Settings
 
 MODEL = "sd1.5-controlnet-depth"
@@ -30,11 +31,7 @@ Scheduler = Literal[
 ]
 
 
-class SD15DepthRequest(BaseModel):
-    # strict: a known field with the wrong JSON type is an error, never silently coerced;
-    # extra="ignore": fields outside the table are ignored, as the contract says.
-    model_config = ConfigDict(strict=True, extra="ignore")
-
+class SD15DepthRequest(RequestSchema):
     image: str = Field(
         description="Input image: http(s) URL, data: URI, or base64 (JPEG/PNG/WebP)."
     )

@@ -16,7 +16,7 @@ from functools import cache
 
 import httpx
 
-from gateway.errors import ApiError
+from gateway.http.errors import ApiError
 from settings import Settings
 
 logger = logging.getLogger(__name__)

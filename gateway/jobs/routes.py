@@ -1,5 +1,5 @@
 """v2: asynchronous generation. Submit admits and validates exactly as v1 and answers at once;
-the worker (gateway/worker.py) runs the job; the request routes report on it, to the key that
+the worker (gateway/jobs/worker.py) runs the job; the request routes report on it, to the key that
 submitted it only, until it expires."""
 
 from __future__ import annotations
@@ -14,13 +14,8 @@ from fastapi.datastructures import State
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from gateway.admission import Admitted
-from gateway.api_keys import Authenticated, Tenant
-from gateway.errors import ApiError, validation_to_api_error
-from gateway.ignored_fields import ignored_fields, ignored_fields_headers
-from gateway.job_store import JobRecord, JobStore, QueueFull, Status
-from gateway.model_specs import MODEL_SPECS, ModelSpec
-from gateway.openapi import (
+from gateway.http.errors import ApiError, validation_to_api_error
+from gateway.http.openapi import (
     V2_MODEL,
     V2_OUTPUT_RESPONSES,
     V2_RESULT_RESPONSES,
@@ -28,8 +23,13 @@ from gateway.openapi import (
     V2_SUBMIT_BODY,
     V2_SUBMIT_OK,
 )
-from gateway.rate_limits import too_many
-from gateway.responses import PROMPT_TRUNCATED_HEADER
+from gateway.jobs.store import JobRecord, JobStore, QueueFull, Status
+from gateway.responses import v2_result_headers
+from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
+from gateway.schemas.registry import MODEL_SPECS, ModelSpec
+from gateway.tenancy.admission import Admitted
+from gateway.tenancy.api_keys import Authenticated, Tenant
+from gateway.tenancy.rate_limits import too_many
 
 router = APIRouter(prefix="/v2", tags=["v2 (asynchronous)"])
 
@@ -169,10 +169,7 @@ async def result(request_id: str, request: Request, tenant: Authenticated) -> JS
         return JSONResponse(_status_body(record), status_code=202)
     headers = await request.app.state.credits.remaining_headers(tenant)
     if record.status == "COMPLETED" and record.result is not None:
-        headers["x-seed"] = str(record.result["seed"])
-        headers["x-inference-time"] = f"{record.result['metrics']['inference_time']:.4f}"
-        if record.result.get("prompt_truncated"):
-            headers[PROMPT_TRUNCATED_HEADER] = "true"
+        headers.update(v2_result_headers(record.result))
         return JSONResponse(record.result, headers=headers)
     return JSONResponse(record.result or _status_body(record), status_code=422, headers=headers)
 

@@ -16,10 +16,10 @@ from http import HTTPStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
-from gateway.errors import ApiError
-from gateway.ignored_fields import STATE_KEY as BODY_FIELDS_KEY
-from gateway.json_limits import NotJson, check_json_body
-from gateway.model_specs import MODEL_SPECS
+from gateway.http.errors import ApiError
+from gateway.http.json_limits import NotJson, check_json_body
+from gateway.schemas.ignored_fields import STATE_KEY as BODY_FIELDS_KEY
+from gateway.schemas.registry import MODEL_SPECS
 from log_format import request_id_var
 from settings import Settings
 
@@ -109,9 +109,9 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
     async def _check_json(self, scope: Scope, body: bytes) -> None:
-        """Every body this API takes is a JSON object: check it (gateway/json_limits.py), keep
-        its field names for the routes (gateway/ignored_fields.py), and let FastAPI read it as
-        JSON whatever Content-Type it came with (`curl -d` sends a form's)."""
+        """Every body this API takes is a JSON object: check it (gateway/http/json_limits.py),
+        keep its field names for the routes (gateway/schemas/ignored_fields.py), and let FastAPI
+        read it as JSON whatever Content-Type it came with (`curl -d` sends a form's)."""
         content_type = _content_type(scope)
         try:
             if len(body) > OFF_LOOP_BODY_BYTES:

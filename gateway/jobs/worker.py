@@ -19,12 +19,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from gateway import metrics
-from gateway.errors import ApiError
-from gateway.job_store import JobRecord, JobStore, Status
-from gateway.model_specs import MODEL_SPECS
+from gateway.http.errors import ApiError
+from gateway.jobs.store import JobRecord, JobStore, Status
 from gateway.runner_client import RunnerClient
+from gateway.schemas.registry import MODEL_SPECS
 from log_format import request_id_var
-from runners.jobs import GenerationResult
+from protocol.jobs import GenerationResult
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,10 @@ def completed_body(record: JobRecord, result: GenerationResult) -> dict:
         "seed": result.seed,
         "metrics": {"inference_time": result.inference_time, "queue_time": queue_time},
     }
-    if result.prompt_truncated:  # as the v1 answer's x-prompt-truncated header
+    # What v1 says in x-prompt-used / x-prompt-truncated; the v2 result answers both in its
+    # body and in the same headers (gateway/responses.py).
+    if result.prompt_used is not None:
+        body["prompt_used"] = result.prompt_used
+    if result.prompt_truncated:
         body["prompt_truncated"] = True
     return body

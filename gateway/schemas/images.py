@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gateway.errors import ApiError
-from gateway.url_fetch import fetch_image_url
+from gateway.http.errors import ApiError
+from gateway.schemas.url_fetch import fetch_image_url
 from settings import Settings
 
 # Pillow's format names. Image.open tries only these decoders, so no other parser sees the bytes.

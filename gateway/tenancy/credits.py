@@ -2,7 +2,7 @@
 
 A key with `credits` in the keys file may spend that many in all; the ledger counts what each
 key has spent, so raising a key's `credits` tops it up. A request costs
-`ModelSpec.credit_cost` (gateway/model_specs.py). It is charged after the request is validated
+`ModelSpec.credit_cost` (gateway/schemas/registry.py). It is charged after the request is validated
 and before any runner work; a generation that fails gives its charge back (v1: as it answers;
 v2: when the job is FAILED, by the one worker whose write made it so). A key without `credits`
 (and every caller when keys are off) is never charged and gets no `x-remaining-credits`.
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway import metrics
-from gateway.api_keys import Tenant
-from gateway.errors import ApiError
+from gateway.http.errors import ApiError
 from gateway.redis_client import connect, settle
+from gateway.tenancy.api_keys import Tenant
 from settings import DEFAULT_REDIS_RETRY_S, Settings
 
 HEADER = "x-remaining-credits"

@@ -21,8 +21,8 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path
 from fastapi.openapi.utils import get_openapi
 
-from gateway.examples import request_examples
-from gateway.model_specs import MODEL_SPECS
+from gateway.http.examples import request_examples
+from gateway.schemas.registry import MODEL_SPECS
 from settings import Settings
 
 ERROR_SCHEMA: dict[str, Any] = {

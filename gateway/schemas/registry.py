@@ -1,7 +1,7 @@
 """What the Gateway knows of each model: its request schema, how a request becomes a runner
 job, what its images are and what it costs. v2 routes and the v2 worker look models up here.
 
-Credits (when a key has them, see gateway/credits.py): a request costs
+Credits (when a key has them, see gateway/tenancy/credits.py): a request costs
 ``samples × steps × credits_per_step``. One credit is one denoising step of one image of
 sd1.5-controlnet-depth at its full-profile size (512 px); the other models' prices per step are
 rough multiples of it by GPU work per step (SDXL at 1024 px with its ControlNets; Flux's 12B
@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.schemas import flux_depth, insta_depth, instantid, sd15_depth
-from runners.jobs import FluxDepthJob, InstantIDJob, SD15DepthJob
+from protocol.jobs import FluxDepthJob, InstantIDJob, SD15DepthJob
 from settings import Settings
 
 ToJob = Callable[[Any, str, Settings], Awaitable[BaseModel]]

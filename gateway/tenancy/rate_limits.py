@@ -26,9 +26,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from gateway import metrics
-from gateway.api_keys import Tenant
-from gateway.errors import ApiError
+from gateway.http.errors import ApiError
 from gateway.redis_client import connect, settle
+from gateway.tenancy.api_keys import Tenant
 from settings import DEFAULT_REDIS_RETRY_S, Settings
 
 WINDOW_MS = 60_000  # limits are per minute; time is counted in whole ms, so sums stay exact

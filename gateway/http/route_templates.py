@@ -15,7 +15,7 @@ from __future__ import annotations
 from bentoml._internal.server.http import instruments
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.model_specs import MODEL_SPECS
+from gateway.schemas.registry import MODEL_SPECS
 
 # Paths served as they are: BentoML's system routes, our docs, and the runners. APIs (a
 # runner started by `bentoml serve service:Gateway` imports this module too).

@@ -8,7 +8,7 @@
 - The 400 uvicorn answers itself for a request its parser refuses (`Content-Length: abc`)
   carries the contract's JSON body instead of plain text.
 
-The request body's own deadline is the middleware's (gateway/middleware.py), where the body is
+The request body's own deadline is the middleware's (gateway/http/middleware.py), where the body is
 read. Both run on uvicorn's httptools protocol, the one used whenever httptools is installed (a
 dependency, pyproject.toml); `install` patches that class's connection hooks, in the process
 that imports service.py, before uvicorn serves.

@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 
-from gateway.job_store import JobRecord, QueueFull
+from gateway.jobs.store import JobRecord, QueueFull
 from gateway.redis_client import connect
 from settings import DEFAULT_REDIS_RETRY_S
 

@@ -14,11 +14,11 @@ cannot be brute-forced back into keys, which is all a slow hash buys for guessab
 and a fast hash keeps the check per request at microseconds, a dictionary lookup by hash that
 never compares secrets character by character.
 
-    python -m gateway.api_keys new --name team-a [--models M ...] [--credits N]
+    python -m gateway.tenancy.api_keys new --name team-a [--models M ...] [--credits N]
 prints a new key once, and the entry to add to the file;
-    python -m gateway.api_keys add --file keys.json --name team-a [...]
+    python -m gateway.tenancy.api_keys add --file keys.json --name team-a [...]
 makes a key and appends its entry to the file (creating it);
-    python -m gateway.api_keys check --file keys.json
+    python -m gateway.tenancy.api_keys check --file keys.json
 checks a file by the rules the Gateway starts with.
 """
 
@@ -39,8 +39,9 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.errors import ApiError
-from gateway.model_specs import MODEL_SPECS
+from gateway.http.errors import ApiError
+from gateway.schemas.registry import MODEL_SPECS
+from gateway.tenancy import ANONYMOUS
 from settings import Settings, get_settings
 
 HEADER = "x-api-key"
@@ -48,7 +49,6 @@ KEY_PREFIX = "did_"  # makes a DepthID key recognisable (secret scanners, suppor
 KEY_BYTES = 32  # 256 random bits
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # safe in Redis keys, logs and labels
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-ANONYMOUS = "anonymous"  # the one tenant when keys are off; reserved, never a key's name
 
 # Declares the header in the OpenAPI schema (an "Authorize" button in /docs); the check is ours.
 api_key_header = APIKeyHeader(
@@ -247,7 +247,8 @@ def new_key() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.api_keys", description="Make DepthID API keys; check keys files."
+        prog="python -m gateway.tenancy.api_keys",
+        description="Make DepthID API keys; check keys files.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     new = commands.add_parser("new", help="make a key: prints it once, and its file entry")

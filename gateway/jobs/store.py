@@ -1,7 +1,7 @@
 """The v2 job store: one interface, two backends.
 
 `MemoryJobStore` (here) is the embedded default: one process, nothing survives a restart.
-`RedisJobStore` (gateway/redis_job_store.py) is for many Gateway replicas: jobs are shared, a
+`RedisJobStore` (gateway/jobs/redis_store.py) is for many Gateway replicas: jobs are shared, a
 job whose worker dies is taken again after the visibility timeout, results are written once.
 
 A job goes QUEUED -> PROCESSING -> COMPLETED | FAILED. Terminal jobs and their images are kept
@@ -16,7 +16,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from gateway.api_keys import ANONYMOUS
+from gateway.tenancy import ANONYMOUS
 
 Status = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
 TERMINAL: tuple[Status, ...] = ("COMPLETED", "FAILED")

@@ -7,7 +7,7 @@ the parser and in validation), and strings longer than `max_string_chars` (a pro
 megabytes would go through the prompt filter and the tokenizers). Strings must also be valid
 Unicode: a lone UTF-16 surrogate is refused naming its field. Image fields are exempt from the
 string limit: they carry base64 of images up to `max_image_bytes`, and that limit (413, in
-gateway/images.py) is theirs.
+gateway/schemas/images.py) is theirs.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.errors import ApiError
-from gateway.model_specs import MODEL_SPECS
+from gateway.http.errors import ApiError
+from gateway.schemas.registry import MODEL_SPECS
 from settings import Settings
 
 # The top-level fields that hold images (an http(s) URL, a data: URI or base64): every request

@@ -2,7 +2,7 @@
 but named in the `x-ignored-fields` header (and in the v2 submit answer), so a misspelt field
 (`num_steps` for `num_inference_steps`) does not pass silently with the default in its place.
 
-The middleware parses every JSON body once (gateway/json_limits.py) and keeps its top-level
+The middleware parses every JSON body once (gateway/http/json_limits.py) and keeps its top-level
 field names in the request's state; the routes compare them with their schema here.
 """
 
