@@ -243,7 +243,7 @@ def test_gateway_modules_never_import_torch():
 def real_pipeline(tiny_settings):
     from runners.flux_pipeline import FluxDepthPipeline
 
-    return FluxDepthPipeline(tiny_settings)
+    return FluxDepthPipeline.from_store(tiny_settings)
 
 
 @pytest.fixture
