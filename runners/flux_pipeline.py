@@ -83,9 +83,8 @@ class FluxDepthPipeline:
 
     @classmethod
     def from_store(cls, settings: Settings) -> FluxDepthPipeline:
-        """Load the model store's weights onto the settings' device, switch the accelerations on
-        and warm up. Start-up work only (it runs once, before any request, and the benchmark
-        does its own): the constructor holds what serving a request needs."""
+        """The runner from the model store's weights, as settings say."""
+        # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
         device = pick_device(settings)
         set_cpu_threads(settings, device)
         # bf16 on GPU: FLUX.1 was trained in it, and fp16 overflows in its activations.

@@ -93,10 +93,8 @@ class InstantIDPipelines:
 
     @classmethod
     def from_store(cls, settings: Settings) -> InstantIDPipelines:
-        """Load the model store's weights (profile, fp16 files) onto the settings' device, set
-        the face IP-Adapter up, switch the accelerations on and warm up. Start-up work only (it
-        runs once, before any request, and the benchmark does its own): the constructor holds
-        what serving a request needs."""
+        """The runner from the model store's weights (profile, fp16 files), as settings say."""
+        # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
         device = pick_device(settings)
         accelerations = resolve_accelerations(settings, device, gpu_dtype=torch.float16)
         dtype = accelerations.dtype

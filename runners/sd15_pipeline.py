@@ -73,9 +73,8 @@ class SD15DepthPipelines:
 
     @classmethod
     def from_store(cls, settings: Settings) -> SD15DepthPipelines:
-        """Load the model store's weights (profile, fp16 files) onto the settings' device, switch
-        the accelerations on and warm up. Start-up work only (it runs once, before any request,
-        and the benchmark does its own): the constructor holds what serving a request needs."""
+        """The runner from the model store's weights (profile, fp16 files), as settings say."""
+        # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
         device = pick_device(settings)
         set_cpu_threads(settings, device)
         accelerations = resolve_accelerations(settings, device, gpu_dtype=torch.float16)
