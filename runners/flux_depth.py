@@ -26,7 +26,7 @@ class FluxDepth:
     def __init__(self) -> None:
         from runners.flux_pipeline import FluxDepthPipeline
 
-        self.pipeline = FluxDepthPipeline(SETTINGS)
+        self.pipeline = FluxDepthPipeline.from_store(SETTINGS)
 
     @bentoml.api(**batching_options(SETTINGS.flux_max_batch_size, SETTINGS.flux_max_latency_ms))
     def generate(self, jobs: list[FluxDepthJob]) -> GenerationResults:

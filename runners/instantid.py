@@ -26,7 +26,7 @@ class InstantID:
     def __init__(self) -> None:
         from runners.instantid_pipeline import InstantIDPipelines
 
-        self.pipelines = InstantIDPipelines(SETTINGS)
+        self.pipelines = InstantIDPipelines.from_store(SETTINGS)
 
     @bentoml.api(
         **batching_options(SETTINGS.instantid_max_batch_size, SETTINGS.instantid_max_latency_ms)

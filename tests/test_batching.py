@@ -164,7 +164,7 @@ def test_the_gateway_sends_one_sample_jobs_and_merges_their_results():
 def sd15(tiny_settings):
     from runners.sd15_pipeline import SD15DepthPipelines
 
-    return SD15DepthPipelines(tiny_settings)
+    return SD15DepthPipelines.from_store(tiny_settings)
 
 
 def test_sd15_batch_equals_each_job_alone(sd15):
@@ -186,7 +186,8 @@ def test_sd15_img2img_batches_apart_from_text_to_image(sd15):
 def test_sd15_max_batch_size_bounds_every_call(tiny_settings):
     from runners.sd15_pipeline import SD15DepthPipelines
 
-    pipelines = SD15DepthPipelines(tiny_settings.model_copy(update={"sd15_max_batch_size": 2}))
+    settings = tiny_settings.model_copy(update={"sd15_max_batch_size": 2})
+    pipelines = SD15DepthPipelines.from_store(settings)
     results = pipelines.run_batch([sd15_job(samples=3), sd15_job(seed=9)])
     assert [r.batch_size for r in results] == [2, 2] and len(results[0].images) == 3
 
@@ -195,7 +196,7 @@ def test_sd15_max_batch_size_bounds_every_call(tiny_settings):
 def flux(tiny_settings):
     from runners.flux_pipeline import FluxDepthPipeline
 
-    return FluxDepthPipeline(tiny_settings)
+    return FluxDepthPipeline.from_store(tiny_settings)
 
 
 def flux_job(**fields) -> FluxDepthJob:
@@ -220,7 +221,7 @@ def test_flux_batch_equals_each_job_alone_and_a_blocked_prompt_fails_alone(flux)
 def instantid(tiny_settings):
     from runners.instantid_pipeline import InstantIDPipelines
 
-    return InstantIDPipelines(tiny_settings)
+    return InstantIDPipelines.from_store(tiny_settings)
 
 
 def test_instantid_batch_equals_each_job_alone_with_per_sample_strengths(instantid):

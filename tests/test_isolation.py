@@ -118,7 +118,7 @@ def test_run_batched_never_raises_for_a_job(tiny_settings):
 def sd15(tiny_settings):
     from runners.sd15_pipeline import SD15DepthPipelines
 
-    return SD15DepthPipelines(tiny_settings)
+    return SD15DepthPipelines.from_store(tiny_settings)
 
 
 def sd15_job(**fields):
@@ -140,7 +140,7 @@ def test_sd15_crafted_jobs_fail_alone_in_a_full_batch(sd15):
 def flux(tiny_settings):
     from runners.flux_pipeline import FluxDepthPipeline
 
-    return FluxDepthPipeline(tiny_settings)
+    return FluxDepthPipeline.from_store(tiny_settings)
 
 
 def test_flux_crafted_jobs_fail_alone_in_full_batches(flux):
@@ -159,7 +159,7 @@ def test_flux_crafted_jobs_fail_alone_in_full_batches(flux):
 def instantid(tiny_settings):
     from runners.instantid_pipeline import InstantIDPipelines
 
-    return InstantIDPipelines(tiny_settings)
+    return InstantIDPipelines.from_store(tiny_settings)
 
 
 def test_instantid_crafted_jobs_fail_alone_in_full_batches(instantid):
