@@ -10,7 +10,7 @@ runners/acceleration.py switched on one after another. Prints one markdown table
 What runs is the served code: each runner pipeline class (runners/*_pipeline.py) is built
 from random-weight parts (benchmarks/random_parts.py, from benchmarks/real_configs.py, created
 directly on the GPU in fp16, bf16 for Flux) instead of loaded by its `from_store`, and its own
-`run_batch` is timed on one-sample jobs (runners/jobs.py) as the Gateway sends them for default
+`run_batch` is timed on one-sample jobs (protocol/jobs.py) as the Gateway sends them for default
 requests, each with its own input images. Accelerations are switched on by the runners' own
 functions. Images are square at the contract's long side (512 for sd1.5, 1024 for the others),
 with the request schemas' default steps and guidance.
@@ -74,13 +74,13 @@ from gateway.schemas.insta_depth import (
 )
 from gateway.schemas.instantid import InstantIDRequest
 from gateway.schemas.sd15_depth import SD15DepthRequest
+from protocol.jobs import FluxDepthJob, GenerationResult, InstantIDJob, SD15DepthJob
 from runners.acceleration import (
     apply_attention,
     apply_channels_last,
     apply_compile,
     apply_fused_qkv,
 )
-from runners.jobs import FluxDepthJob, GenerationResult, InstantIDJob, SD15DepthJob
 from settings import FULL_FLUX_TEXT_TOKENS, FULL_LONG_SIDE, TINY_LONG_SIDE, Settings
 
 SD15, INSTANTID, INSTA_DEPTH, FLUX = (

@@ -21,6 +21,8 @@ from settings import get_settings
 SETTINGS = get_settings()
 
 
+# Copied from runners.sd15_depth.SD15Depth (its model, job type and batching options changed):
+# kept a copy on purpose, see docs/architecture.md "Copies kept on purpose".
 @bentoml.service(name="flux_depth", **runner_service_config(SETTINGS))
 class FluxDepth:
     def __init__(self) -> None:

@@ -13,8 +13,8 @@ from PIL import Image
 
 from benchmarks import random_parts
 from benchmarks.real_configs import TINY
+from protocol.jobs import GenerationResult
 from runners import flux_pipeline, instantid_pipeline, sd15_pipeline
-from runners.jobs import GenerationResult
 from tests.jobs import flux_job, instantid_job, sd15_job
 
 CPU = torch.device("cpu")
