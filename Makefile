@@ -16,7 +16,7 @@ PIP_INSTALL_SHOWN := $(BIN)/python -m pip install --disable-pip-version-check --
 # lacks them.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test test-fast lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest clean
+.PHONY: install serve test test-fast lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -110,7 +110,7 @@ bench-gpu: install
 	$(BIN)/python -m benchmarks.gpu $(ARGS)
 
 # Each runner's GPU memory for its weights, computed from the real configs' parameter counts on
-# PyTorch's meta device (benchmarks/gpu_memory.py): the README's "GPU memory" tables.
+# PyTorch's meta device (benchmarks/gpu_memory.py): docs/performance.md's "GPU memory" tables.
 gpu-memory: install
 	$(BIN)/python -m benchmarks.gpu_memory
 
@@ -130,12 +130,12 @@ gpu-check: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
-# store; `make image` and `make image-gpu` build the images from it (README "Container").
+# store; `make image` and `make image-gpu` build the images from it (docs/deploy.md, "Container").
 bento: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml build
 
-# The container images (README "Container"), built with podman (docker where podman is missing)
-# from the Bento by container/build.sh, with this machine's pip settings passed into the build.
+# The container images (docs/deploy.md, "Container"), built with podman (docker where podman is
+# missing) from the Bento by container/build.sh, with this machine's pip settings passed into the build.
 # `make image`: the CPU image with the tiny models, proven by its smoke stage (all four models
 # answer); on BASE_IMAGE, or where that cannot be pulled on the Debian base `make image-base`
 # builds once with debootstrap (cached in IMAGE_CACHE). `make image-gpu`: the CUDA image of
@@ -172,6 +172,11 @@ LOADTEST_TARGET := --host http://$(HOST):$(PORT)
 endif
 loadtest: models
 	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m loadtests.run --profile $(LOADTEST_PROFILE) $(LOADTEST_TARGET)
+
+# The generated references, docs/configuration.md (from settings.py) and docs/metrics.md (from
+# gateway/metrics.py), written by docs/generate.py; a test fails while either is stale.
+docs: install
+	$(BIN)/python -m docs.generate
 
 clean:
 	rm -rf $(VENV) .models .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 """All configuration, in one typed object read from the environment (prefix ``DEPTHID_``).
 
-Every setting is documented in the README's "Configuration" table. Nothing here imports torch,
-so the Gateway process can read settings without loading the ML stack.
+Each field's description is its documentation: docs/configuration.md is generated from this
+class (`make docs`, docs/generate.py), grouped by SECTIONS. Nothing here imports torch, so the
+Gateway process can read settings without loading the ML stack.
 """
 
 from __future__ import annotations
@@ -32,154 +33,435 @@ FULL_FLUX_TEXT_TOKENS = 512
 TINY_FLUX_TEXT_TOKENS = 64
 # flux-depth-pro: the classifier's P(nsfw) at or above which an output is blocked, for
 # safety_tolerance 1 (strictest) .. 6 (most permissive). Calibrated for the `full` profile's
-# Falconsai/nsfw_image_detection; the README's "Content safety" section has the table.
+# Falconsai/nsfw_image_detection; docs/models.md ("Content safety" under flux-depth-pro) has
+# the table.
 DEFAULT_SAFETY_THRESHOLDS = (0.10, 0.20, 0.35, 0.50, 0.70, 0.90)
 # How long a Redis command keeps retrying a dropped connection (gateway/redis_client.py): long
 # enough for a Redis restart with a modest append-only file to load.
 DEFAULT_REDIS_RETRY_S = 10.0
 
+# The sections of docs/configuration.md, in order: (title, first field, what the section is
+# about). A field belongs to the section of the nearest first field above it in the class, so
+# a new field joins its section by where it is written; each title is also the heading comment
+# above that field.
+SECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("Models", "profile", "Which weights are served, where they are and on what device."),
+    (
+        "GPU accelerations",
+        "attention",
+        'The runners\' GPU paths (`runners/acceleration.py`; docs/performance.md, "GPU"): '
+        "`auto` is on for CUDA, off on the CPU.",
+    ),
+    (
+        "Smaller GPUs",
+        "cpu_offload",
+        'Memory savers (docs/performance.md, "GPU memory"): off unless asked, as both cost time.',
+    ),
+    ("Serving", "host", "Where the server listens, where its runners are, generation deadlines."),
+    (
+        "Adaptive batching",
+        "sd15_max_batch_size",
+        'Per runner (docs/performance.md, "Adaptive batching").',
+    ),
+    (
+        "v2 jobs",
+        "job_store_url",
+        'The queue and its job store (docs/api.md, "v2 job lifecycle"; docs/architecture.md, '
+        '"v2 job stores").',
+    ),
+    (
+        "API keys, credits and per-key limits",
+        "api_keys_file",
+        "docs/api-keys.md. Per-key defaults are overridable per key in the keys file.",
+    ),
+    (
+        "Request limits",
+        "max_body_bytes",
+        'Hostile or mistaken input is refused before it costs anything (docs/api.md, "Bad input").',
+    ),
+    ("Logging", "log_format", "`log_format.py`; docs/observability.md."),
+    (
+        "Tracing",
+        "tracing_otlp_endpoint",
+        "BentoML's OpenTelemetry spans, exported over OTLP/HTTP (`tracing.py`; "
+        "docs/observability.md).",
+    ),
+    ("Image URL fetching", "url_fetch_timeout_s", "Image fields given as `http(s)` URLs."),
+    (
+        "Content safety and prompt upsampling",
+        "safety_thresholds",
+        'flux-depth-pro (docs/models.md, "flux-depth-pro").',
+    ),
+)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEPTHID_", extra="ignore")
 
-    # --- models -------------------------------------------------------------------------
-    profile: Literal["tiny", "full"] = "tiny"
-    model_store: Path = PROJECT_ROOT / ".models"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    output_long_side: int | None = Field(default=None, ge=8, le=4096)
-    # torch threads of a runner on the CPU; unset: 1 in `tiny` (its tensors are so small that
-    # handing work to a second thread costs more than it saves), torch's default in `full`.
-    cpu_threads: int | None = Field(default=None, ge=1)
-    # Runners whose models `python -m models.pull` pulls when run without --runner/--only
-    # (comma-separated, e.g. "instantid,sd15_depth"); empty: every model (the k8s pull Job).
-    pull_runners: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # --- Models ---------------------------------------------------------------------------
+    profile: Literal["tiny", "full"] = Field(
+        default="tiny",
+        description="`tiny`: random-weight models of the real architectures, built offline in "
+        "seconds, on the CPU (their output is noise, by design); `full`: the real checkpoints "
+        "of `models/manifest.py`, on CUDA.",
+    )
+    model_store: Path = Field(
+        default=PROJECT_ROOT / ".models",
+        description="Folder holding `<profile>/<model>/` weights.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="`auto`: CUDA when present, else the CPU."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto",
+        description="`auto`: on CUDA fp16, bf16 for Flux; fp32 on the CPU. `float16` is CUDA "
+        "only: a start-up error on the CPU.",
+    )
+    output_long_side: int | None = Field(
+        default=None,
+        ge=8,
+        le=4096,
+        description="Output long side in pixels; unset: 64 in `tiny`, the contract's per model "
+        "in `full` (512 for sd1.5-controlnet-depth, 1024 for the others).",
+    )
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads of every runner on the CPU; unset: 1 in `tiny` (its tensors "
+        "are so small that handing work to a second thread costs more than it saves, most of "
+        "all with other processes on the same cores), torch's default in `full`.",
+    )
+    pull_runners: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Runners whose models `python -m models.pull` pulls when run without "
+        "`--runner`/`--only`, comma-separated (`sd15_depth`, `flux_depth`, `instantid`); empty: "
+        "every model. The Kubernetes pull Job's way to choose.",
+    )
 
-    # --- GPU accelerations (runners/acceleration.py): "auto" = on for CUDA, off on the CPU ---
-    attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto: PyTorch's SDPA
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    fuse_qkv: Literal["auto", "on", "off"] = "auto"
-    # Off unless asked: each new input shape (size, batch) compiles for minutes at first sight.
-    compile: Literal["auto", "on", "off"] = "off"
+    # --- GPU accelerations ----------------------------------------------------------------
+    attention: Literal["auto", "sdpa", "xformers"] = Field(
+        default="auto",
+        description="Attention kernels: `sdpa` (PyTorch's scaled-dot-product attention; what "
+        "`auto` means) or `xformers` (CUDA, needs xformers installed).",
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        default="auto", description="UNet, ControlNet and VAE weights in NHWC."
+    )
+    fuse_qkv: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Fused query/key/value projections; never in the InstantID UNet, whose "
+        "IP-Adapter processors it would replace.",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="off",
+        description="`torch.compile` the UNet, ControlNets and Flux transformer. Off unless "
+        "asked: each new input shape (size, batch) compiles for minutes at first sight.",
+    )
     compile_mode: Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
-    ] = "max-autotune-no-cudagraphs"
-    warmup: Literal["auto", "on", "off"] = "auto"  # one generation at start-up
-    # --- smaller GPUs (README "GPU memory"): off unless asked, as both cost time -------------
-    # diffusers' model CPU offload: each model of a runner's pipeline is on the GPU only while
-    # it runs (flux: the T5 encoder leaves the GPU before the transformer runs).
-    cpu_offload: Literal["on", "off"] = "off"
-    # The VAE decodes (and encodes) in tiles: its memory no longer grows with the image's area.
-    vae_tiling: Literal["on", "off"] = "off"
+    ] = Field(default="max-autotune-no-cudagraphs", description="`torch.compile`'s mode.")
+    warmup: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="One generation at the default output size when a runner starts, before "
+        "it reports ready.",
+    )
 
-    # --- serving ------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(default=3000, ge=1, le=65535)
-    # URL of a separately deployed sd15_depth runner (Kubernetes); unset = run it in-process.
-    sd15_runner_url: str | None = None
-    # URL of a separately deployed flux_depth runner (Kubernetes); unset = run it in-process.
-    flux_runner_url: str | None = None
-    # URL of a separately deployed instantid runner (instantid + insta-depth); unset = in-process.
-    instantid_runner_url: str | None = None
-    generation_timeout_s: float = Field(default=300.0, gt=0)
-    runner_workers: int = Field(default=1, ge=1)
+    # --- Smaller GPUs ---------------------------------------------------------------------
+    cpu_offload: Literal["on", "off"] = Field(
+        default="off",
+        description="diffusers' model CPU offload in every runner: each model of a runner's "
+        "pipeline (text encoders, the UNet / Flux transformer) is on the GPU only while it runs "
+        "(flux: the T5 encoder leaves the GPU before the transformer runs). Slower: each call "
+        "moves gigabytes.",
+    )
+    vae_tiling: Literal["on", "off"] = Field(
+        default="off",
+        description="The VAEs decode (and encode) in tiles: their memory no longer grows with "
+        "the image's area. Tiles can show faint seams.",
+    )
 
-    # --- adaptive batching (per runner) ----------------------------------------------------
-    # Most samples one pipeline call holds; 1 switches batching off. A request's samples count.
-    sd15_max_batch_size: int = Field(default=8, ge=1)
-    instantid_max_batch_size: int = Field(default=4, ge=1)
-    flux_max_batch_size: int = Field(default=4, ge=1)
-    # T5 tokens of the prompt flux attends to; unset: 512 (full), 64 (tiny).
-    flux_max_sequence_length: int | None = Field(default=None, ge=1, le=FULL_FLUX_TEXT_TOKENS)
-    # instantid's enhance_face_region acts on the face detector's box grown by this fraction of
-    # its width and height on each side; 0 (default): the box itself, as InstantID's demo.
-    face_region_padding: float = Field(default=0.0, ge=0, le=1)
-    # The longest BentoML's batching dispatcher holds a call on an idle runner hoping for
-    # company (runners/batch_hold.py); unbounded, a burst's queue waits kept lone calls slow.
-    batch_max_hold_ms: float = Field(default=50.0, ge=0)
-    # BentoML refuses (503) a queued call it expects to finish later than this: keep it at
-    # least the generation deadline, so batching never refuses what the deadline would allow.
-    sd15_max_latency_ms: int = Field(default=300_000, ge=1)
-    instantid_max_latency_ms: int = Field(default=300_000, ge=1)
-    flux_max_latency_ms: int = Field(default=300_000, ge=1)
+    # --- Serving --------------------------------------------------------------------------
+    host: str = Field(
+        default="127.0.0.1",
+        description="The server's address when nothing else names it: the server "
+        "`depthid predict` calls unless `--url` names one, and the ready banner's URL. "
+        "(`make serve` listens on its own `HOST=`, default 127.0.0.1.)",
+    )
+    port: int = Field(
+        default=3000,
+        ge=1,
+        le=65535,
+        description="The port that goes with `host` (`make serve`: `PORT=`, default 3000).",
+    )
+    sd15_runner_url: str | None = Field(
+        default=None,
+        description="URL of a separately deployed sd15_depth runner "
+        "(`runners.sd15_depth:SD15Depth`, e.g. on Kubernetes); unset: run it in-process.",
+    )
+    flux_runner_url: str | None = Field(
+        default=None,
+        description="URL of a separately deployed flux_depth runner "
+        "(`runners.flux_depth:FluxDepth`); unset: run it in-process.",
+    )
+    instantid_runner_url: str | None = Field(
+        default=None,
+        description="URL of a separately deployed instantid runner "
+        "(`runners.instantid:InstantID`, serves instantid and insta-depth); unset: run it "
+        "in-process.",
+    )
+    generation_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Deadline of one generation: past it the answer is 504 and the runner drops "
+        'or stops the work (docs/performance.md, "Deadlines and abandoned work").',
+    )
+    runner_workers: int = Field(default=1, ge=1, description="Worker processes per runner.")
 
-    # --- v2 jobs -------------------------------------------------------------------------
-    # Unset: in-process memory (one Gateway process). "redis://host:6379/0": shared by replicas.
-    job_store_url: str | None = None
-    # A Redis command meeting a dropped connection (restart, failover) retries this long.
-    redis_retry_s: float = Field(default=DEFAULT_REDIS_RETRY_S, ge=0)
-    # Retry-After on the 503 a request gets while Redis stays unreachable past that.
-    store_retry_after_s: int = Field(default=5, ge=1)
-    job_retention_s: float = Field(default=3600.0, ge=1)  # Redis expiry is whole seconds
-    job_queue_max: int = Field(default=1000, ge=1)
-    # Jobs one Gateway process runs at once: enough to fill a runner batch (max batch size 8).
-    job_workers: int = Field(default=8, ge=1)
-    job_visibility_timeout_s: float = Field(default=30.0, gt=0)
-    queue_retry_after_s: int = Field(default=5, ge=1)
-    shutdown_grace_s: float = Field(default=60.0, ge=0)
-    # Prefix of the status/result URLs v2 answers with (behind a proxy); unset: the request's.
-    public_base_url: str | None = None
+    # --- Adaptive batching ----------------------------------------------------------------
+    sd15_max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Most samples one sd15_depth pipeline call holds (a request's samples "
+        "count); 1 switches batching off.",
+    )
+    instantid_max_batch_size: int = Field(
+        default=4,
+        ge=1,
+        description="The same for the instantid runner (instantid, insta-depth).",
+    )
+    flux_max_batch_size: int = Field(
+        default=4, ge=1, description="The same for the flux_depth runner."
+    )
+    flux_max_sequence_length: int | None = Field(
+        default=None,
+        ge=1,
+        le=FULL_FLUX_TEXT_TOKENS,
+        description="T5 tokens of the prompt flux attends to; unset: 512 in `full`, 64 in "
+        "`tiny` (scaled down like its 64 px output). A prompt cut there is answered with "
+        "`x-prompt-truncated: true`.",
+    )
+    face_region_padding: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="instantid's `enhance_face_region` acts on the face detector's box grown "
+        "by this fraction of its width and height on each side; 0: the box itself, as "
+        "InstantID's demo.",
+    )
+    batch_max_hold_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="The longest BentoML's batching dispatcher holds a call on an idle runner "
+        "hoping for company (`runners/batch_hold.py`); unbounded, a burst's queue waits kept "
+        "lone calls slow.",
+    )
+    sd15_max_latency_ms: int = Field(
+        default=300_000,
+        ge=1,
+        description="BentoML refuses (503, answered 502) a queued sd15_depth call it expects to "
+        "finish later than this: keep it at least the generation deadline, so batching never "
+        "refuses what the deadline would allow.",
+    )
+    instantid_max_latency_ms: int = Field(
+        default=300_000, ge=1, description="The same for the instantid runner."
+    )
+    flux_max_latency_ms: int = Field(
+        default=300_000, ge=1, description="The same for the flux_depth runner."
+    )
 
-    # --- API keys, credits and per-key limits (README: "API keys, credits and limits") ------
-    # JSON file of hashed keys; unset: no keys, no credits, no per-key limits (embedded default).
-    api_keys_file: Path | None = None
-    # Per-key defaults, overridable per key in the keys file; 0 = no limit. Shared through
-    # Redis when job_store_url is set, else counted in this process.
-    key_requests_per_minute: int = Field(default=60, ge=0)  # generation requests, burst = this
-    key_concurrent_jobs: int = Field(default=4, ge=0)  # v1 generations running + v2 unfinished
-    concurrency_retry_after_s: int = Field(default=5, ge=1)  # Retry-After on that 429
+    # --- v2 jobs --------------------------------------------------------------------------
+    job_store_url: str | None = Field(
+        default=None,
+        description="The v2 job store, and where the credit ledger and per-key limits are "
+        "counted: unset, in-process memory (one Gateway process); `redis://host:6379/0`, a "
+        "Redis shared by every replica.",
+    )
+    redis_retry_s: float = Field(
+        default=DEFAULT_REDIS_RETRY_S,
+        ge=0,
+        description="A Redis command meeting a dropped connection (a restart, a failover) "
+        "reconnects and retries this long.",
+    )
+    store_retry_after_s: int = Field(
+        default=5,
+        ge=1,
+        description="`Retry-After` on the 503 a request gets while Redis stays unreachable "
+        "past `redis_retry_s`.",
+    )
+    job_retention_s: float = Field(
+        default=3600.0,
+        ge=1,
+        description="How long v2 results and images are kept, then 404 (Redis expiry is whole "
+        "seconds).",
+    )
+    job_queue_max: int = Field(
+        default=1000, ge=1, description="Waiting v2 jobs; past it, submit answers 429."
+    )
+    job_workers: int = Field(
+        default=8,
+        ge=1,
+        description="v2 jobs one Gateway process runs at once: at least the runners' max batch "
+        "size (8), so v2 jobs can fill a batch.",
+    )
+    job_visibility_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A job whose worker stops renewing its lease this long is taken again by "
+        "another replica (Redis).",
+    )
+    queue_retry_after_s: int = Field(
+        default=5, ge=1, description="`Retry-After` on the full-queue 429."
+    )
+    shutdown_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="On shutdown, how long jobs in hand may finish before they are handed back "
+        "to the queue.",
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        description="Prefix of the `status_url`, `response_url` and output links v2 answers "
+        "with (behind a proxy or load balancer); unset: the request's own.",
+    )
 
-    # --- request limits -----------------------------------------------------------------
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    max_image_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(default=36_000_000, ge=64)
-    # Every image field: the long side at most this many times the short one (README "Bad
-    # input"): the depth and face preprocessors cannot use a sliver (a 1000x1 picture).
-    max_aspect_ratio: float = Field(default=4.0, ge=1.0, le=64.0)
-    # JSON bodies (gateway/http/json_limits.py): nesting of objects/arrays, and the length of every
-    # string but the image fields', which carry base64 up to max_image_bytes and are bounded by
-    # that limit instead. Our bodies are flat objects and prompts a few hundred characters.
-    max_json_depth: int = Field(default=32, ge=1, le=500)  # below Python's recursion limit
-    max_string_chars: int = Field(default=16_384, ge=256)
-    # Items (array elements and object members) of a JSON body, bounded by its commas before it
-    # is parsed; room for two prompts of max_string_chars commas.
-    max_json_items: int = Field(default=100_000, ge=100)
-    # Slow clients (README "Slow and idle connections"): a request head (request line and
-    # headers) must arrive within this of the connection opening or of its previous answer,
-    # else the connection is closed (gateway/http/connection_guard.py) ...
-    request_head_timeout_s: float = Field(default=10.0, gt=0)
-    # ... and a request body within this of its head, else 408 (gateway/http/middleware.py): a
-    # 32 MB body at about 2 Mbit/s.
-    request_body_timeout_s: float = Field(default=120.0, gt=0)
+    # --- API keys, credits and per-key limits ---------------------------------------------
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="JSON file of hashed API keys; unset: no keys, no credits, no per-key "
+        "limits (the embedded default).",
+    )
+    key_requests_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Per key: generation requests per minute, in bursts of up to as many; "
+        "0: no limit.",
+    )
+    key_concurrent_jobs: int = Field(
+        default=4,
+        ge=0,
+        description="Per key: v1 generations running plus v2 jobs not finished; 0: no limit.",
+    )
+    concurrency_retry_after_s: int = Field(
+        default=5, ge=1, description="`Retry-After` on the concurrent-jobs 429."
+    )
 
-    # --- logging (log_format.py) ------------------------------------------------------------
-    # "json": one JSON object per line (the served default), "text": BentoML-like lines.
-    log_format: Literal["json", "text"] = "json"
+    # --- Request limits -------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Larger request bodies answer 413, counted as they stream in.",
+    )
+    max_image_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Larger decoded images answer 413."
+    )
+    max_image_pixels: int = Field(
+        default=36_000_000,
+        ge=64,
+        description="Decompression-bomb guard: more pixels answer 413, read from the image's "
+        "header before it is decoded.",
+    )
+    max_aspect_ratio: float = Field(
+        default=4.0,
+        ge=1.0,
+        le=64.0,
+        description="Every image field: a long side more than this many times the short one "
+        "answers 400 naming the field and the limit. The depth and face preprocessors cannot "
+        "use a sliver (a 1000x1 picture).",
+    )
+    max_json_depth: int = Field(
+        default=32,
+        ge=1,
+        le=500,  # below Python's recursion limit
+        description="JSON bodies nested deeper (objects and arrays) answer 400 "
+        "(`gateway/http/json_limits.py`).",
+    )
+    max_string_chars: int = Field(
+        default=16_384,
+        ge=256,
+        description="Longer JSON strings (values and keys) answer 400 naming the field. Not the "
+        "image fields (`image`, `face_image`, `pose_image`, `control_image`), which carry base64 "
+        "up to `max_image_bytes` and are held to that limit (413) instead. Our bodies are flat "
+        "objects and prompts a few hundred characters.",
+    )
+    max_json_items: int = Field(
+        default=100_000,
+        ge=100,
+        description="JSON bodies with more items (array elements, object members) answer 400, "
+        "counted as the body's commas before it is parsed; room for two prompts of "
+        "`max_string_chars` commas.",
+    )
+    request_head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request head (request line and headers) must arrive within this of the "
+        "connection opening or of its previous answer, else the connection is closed "
+        "(`gateway/http/connection_guard.py`).",
+    )
+    request_body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A request body must arrive within this of its head, else 408 and the "
+        "connection is closed (`gateway/http/middleware.py`): a 32 MB body at about 2 Mbit/s.",
+    )
 
-    # --- tracing (tracing.py): BentoML's OpenTelemetry spans, exported over OTLP/HTTP -------
-    # The collector's traces URL (e.g. http://otel-collector:4318/v1/traces); unset: no tracing.
-    tracing_otlp_endpoint: str | None = None
-    # Fraction of requests traced (the Gateway decides; the runners follow its choice).
-    tracing_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    # --- Logging --------------------------------------------------------------------------
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="The served processes' log lines: `json`, one object per line (the served "
+        "default), or `text`, BentoML-like lines (what `make serve` sets). Each names its "
+        "request id.",
+    )
 
-    # --- image URL fetching -------------------------------------------------------------
-    url_fetch_timeout_s: float = Field(default=10.0, gt=0)
-    url_max_redirects: int = Field(default=3, ge=0, le=10)
-    # Networks that may be fetched although private/loopback/link-local (comma-separated CIDRs).
+    # --- Tracing --------------------------------------------------------------------------
+    tracing_otlp_endpoint: str | None = Field(
+        default=None,
+        description="The collector's OTLP/HTTP traces URL (e.g. "
+        "`http://otel-collector:4318/v1/traces`): every service exports BentoML's spans to it; "
+        "unset: no tracing.",
+    )
+    tracing_sample_rate: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of requests traced (the Gateway decides; the runners follow its "
+        "choice).",
+    )
+
+    # --- Image URL fetching ---------------------------------------------------------------
+    url_fetch_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout for fetching an image URL."
+    )
+    url_max_redirects: int = Field(
+        default=3, ge=0, le=10, description="Redirects followed, each hop checked again."
+    )
     url_allowed_networks: Annotated[
         list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
-    ] = Field(default_factory=list)
-
-    # --- content safety and prompt upsampling (flux-depth-pro) ------------------------------
-    # Six comma-separated P(nsfw) thresholds, for safety_tolerance 1..6; non-decreasing.
-    safety_thresholds: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_SAFETY_THRESHOLDS)
+    ] = Field(
+        default_factory=list,
+        description="Networks that image URLs may reach although private, loopback or "
+        "link-local, comma-separated CIDRs (e.g. `127.0.0.0/8` in tests).",
     )
-    # The editable prompt term list: one term or phrase per line, `#` starts a comment.
-    blocked_terms_file: Path = PROJECT_ROOT / "config" / "blocked_terms.txt"
-    # "auto": "llm" in `full`, "rules" in `tiny` (a deterministic expander, not a model).
-    prompt_upsampler: Literal["auto", "llm", "rules"] = "auto"
-    upsampler_max_new_tokens: int = Field(default=96, ge=8, le=512)
+
+    # --- Content safety and prompt upsampling ---------------------------------------------
+    safety_thresholds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_SAFETY_THRESHOLDS),
+        description="Six comma-separated P(nsfw) thresholds, for `safety_tolerance` 1..6 "
+        "(non-decreasing, each 0..1): an image scoring at or above its tolerance's threshold is "
+        "blocked. Recalibrate them when you change the classifier.",
+    )
+    blocked_terms_file: Path = Field(
+        default=PROJECT_ROOT / "config" / "blocked_terms.txt",
+        description="The editable prompt term list, read when the runner starts: one term or "
+        "phrase per line, `#` starts a comment.",
+    )
+    prompt_upsampler: Literal["auto", "llm", "rules"] = Field(
+        default="auto",
+        description="What `prompt_upsampling` runs: `llm` (a local instruct model) or `rules` "
+        "(a deterministic expander, not a model); `auto`: `llm` in `full`, `rules` in `tiny`.",
+    )
+    upsampler_max_new_tokens: int = Field(
+        default=96, ge=8, le=512, description="Longest expansion the `llm` upsampler writes."
+    )
 
     @field_validator("safety_thresholds", mode="before")
     @classmethod

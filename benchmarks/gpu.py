@@ -7,16 +7,28 @@ runners/acceleration.py switched on one after another. Prints one markdown table
     python -m benchmarks.gpu --rows baseline,compile --compile-mode default
     python -m benchmarks.gpu --scale tiny                  (toy sizes: any machine, seconds)
 
-What runs is the serving code from the loaded modules on: the diffusers pipelines the runners
-call (StableDiffusionControlNetPipeline; runners.instantid_sampler over an SDXL pipeline with the
-IP-Adapter set up by runners.ip_adapter_attention; FluxControlPipeline), accelerated by the
-runners' own functions. Modules are built from benchmarks/real_configs.py directly on the GPU in
-fp16 (bf16 for Flux): a 12B transformer never passes through the CPU or fp32. Images are square
-at the contract's long side (512 for sd1.5, 1024 for the others) with the request schemas'
-default steps and guidance; a timed call covers prompt encoding, denoising, VAE decoding and
-the conversion to PIL, not the depth/face preprocessing before it nor the JPEG encoding after.
-Tokenizers are the tiny profile's (built locally); prompts are padded to the real lengths (77
-CLIP tokens, 512 T5 tokens), so the text encoders do the real work.
+What runs is the served code: each runner pipeline class (runners/*_pipeline.py) is built
+from random-weight parts (benchmarks/random_parts.py, from benchmarks/real_configs.py, created
+directly on the GPU in fp16, bf16 for Flux) instead of loaded by its `from_store`, and its own
+`run_batch` is timed on one-sample jobs (protocol/jobs.py) as the Gateway sends them for default
+requests, each with its own input images. Accelerations are switched on by the runners' own
+functions. Images are square at the contract's long side (512 for sd1.5, 1024 for the others),
+with the request schemas' default steps and guidance.
+
+A timed call is therefore what a runner does for a batch: depth estimation (Depth Anything V2
+Small) of each input; for InstantID face detection, recognition and keypoints; for Flux the
+prompt screen; prompt encoding (as served: SD1.5 pads CLIP to 77 tokens, Flux T5 to 512, SDXL
+encodes the prompt's own length); denoising; VAE decoding; for Flux the safety classifier
+(ViT-B/16) on each image; and the JPEG encoding of every image. Not timed: the Gateway's
+decoding of the request before it, HTTP around it (benchmarks/latency.py measures those).
+Caveats: face analysis uses the tiny profile's hand-set ONNX models (random weights find no
+face), so InstantID's face step costs what they cost (on the CPU unless onnxruntime-gpu is
+installed), not what antelopev2's SCRFD-10G and ResNet-100 would; Flux's classifier is set to
+pass every image; tokenizers are the tiny profile's (built locally), so token counts differ a
+little from the real vocabularies'.
+
+A batch that does not run as one call (out of memory: the runner retries it in halves, as
+runners/batching.py does for any failure) is reported as failed, with the runner's log above.
 
 Rows are cumulative, each keeping those above it on:
   baseline       fp16/bf16, PyTorch's SDPA held to its math kernel (plain eager attention)
@@ -41,58 +53,34 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import (
-    AutoencoderKL,
-    ControlNetModel,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FluxControlPipeline,
-    FluxTransformer2DModel,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
-from diffusers.models.embeddings import IPAdapterPlusImageProjection, MultiIPAdapterImageProjection
-from PIL import Image
-from torch import nn
+from PIL import Image, ImageDraw
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    T5Config,
-    T5EncoderModel,
-)
 
-from benchmarks.real_configs import SCALES, Configs
+from benchmarks.random_parts import Built, build_flux, build_instantid, build_sd15
+from benchmarks.real_configs import SCALES
 from gateway.schemas.flux_depth import FluxDepthRequest
 from gateway.schemas.insta_depth import (
     ADAPTER_STRENGTH,
     DEPTH_STRENGTH,
+    ENHANCE_FACE_REGION,
     IDENTITY_STRENGTH,
     InstaDepthRequest,
 )
 from gateway.schemas.instantid import InstantIDRequest
 from gateway.schemas.sd15_depth import SD15DepthRequest
-from models.tiny_flux import build_t5_tokenizer
-from models.tiny_tokenizer import build_clip_tokenizer
+from protocol.jobs import FluxDepthJob, GenerationResult, InstantIDJob, SD15DepthJob
 from runners.acceleration import (
     apply_attention,
     apply_channels_last,
     apply_compile,
     apply_fused_qkv,
 )
-from runners.faces import draw_keypoints, face_region_mask
-from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
-from runners.ip_adapter_attention import use_per_call_scale
-from runners.schedulers import make_scheduler
 from settings import FULL_FLUX_TEXT_TOKENS, FULL_LONG_SIDE, TINY_LONG_SIDE, Settings
 
 SD15, INSTANTID, INSTA_DEPTH, FLUX = (
@@ -115,9 +103,8 @@ ROW_LABELS = {
 TARGETS_S = {SD15: 0.5, INSTANTID: 1.2, INSTA_DEPTH: 1.5, FLUX: 8.0}
 PROMPT = "a portrait photo of a person by a window, soft light, detailed, 35mm"
 NEGATIVE_PROMPT = "lowres, blurry, watermark"
-# The face InstantID sees: keypoints and box as fractions of the (square) image.
-FACE_KEYPOINTS = np.array([[0.42, 0.40], [0.58, 0.40], [0.50, 0.50], [0.44, 0.60], [0.56, 0.60]])
-FACE_BOX = (0.30, 0.25, 0.70, 0.72)
+# A face the tiny face detector finds (models/tiny_faces.py): a bright disc on a dark ground.
+PORTRAIT_BACKGROUND, PORTRAIT_SKIN, PORTRAIT_FACE_RADIUS = (28, 34, 48), (232, 192, 160), 0.2
 
 
 @dataclass(frozen=True)
@@ -151,310 +138,167 @@ DEFAULTS = {
 
 @dataclass
 class Family:
-    """One runner's modules, as its `__init__` hands them to `accelerate`, and the models it
-    serves, each as a function that generates one batch."""
+    """One runner built from random-weight parts, and per model it serves, a function that
+    makes the jobs of one batch."""
 
-    modules: dict[str, nn.Module]
-    compiled: tuple[str, ...]
-    generate: dict[str, Callable[[int], object]]
+    built: Built
+    jobs: dict[str, Callable[[int], list]]
 
 
 @dataclass
 class Result:
-    """Seconds per image by row and batch size (None: out of memory)."""
+    """Seconds per image by row and batch size (None: failed, out of memory most likely)."""
 
     per_image: dict[str, dict[int, float | None]] = field(default_factory=dict)
     peak_gib: float | None = None
 
 
-# --- building random-weight modules -----------------------------------------------------------
+# --- the runners and their jobs --------------------------------------------------------------
 
 
-@contextmanager
-def creating(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """Modules created in here get their (random) weights directly on `device` in `dtype`."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def _ready(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """In inference mode, on `device` in `dtype` (where `creating` did not already put it)."""
-    if any(p.dtype != dtype for p in module.parameters()):
-        module.to(dtype=dtype)
-    return module.to(device).eval().requires_grad_(False)
-
-
-def _clip_config(config: dict, tokenizer) -> CLIPTextConfig:
-    # The locally built tokenizer's special ids: pooling finds the end-of-text token by its id.
-    return CLIPTextConfig(
-        **config,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-def _generators(device: torch.device, batch: int) -> list[torch.Generator]:
-    # As the runners: one generator per sample, on the pipeline's device.
-    return [torch.Generator(device=device).manual_seed(seed) for seed in range(batch)]
-
-
-def _grey(size: int, seed: int) -> Image.Image:
-    """A stand-in depth map: smooth random greys, RGB, as runners/depth.py returns them."""
+def _scene(size: int, seed: int) -> Image.Image:
+    """An input picture: smooth random colours."""
     rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (8, 8), dtype=np.uint8)
-    grey = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
-    return grey.convert("RGB")
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
 
 
-def build_sd15(
-    configs: Configs, device: torch.device, dtype: torch.dtype, size: int, steps: int | None
-) -> Family:
-    c = configs.sd15
-    tokenizer = build_clip_tokenizer()
-    with creating(device, dtype):
-        unet = _ready(UNet2DConditionModel(**c.unet), device, dtype)
-        controlnet = _ready(ControlNetModel(**c.controlnet), device, dtype)
-        vae = _ready(AutoencoderKL(**c.vae), device, dtype)
-        text_encoder = _ready(CLIPTextModel(_clip_config(c.text_encoder, tokenizer)), device, dtype)
-    defaults = DEFAULTS[SD15]
-    scheduler_name = _default(SD15DepthRequest, "scheduler")
-    depth_map = _grey(size, seed=0)
-
-    def generate(batch: int) -> object:
-        # As runners/sd15_pipeline.py: a pipeline object per call with its own scheduler.
-        pipe = StableDiffusionControlNetPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            controlnet=controlnet,
-            scheduler=make_scheduler(scheduler_name, c.scheduler),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe(
-            prompt=[PROMPT] * batch,
-            negative_prompt=[NEGATIVE_PROMPT] * batch,
-            image=[depth_map] * batch,
-            num_inference_steps=steps or defaults.steps,
-            guidance_scale=defaults.guidance,
-            generator=_generators(device, batch),
-            height=size,
-            width=size,
-        )
-
-    return Family(
-        modules={"unet": unet, "controlnet": controlnet, "vae": vae},
-        compiled=("unet", "controlnet"),
-        generate={SD15: generate},
-    )
+def _portrait(size: int) -> Image.Image:
+    """An input picture with one face, centred."""
+    image = Image.new("RGB", (size, size), PORTRAIT_BACKGROUND)
+    centre, radius = size / 2, size * PORTRAIT_FACE_RADIUS
+    box = [centre - radius, centre - radius, centre + radius, centre + radius]
+    ImageDraw.Draw(image).ellipse(box, fill=PORTRAIT_SKIN)
+    return image
 
 
-def _attach_ip_adapter(unet: UNet2DConditionModel, resampler: dict) -> None:
-    """What diffusers' `load_ip_adapter` makes of InstantID's ip-adapter.bin, with random
-    weights: IP-Adapter processors (to_k_ip / to_v_ip) on every cross-attention layer, and the
-    Resampler as the UNet's image projection. use_per_call_scale then converts them, as the
-    runner does."""
-    processors: dict[str, nn.Module] = {}
-    for name in unet.attn_processors:
-        if name.endswith("attn2.processor"):
-            layer = unet.get_submodule(name.removesuffix(".processor"))
-            processors[name] = IPAdapterAttnProcessor2_0(
-                hidden_size=layer.to_k.out_features,
-                cross_attention_dim=unet.config.cross_attention_dim,
-                num_tokens=(resampler["num_queries"],),
-            )
-        else:
-            processors[name] = AttnProcessor2_0()
-    unet.set_attn_processor(processors)
-    unet.encoder_hid_proj = MultiIPAdapterImageProjection(
-        [IPAdapterPlusImageProjection(**resampler)]
-    )
+def sd15_jobs(size: int, steps: int | None) -> Callable[[int], list[SD15DepthJob]]:
+    defaults, scene = DEFAULTS[SD15], _scene(size, seed=0)
 
-
-def build_sdxl(
-    configs: Configs, device: torch.device, dtype: torch.dtype, size: int, steps: int | None
-) -> Family:
-    c = configs.sdxl
-    tokenizer, tokenizer_2 = build_clip_tokenizer(), build_clip_tokenizer()
-    with creating(device, dtype):
-        unet = UNet2DConditionModel(**c.unet)
-        _attach_ip_adapter(unet, c.resampler)
-        unet = _ready(unet, device, dtype)
-        identitynet = _ready(ControlNetModel(**c.identitynet), device, dtype)
-        depth_controlnet = _ready(ControlNetModel(**c.depth_controlnet), device, dtype)
-        vae = _ready(AutoencoderKL(**c.vae), device, dtype)
-        text_encoder = _ready(CLIPTextModel(_clip_config(c.text_encoder, tokenizer)), device, dtype)
-        text_encoder_2 = _ready(
-            CLIPTextModelWithProjection(_clip_config(c.text_encoder_2, tokenizer_2)), device, dtype
-        )
-    face_projection = _ready(use_per_call_scale(unet), device, dtype)
-    size_pair = (size, size)
-    keypoints = draw_keypoints(FACE_KEYPOINTS * size, size_pair)
-    face_box = tuple(value * size for value in FACE_BOX)
-    # enhance_face_region is on by default: IdentityNet and face attention confined to the face
-    mask = face_region_mask(face_box, size_pair, Settings().face_region_padding)
-    depth_map = _grey(size, seed=1)
-    rng = np.random.default_rng(0)
-    embedding = rng.standard_normal(c.resampler["embed_dims"]).astype(np.float32)
-
-    def generator_for(model: str) -> Callable[[int], object]:
-        with_depth = model == INSTA_DEPTH
-        defaults = DEFAULTS[model]
-
-        def generate(batch: int) -> object:
-            # As runners/instantid_pipeline.py: IdentityNet on the face keypoints (confined to
-            # the face region), insta-depth adds the depth ControlNet.
-            controls = [
-                ControlUnit(
-                    model=identitynet,
-                    image=keypoints,
-                    scale=IDENTITY_STRENGTH,
-                    sees_face=True,
-                    mask=mask,
-                )
-            ]
-            if with_depth:
-                controls.append(
-                    ControlUnit(
-                        model=depth_controlnet,
-                        image=depth_map,
-                        scale=DEPTH_STRENGTH,
-                        sees_face=False,
-                    )
-                )
-            samples = [
-                Sample(
-                    prompt=PROMPT,
-                    negative_prompt=NEGATIVE_PROMPT,
-                    face_embedding=embedding,
-                    adapter_scale=ADAPTER_STRENGTH,
-                    controls=controls,
-                    seed=seed,
-                    adapter_mask=mask,
-                )
-                for seed in range(batch)
-            ]
-            pipe = StableDiffusionXLPipeline(
-                vae=vae,
-                text_encoder=text_encoder,
-                text_encoder_2=text_encoder_2,
-                tokenizer=tokenizer,
-                tokenizer_2=tokenizer_2,
-                unet=unet,
-                scheduler=EulerDiscreteScheduler(**c.scheduler),
-                add_watermarker=False,
-            )
-            pipe.set_progress_bar_config(disable=True)
-            request = SampleRequest(
-                samples=samples,
+    def make(batch: int) -> list[SD15DepthJob]:
+        return [
+            SD15DepthJob(
+                request_id=f"bench-{seed}",
+                prompt=PROMPT,
+                negative_prompt=NEGATIVE_PROMPT,
+                image=scene.copy(),  # each its own picture, as from different requests
+                samples=1,
+                scheduler=_default(SD15DepthRequest, "scheduler"),
                 num_inference_steps=steps or defaults.steps,
                 guidance_scale=defaults.guidance,
+                strength=_default(SD15DepthRequest, "strength"),
+                seed=seed,
                 width=size,
                 height=size,
             )
-            return sample(pipe, face_projection, request)
+            for seed in range(batch)
+        ]
 
-        return generate
-
-    return Family(
-        modules={
-            "unet": unet,
-            "identitynet": identitynet,
-            "depth_controlnet": depth_controlnet,
-            "vae": vae,
-        },
-        compiled=("unet", "identitynet", "depth_controlnet"),
-        generate={INSTANTID: generator_for(INSTANTID), INSTA_DEPTH: generator_for(INSTA_DEPTH)},
-    )
+    return make
 
 
-def build_flux(
-    configs: Configs, device: torch.device, dtype: torch.dtype, size: int, steps: int | None
-) -> Family:
-    c = configs.flux
-    tokenizer, tokenizer_2 = build_clip_tokenizer(), build_t5_tokenizer()
-    t5_config = T5Config(
-        **c.text_encoder_2,
-        pad_token_id=tokenizer_2.pad_token_id,
-        eos_token_id=tokenizer_2.eos_token_id,
-        is_encoder_decoder=False,
-        use_cache=False,
-    )
-    with creating(device, dtype):
-        transformer = _ready(FluxTransformer2DModel(**c.transformer), device, dtype)
-        vae = _ready(AutoencoderKL(**c.vae), device, dtype)
-        text_encoder = _ready(CLIPTextModel(_clip_config(c.text_encoder, tokenizer)), device, dtype)
-        text_encoder_2 = _ready(T5EncoderModel(t5_config), device, dtype)
-    pipe = FluxControlPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**c.scheduler),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    defaults = DEFAULTS[FLUX]
-    depth_map = _grey(size, seed=2)
+def instantid_jobs(model: str, size: int, steps: int | None) -> Callable[[int], list]:
+    defaults, portrait = DEFAULTS[model], _portrait(size)
+    if model == INSTA_DEPTH:  # a pose picture; its fixed strengths (gateway/schemas)
+        strengths = {
+            "identity_strength": IDENTITY_STRENGTH,
+            "adapter_strength": ADAPTER_STRENGTH,
+            "depth_strength": DEPTH_STRENGTH,
+            "enhance_face_region": ENHANCE_FACE_REGION,
+        }
+    else:
+        names = ("identity_strength", "adapter_strength", "enhance_face_region")
+        strengths = {name: _default(InstantIDRequest, name) for name in names}
 
-    def generate(batch: int) -> object:
-        # As runners/flux_pipeline.py: one pipeline, reset by every call.
-        return pipe(
-            prompt=[PROMPT] * batch,
-            control_image=[depth_map] * batch,
-            height=size,
-            width=size,
-            num_inference_steps=steps or defaults.steps,
-            guidance_scale=defaults.guidance,
-            generator=_generators(device, batch),
-            max_sequence_length=FULL_FLUX_TEXT_TOKENS,
-        )
+    def make(batch: int) -> list[InstantIDJob]:
+        return [
+            InstantIDJob(
+                request_id=f"bench-{seed}",
+                prompt=PROMPT,
+                negative_prompt=NEGATIVE_PROMPT,
+                face_image=portrait.copy(),
+                pose_image=portrait.copy() if model == INSTA_DEPTH else None,
+                samples=1,
+                num_inference_steps=steps or defaults.steps,
+                guidance_scale=defaults.guidance,
+                seed=seed,
+                width=size,
+                height=size,
+                **strengths,
+            )
+            for seed in range(batch)
+        ]
 
-    return Family(
-        modules={"transformer": transformer, "vae": vae},
-        compiled=("transformer",),
-        generate={FLUX: generate},
-    )
+    return make
 
 
-# family builder, the models it serves, the half-precision dtype the runner uses on GPU
+def flux_jobs(size: int, steps: int | None) -> Callable[[int], list[FluxDepthJob]]:
+    defaults, scene = DEFAULTS[FLUX], _scene(size, seed=2)
+
+    def make(batch: int) -> list[FluxDepthJob]:
+        return [
+            FluxDepthJob(
+                request_id=f"bench-{seed}",
+                prompt=PROMPT,
+                control_image=scene.copy(),
+                guidance=defaults.guidance,
+                steps=steps or defaults.steps,
+                seed=seed,
+                width=size,
+                height=size,
+                safety_tolerance=_default(FluxDepthRequest, "safety_tolerance"),
+                prompt_upsampling=_default(FluxDepthRequest, "prompt_upsampling"),
+            )
+            for seed in range(batch)
+        ]
+
+    return make
+
+
+def build_family(name: str, models: list[str], args: argparse.Namespace) -> Family:
+    """The family's runner from random-weight parts at `args.scale`, able to run the largest
+    batch asked for any of its models in one call."""
+    configs, device, dtype = SCALES[args.scale], args.device, family_dtype(name, args)
+    size, steps = args.size[name], args.steps
+    max_batch = max(batch for model in models for batch in args.batches[model])
+    if name == "sd15":
+        return Family(build_sd15(configs, device, dtype, max_batch), {SD15: sd15_jobs(size, steps)})
+    if name == "sdxl":
+        built = build_instantid(configs, device, dtype, max_batch)
+        return Family(built, {model: instantid_jobs(model, size, steps) for model in models})
+    built = build_flux(configs, device, dtype, max_batch, text_tokens=FULL_FLUX_TEXT_TOKENS)
+    return Family(built, {FLUX: flux_jobs(size, steps)})
+
+
+# family name -> the models it serves, the half-precision dtype its runner uses on GPU
 FAMILIES = {
-    "sd15": (build_sd15, (SD15,), torch.float16),
-    "sdxl": (build_sdxl, (INSTANTID, INSTA_DEPTH), torch.float16),
-    "flux": (build_flux, (FLUX,), torch.bfloat16),
+    "sd15": ((SD15,), torch.float16),
+    "sdxl": ((INSTANTID, INSTA_DEPTH), torch.float16),
+    "flux": ((FLUX,), torch.bfloat16),
 }
 
 
 def family_dtype(name: str, args: argparse.Namespace) -> torch.dtype:
     """The runner's half precision on the GPU; float32 on the CPU, as the runners."""
-    return FAMILIES[name][2] if args.device.type == "cuda" else torch.float32
+    return FAMILIES[name][1] if args.device.type == "cuda" else torch.float32
 
 
 # --- measuring --------------------------------------------------------------------------------
 
 
 def switch_on(row: str, family: Family, compile_mode: str) -> None:
-    """Apply one row's acceleration to the family's modules (the runners' own functions)."""
+    """Apply one row's acceleration to the runner's modules (the runners' own functions)."""
+    modules = family.built.modules
     if row == "sdpa":
-        apply_attention(family.modules, "sdpa")
+        apply_attention(modules, "sdpa")
     elif row == "xformers":
-        apply_attention(family.modules, "xformers")
+        apply_attention(modules, "xformers")
     elif row == "channels_last":
-        apply_channels_last(family.modules)
+        apply_channels_last(modules)
     elif row == "fused_qkv":
-        apply_fused_qkv(family.modules, "sdpa")
+        apply_fused_qkv(modules, "sdpa")
     elif row == "compile":
-        apply_compile({name: family.modules[name] for name in family.compiled}, compile_mode)
+        apply_compile({name: modules[name] for name in family.built.compiled}, compile_mode)
     # baseline: the modules as built; only its attention kernel is held (in `seconds_per_call`)
 
 
@@ -463,24 +307,43 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class BatchFailed(RuntimeError):
+    """The batch did not run as one pipeline call with every image made."""
+
+
+def check(results: list[GenerationResult], batch: int) -> None:
+    """Every job got its image from one call of `batch` samples. run_batch never raises for a
+    job's sake (runners/batching.py): a call that fails (out of memory, say) is run again in
+    halves and its jobs answered as failed, with the reason in the runner's log."""
+    for result in results:
+        if result.failure is not None:
+            raise BatchFailed(f"{result.failure.kind}: {result.failure.message}")
+        if result.batch_size != batch:
+            raise BatchFailed(f"the runner split the batch (a call of {result.batch_size})")
+
+
 def seconds_per_call(
-    generate: Callable[[int], object],
+    family: Family,
+    model: str,
     batch: int,
     runs: int,
     warmup: int,
     device: torch.device,
     math_attention: bool,
 ) -> float:
-    """Median wall time of one call, after `warmup` untimed calls."""
+    """Median wall time of the runner's `run_batch` on `batch` jobs, after `warmup` untimed
+    calls. The jobs are made before the clock starts (the Gateway's work)."""
     times = []
     with sdpa_kernel(SDPBackend.MATH) if math_attention else nullcontext():
         for i in range(warmup + runs):
+            jobs = family.jobs[model](batch)
             _synchronize(device)
             start = time.perf_counter()
-            generate(batch)
+            results = family.built.runner.run_batch(jobs)
             _synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
+            check(results, batch)
     return statistics.median(times)
 
 
@@ -491,14 +354,12 @@ def bench_family(
     rows: list[str],
     batches: dict[str, list[int]],
 ) -> dict[str, Result]:
-    build = FAMILIES[name][0]
-    dtype = family_dtype(name, args)
     if args.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     torch.manual_seed(0)
     start = time.perf_counter()
-    family = build(SCALES[args.scale], args.device, dtype, args.size[name], args.steps)
-    _progress(f"{name}: built in {time.perf_counter() - start:.1f} s ({dtype})")
+    family = build_family(name, models, args)
+    _progress(f"{name}: built in {time.perf_counter() - start:.1f} s ({family_dtype(name, args)})")
     results = {model: Result() for model in models}
     last = max(ROWS.index(row) for row in rows)
     for row in ROWS[: last + 1]:
@@ -511,7 +372,7 @@ def bench_family(
                     batch: _measure(family, model, batch, row, args) for batch in batches[model]
                 }
         if row == "xformers":
-            apply_attention(family.modules, "sdpa")
+            apply_attention(family.built.modules, "sdpa")
     if args.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(args.device) / 2**30
         for result in results.values():
@@ -529,17 +390,19 @@ def _measure(
 ) -> float | None:
     try:
         seconds = seconds_per_call(
-            family.generate[model],
+            family,
+            model,
             batch,
             args.runs,
             args.warmup,
             args.device,
             math_attention=row == "baseline",
         )
-    except torch.OutOfMemoryError:
+    except BatchFailed as failure:
         gc.collect()
-        torch.cuda.empty_cache()
-        _progress(f"{model} {row} batch {batch}: out of memory")
+        if args.device.type == "cuda":
+            torch.cuda.empty_cache()
+        _progress(f"{model} {row} batch {batch}: failed ({failure}); the runner's log says why")
         return None
     _progress(f"{model} {row} batch {batch}: {seconds / batch:.3f} s/image")
     return seconds / batch
@@ -576,7 +439,7 @@ def table(model: str, result: Result, args: argparse.Namespace) -> str:
         top = best(per_batch)
         lines.append(
             f"| {ROW_LABELS[row]} | {_seconds(one)} | "
-            + (f"{top[1]:.3f} (batch {top[0]})" if top else "out of memory")
+            + (f"{top[1]:.3f} (batch {top[0]})" if top else "failed (out of memory?)")
             + " |"
         )
     if result.peak_gib is not None:
@@ -597,7 +460,7 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-FAMILY_OF = {model: name for name, (_, models, _) in FAMILIES.items() for model in models}
+FAMILY_OF = {model: name for name, (models, _) in FAMILIES.items() for model in models}
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -655,7 +518,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default_side = TINY_LONG_SIDE if args.scale == "tiny" else None
     args.size = {
         name: args.size or default_side or max(FULL_LONG_SIDE[m] for m in models)
-        for name, (_, models, _) in FAMILIES.items()
+        for name, (models, _) in FAMILIES.items()
     }
     return args
 
@@ -672,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\n",
         flush=True,
     )
-    for name, (_, family_models, _) in FAMILIES.items():
+    for name, (family_models, _) in FAMILIES.items():
         models = [model for model in family_models if model in args.models]
         if not models:
             continue

@@ -1,9 +1,10 @@
 """Each runner's GPU memory for its weights, computed from parameter counts: no GPU, no download.
 
-The real architectures (benchmarks/real_configs.py, and the configs of the three small models
+The real architectures (benchmarks/real_configs.py, and the config of the prompt upsampler
 written below) are built on PyTorch's meta device (shapes only, no memory), their parameters
 counted, and priced at the dtype each runner uses on CUDA: fp16 (sd15, instantid) and bf16
-(flux), 2 bytes a parameter either way. Prints markdown tables for the README ("GPU memory"):
+(flux), 2 bytes a parameter either way. Prints markdown tables for docs/performance.md ("GPU
+memory"):
 
     python -m benchmarks.gpu_memory          # make gpu-memory
 
@@ -31,6 +32,7 @@ from transformers import (
     CLIPTextModelWithProjection,
     DepthAnythingConfig,
     DepthAnythingForDepthEstimation,
+    Dinov2Config,
     Qwen2Config,
     Qwen2ForCausalLM,
     T5Config,
@@ -39,34 +41,13 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from benchmarks.gpu import _attach_ip_adapter  # what load_ip_adapter adds to the SDXL UNet
+from benchmarks.random_parts import attach_ip_adapter  # what load_ip_adapter adds
 from benchmarks.real_configs import REAL
 
 GIB = 1024**3
 BYTES_PER_PARAMETER = 2  # fp16 / bf16 on CUDA (DEPTHID_DTYPE=auto)
 FP32 = 4
 
-# depth-anything/Depth-Anything-V2-Small-hf config.json (every runner's depth estimator).
-DEPTH_ANYTHING_V2_SMALL = {
-    "backbone_config": {
-        "model_type": "dinov2",
-        "hidden_size": 384,
-        "num_attention_heads": 6,
-        "num_hidden_layers": 12,
-        "image_size": 518,
-        "patch_size": 14,
-        "out_indices": [9, 10, 11, 12],
-        "reshape_hidden_states": False,
-    },
-    "neck_hidden_sizes": [48, 96, 192, 384],
-    "fusion_hidden_size": 64,
-    "head_hidden_size": 32,
-    "reassemble_hidden_size": 384,
-    "reassemble_factors": [4, 2, 1, 0.5],
-    "patch_size": 14,
-}
-# Falconsai/nsfw_image_detection config.json: ViT-Base/16 at 224 px, two labels (flux's safety).
-NSFW_VIT = {"image_size": 224, "patch_size": 16, "num_labels": 2}
 # Qwen/Qwen2.5-0.5B-Instruct config.json (flux's prompt upsampler, `llm`).
 QWEN25_05B = {
     "vocab_size": 151936,
@@ -106,13 +87,15 @@ def sdxl_unet_with_adapter() -> tuple[int, int]:
     (the runner detaches it: use_per_call_scale)."""
     with torch.device("meta"):
         unet = UNet2DConditionModel(**REAL.sdxl.unet)
-        _attach_ip_adapter(unet, REAL.sdxl.resampler)
+        attach_ip_adapter(unet, REAL.sdxl.resampler)
         resampler = sum(p.numel() for p in unet.encoder_hid_proj.parameters())
         return sum(p.numel() for p in unet.parameters()) - resampler, resampler
 
 
 def depth_estimator() -> Part:
-    config = DepthAnythingConfig(**DEPTH_ANYTHING_V2_SMALL)
+    depth = REAL.preprocessors  # Depth Anything V2 Small (every runner's depth estimator)
+    backbone = Dinov2Config(**depth.depth_backbone)
+    config = DepthAnythingConfig(backbone_config=backbone, **depth.depth)
     return Part("depth estimator", count(lambda: DepthAnythingForDepthEstimation(config)), False)
 
 
@@ -170,7 +153,7 @@ def flux_parts() -> list[Part]:
         depth_estimator(),
         Part(
             "safety classifier (ViT-B/16)",
-            count(lambda: ViTForImageClassification(ViTConfig(**NSFW_VIT))),
+            count(lambda: ViTForImageClassification(ViTConfig(**REAL.preprocessors.safety))),
             False,
         ),
         Part(

@@ -67,7 +67,7 @@ def direct_call(model: str) -> Callable[[], object]:
     spec = MODEL_SPECS[model]
     body = spec.request.model_validate(make_body())
     job = asyncio.run(spec.to_job(body, "bench", settings))
-    pipelines = getattr(importlib.import_module(module), cls)(settings)
+    pipelines = getattr(importlib.import_module(module), cls).from_store(settings)
     return lambda: pipelines.run(job)
 
 

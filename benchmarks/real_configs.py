@@ -6,6 +6,10 @@ from the `config.json` of the repository named beside it (keys left at the class
 left out). The schedulers' configs are the real ones that the tiny builders (models/tiny_*.py)
 already hold. The benchmark's timings depend on the shapes only, never on the weights' values.
 
+The preprocessing models (depth estimator, safety classifier) are here too, with their image
+processors' arguments. Face analysis is not: its ONNX models cannot be built from a config (the
+benchmark uses the tiny profile's hand-set ones, models/tiny_faces.py).
+
 `TINY` has the same structure shrunk to toy sizes, so `--scale tiny` runs the whole benchmark on
 the CPU in seconds (tests/deploy/test_bench_gpu.py); its numbers mean nothing.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models import tiny_flux, tiny_sd15, tiny_sdxl
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+
+from models import tiny_depth, tiny_flux, tiny_safety, tiny_sd15, tiny_sdxl
 
 Config = dict[str, Any]
 
@@ -60,10 +66,20 @@ class FluxConfigs:
 
 
 @dataclass(frozen=True)
+class PreprocessorConfigs:
+    depth_backbone: Config  # transformers Dinov2Config
+    depth: Config  # transformers DepthAnythingConfig (its backbone: the above)
+    depth_processor: Config  # transformers DPTImageProcessor
+    safety: Config  # transformers ViTConfig (ViTForImageClassification, labels normal/nsfw)
+    safety_processor: Config  # transformers ViTImageProcessor
+
+
+@dataclass(frozen=True)
 class Configs:
     sd15: SD15Configs
     sdxl: SDXLConfigs
     flux: FluxConfigs
+    preprocessors: PreprocessorConfigs
 
 
 # --- real --------------------------------------------------------------------------------------
@@ -226,6 +242,62 @@ REAL = Configs(
         },
         scheduler=tiny_flux.SCHEDULER_CONFIG,  # FlowMatchEulerDiscreteScheduler
     ),
+    preprocessors=PreprocessorConfigs(
+        # depth-anything/Depth-Anything-V2-Small-hf config.json: a DINOv2 ViT-S/14 backbone
+        depth_backbone={
+            "hidden_size": 384,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 6,
+            "mlp_ratio": 4,
+            "patch_size": 14,
+            "image_size": 518,
+            "out_indices": (3, 6, 9, 12),
+            "reshape_hidden_states": False,
+        },
+        depth={
+            "patch_size": 14,
+            "reassemble_hidden_size": 384,
+            "neck_hidden_sizes": (48, 96, 192, 384),
+            "fusion_hidden_size": 64,
+            "head_hidden_size": 32,
+            "depth_estimation_type": "relative",
+        },
+        # its preprocessor_config.json: the short side to 518, aspect kept, multiples of 14
+        depth_processor={
+            "do_resize": True,
+            "size": {"height": 518, "width": 518},
+            "keep_aspect_ratio": True,
+            "ensure_multiple_of": 14,
+            "resample": PILImageResampling.BICUBIC,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(IMAGENET_DEFAULT_MEAN),
+            "image_std": list(IMAGENET_DEFAULT_STD),
+            "do_pad": False,
+        },
+        # Falconsai/nsfw_image_detection config.json: ViT-B/16 at 224 pixels
+        safety={
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "image_size": 224,
+            "patch_size": 16,
+            "id2label": dict(enumerate(tiny_safety.LABELS)),
+        },
+        # its preprocessor_config.json
+        safety_processor={
+            "do_resize": True,
+            "size": {"height": 224, "width": 224},
+            "resample": PILImageResampling.BILINEAR,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [0.5] * 3,
+            "image_std": [0.5] * 3,
+        },
+    ),
 )
 
 
@@ -342,6 +414,42 @@ TINY = Configs(
             "relative_attention_num_buckets": 8,
         },
         scheduler=REAL.flux.scheduler,
+    ),
+    # models/tiny_depth.py's and models/tiny_safety.py's sizes
+    preprocessors=PreprocessorConfigs(
+        depth_backbone={
+            **REAL.preprocessors.depth_backbone,
+            "hidden_size": tiny_depth.BACKBONE_HIDDEN_SIZE,
+            "num_hidden_layers": tiny_depth.BACKBONE_LAYERS,
+            "num_attention_heads": tiny_depth.BACKBONE_ATTENTION_HEADS,
+            "mlp_ratio": tiny_depth.BACKBONE_MLP_RATIO,
+            "image_size": tiny_depth.PROCESSOR_SIZE,
+            "out_indices": tuple(range(1, tiny_depth.BACKBONE_LAYERS + 1)),
+        },
+        depth={
+            **REAL.preprocessors.depth,
+            "reassemble_hidden_size": tiny_depth.BACKBONE_HIDDEN_SIZE,
+            "neck_hidden_sizes": tiny_depth.NECK_HIDDEN_SIZES,
+            "fusion_hidden_size": tiny_depth.FUSION_HIDDEN_SIZE,
+            "head_hidden_size": tiny_depth.HEAD_HIDDEN_SIZE,
+        },
+        depth_processor={
+            **REAL.preprocessors.depth_processor,
+            "size": {"height": tiny_depth.PROCESSOR_SIZE, "width": tiny_depth.PROCESSOR_SIZE},
+        },
+        safety={
+            **REAL.preprocessors.safety,
+            "hidden_size": tiny_safety.HIDDEN_SIZE,
+            "num_hidden_layers": tiny_safety.LAYERS,
+            "num_attention_heads": tiny_safety.ATTENTION_HEADS,
+            "intermediate_size": tiny_safety.INTERMEDIATE_SIZE,
+            "image_size": tiny_safety.IMAGE_SIZE,
+            "patch_size": tiny_safety.PATCH_SIZE,
+        },
+        safety_processor={
+            **REAL.preprocessors.safety_processor,
+            "size": {"height": tiny_safety.IMAGE_SIZE, "width": tiny_safety.IMAGE_SIZE},
+        },
     ),
 )
 

@@ -42,7 +42,7 @@ def ready_banner(settings: Settings, keys: int | None, url: str | None = None) -
         lines += [
             "  tiny profile: random-weight models of the real architectures; every image is",
             "  noise, by design. Real weights: `make pull`, then serve with DEPTHID_PROFILE=full",
-            '  on a GPU (README "Profiles and weights").',
+            "  on a GPU (docs/models.md).",
         ]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ class Checkpoint:
     # File names (or glob patterns) to fetch; the puller checks that each one matched a file.
     allow_patterns: tuple[str, ...]
     description: str
-    # The licence the repository states (README "Licences" lists them all).
+    # The licence the repository states (docs/models.md, "Licences", lists them all).
     licence: str = ""
     # Gated on the Hub: the licence must be accepted at https://huggingface.co/<repo_id> by the
     # account whose token (HF_TOKEN) pulls it.

@@ -11,23 +11,35 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForDepthEstimation,
+    BaseImageProcessor,
+    PreTrainedModel,
+)
 
 
 class DepthEstimator:
-    def __init__(self, model_dir: Path, device: torch.device, dtype: torch.dtype) -> None:
-        self.device = device
-        self.dtype = dtype
-        self.processor = AutoImageProcessor.from_pretrained(model_dir)
+    def __init__(self, processor: BaseImageProcessor, model: PreTrainedModel) -> None:
+        """`model` already on its device and in its dtype; images go where it is."""
+        self.processor = processor
+        self.model = model.eval()
+        self.device = model.device
+        self.dtype = model.dtype
+
+    @classmethod
+    def from_pretrained(
+        cls, model_dir: Path, device: torch.device, dtype: torch.dtype
+    ) -> DepthEstimator:
+        processor = AutoImageProcessor.from_pretrained(model_dir)
         config = AutoConfig.from_pretrained(model_dir)
         if getattr(config, "max_depth", 1) is None:
             # Relative-depth hub configs store "max_depth": null, which the head multiplies its
             # output by; the map is normalised per image below, so any scale will do.
             config.max_depth = 1
-        self.model = AutoModelForDepthEstimation.from_pretrained(
-            model_dir, config=config, dtype=dtype
-        )
-        self.model.to(device).eval()
+        model = AutoModelForDepthEstimation.from_pretrained(model_dir, config=config, dtype=dtype)
+        return cls(processor, model.to(device))
 
     @torch.inference_mode()
     def __call__(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:

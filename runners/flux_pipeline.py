@@ -34,7 +34,7 @@ from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
 from runners.prompt_filter import PromptFilter
 from runners.safety import SafetyChecker
-from runners.upsampler import make_upsampler
+from runners.upsampler import Upsampler, make_upsampler
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,49 +52,82 @@ IMAGE_BLOCKED = (
 
 
 class FluxDepthPipeline:
-    def __init__(self, settings: Settings) -> None:
-        self.device = pick_device(settings)
-        set_cpu_threads(settings, self.device)
-        # bf16 on GPU: FLUX.1 was trained in it, and fp16 overflows in its activations.
-        self.accelerations = resolve_accelerations(settings, self.device, gpu_dtype=torch.bfloat16)
-        self.dtype = self.accelerations.dtype
-        flux_dir = require_model(settings, "flux-depth-dev")
-        depth_dir = require_model(settings, "depth-estimator")
-        safety_dir = require_model(settings, "safety-checker")
+    """Serves requests from loaded parts; `from_store` loads them (as diffusers' pipelines take
+    their modules in `__init__` and load in `from_pretrained`)."""
 
-        self.pipe = FluxControlPipeline.from_pretrained(flux_dir, dtype=self.dtype)
-        placed = place_on_device(self.accelerations, self.pipe, self.device)
+    def __init__(
+        self,
+        pipe: FluxControlPipeline,
+        depth: DepthEstimator,
+        safety: SafetyChecker,
+        prompt_filter: PromptFilter,
+        upsampler: Upsampler,
+        device: torch.device,
+        max_batch_size: int,
+        text_tokens: int,
+    ) -> None:
+        """`pipe` on `device` or offloaded to it; `text_tokens`: the T5 sequence length."""
+        self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
-        accelerated = accelerate(
-            self.accelerations,
-            {"transformer": self.pipe.transformer, "vae": self.pipe.vae},
-            compiled=("transformer",),
-        )
-        accelerated.update(placed)
-        guard_finite_decode(self.pipe.vae, "flux_depth")
-        self.depth = DepthEstimator(depth_dir, self.device, self.dtype)
-        self.safety = SafetyChecker(
-            safety_dir, self.device, self.dtype, thresholds=settings.safety_thresholds
-        )
-        self.prompt_filter = PromptFilter.from_file(settings.blocked_terms_file)
-        self.upsampler = make_upsampler(settings, self.device, self.dtype)
+        self.depth = depth
+        self.safety = safety
+        self.prompt_filter = prompt_filter
+        self.upsampler = upsampler
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.text_tokens = text_tokens
         # One pipeline call at a time per process: concurrent calls would only fight for the
         # same device. The scheduler is reset by every call (set_timesteps), so one pipeline
         # serves every request.
         self._lock = threading.Lock()
-        self.max_batch_size = settings.flux_max_batch_size
-        self.text_tokens = settings.flux_text_tokens()
-        if self.accelerations.warmup:
-            accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
-        log_accelerations("flux_depth", self.accelerations, accelerated)
+
+    @classmethod
+    def from_store(cls, settings: Settings) -> FluxDepthPipeline:
+        """The runner from the model store's weights, as settings say."""
+        # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
+        device = pick_device(settings)
+        set_cpu_threads(settings, device)
+        # bf16 on GPU: FLUX.1 was trained in it, and fp16 overflows in its activations.
+        accelerations = resolve_accelerations(settings, device, gpu_dtype=torch.bfloat16)
+        dtype = accelerations.dtype
+        flux_dir = require_model(settings, "flux-depth-dev")
+        depth_dir = require_model(settings, "depth-estimator")
+        safety_dir = require_model(settings, "safety-checker")
+
+        pipe = FluxControlPipeline.from_pretrained(flux_dir, dtype=dtype)
+        placed = place_on_device(accelerations, pipe, device)
+        accelerated = accelerate(
+            accelerations,
+            {"transformer": pipe.transformer, "vae": pipe.vae},
+            compiled=("transformer",),
+        )
+        accelerated.update(placed)
+        guard_finite_decode(pipe.vae, "flux_depth")
+        pipeline = cls(
+            pipe=pipe,
+            depth=DepthEstimator.from_pretrained(depth_dir, device, dtype),
+            safety=SafetyChecker.from_pretrained(
+                safety_dir, device, dtype, thresholds=settings.safety_thresholds
+            ),
+            prompt_filter=PromptFilter.from_file(settings.blocked_terms_file),
+            upsampler=make_upsampler(settings, device, dtype),
+            device=device,
+            max_batch_size=settings.flux_max_batch_size,
+            text_tokens=settings.flux_text_tokens(),
+        )
+        if accelerations.warmup:
+            side = settings.long_side(SERVED_MODEL)
+            accelerated["warmup"] = warm_up(lambda: pipeline._warm_up(side))
+        log_accelerations("flux_depth", accelerations, accelerated)
         logger.info(
             "flux_depth loaded: profile=%s device=%s dtype=%s terms=%d upsampler=%s",
             settings.profile,
-            self.device,
-            self.dtype,
-            len(self.prompt_filter.terms),
-            type(self.upsampler).__name__,
+            device,
+            dtype,
+            len(pipeline.prompt_filter.terms),
+            type(pipeline.upsampler).__name__,
         )
+        return pipeline
 
     def _warm_up(self, side: int) -> None:
         """One generation at the default output size, as a request runs it (depth map, T5 at

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,19 +58,53 @@ WARMUP_GUIDANCE = 5.0
 
 
 class InstantIDPipelines:
-    def __init__(self, settings: Settings) -> None:
-        self.device = pick_device(settings)
-        self.accelerations = resolve_accelerations(settings, self.device, gpu_dtype=torch.float16)
-        self.dtype = self.accelerations.dtype
-        set_cpu_threads(settings, self.device)
+    """Serves requests from loaded parts; `from_store` loads them (as diffusers' pipelines take
+    their modules in `__init__` and load in `from_pretrained`)."""
+
+    def __init__(
+        self,
+        components: dict[str, Any],
+        face_projection: torch.nn.Module,
+        identitynet: ControlNetModel,
+        depth_controlnet: ControlNetModel,
+        depth: DepthEstimator,
+        faces: FaceAnalyzer,
+        device: torch.device,
+        max_batch_size: int,
+        face_region_padding: float,
+    ) -> None:
+        """`components`: a StableDiffusionXLPipeline's, whose UNet has the face IP-Adapter set up
+        by `use_per_call_scale` (which returned `face_projection`); every request builds a
+        pipeline around them with its own scheduler, configured as `components["scheduler"]`.
+        All modules on `device` (or offloaded to it)."""
+        self.components = components
+        self.scheduler_config = components["scheduler"].config
+        self.face_projection = face_projection
+        self.identitynet = identitynet
+        self.depth_controlnet = depth_controlnet
+        self.depth = depth
+        self.faces = faces
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.face_region_padding = face_region_padding
+        # One pipeline call at a time per process: concurrent calls would only fight for the
+        # same device.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_store(cls, settings: Settings) -> InstantIDPipelines:
+        """The runner from the model store's weights (profile, fp16 files), as settings say."""
+        # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
+        device = pick_device(settings)
+        accelerations = resolve_accelerations(settings, device, gpu_dtype=torch.float16)
+        dtype = accelerations.dtype
+        set_cpu_threads(settings, device)
         instantid_dir = require_model(settings, "instantid")
-        vae = AutoencoderKL.from_pretrained(
-            require_model(settings, "sdxl-vae"), torch_dtype=self.dtype
-        )
+        vae = AutoencoderKL.from_pretrained(require_model(settings, "sdxl-vae"), torch_dtype=dtype)
         base = StableDiffusionXLPipeline.from_pretrained(
             require_model(settings, "sdxl-base"),
             vae=vae,
-            torch_dtype=self.dtype,
+            torch_dtype=dtype,
             variant=weights_variant(settings.profile, "sdxl-base"),
         )
         # diffusers reads InstantID's ip-adapter.bin; no CLIP image encoder: the face embedding
@@ -80,58 +115,60 @@ class InstantIDPipelines:
             weight_name=INSTANTID_IP_ADAPTER_FILE,
             image_encoder_folder=None,
         )
-        self.face_projection = use_per_call_scale(base.unet)
-        placed = place_on_device(self.accelerations, base, self.device)
+        face_projection = use_per_call_scale(base.unet)
+        placed = place_on_device(accelerations, base, device)
         # Detached from the UNet (use_per_call_scale) and small: on the device at all times.
-        self.face_projection.to(self.device, self.dtype)
-        self.components = {
+        face_projection.to(device, dtype)
+        components = {
             name: module
             for name, module in base.components.items()
             if name not in ("image_encoder", "feature_extractor")
         }
-        self.scheduler_config = base.scheduler.config
-        self.identitynet = ControlNetModel.from_pretrained(
-            instantid_dir, subfolder=INSTANTID_IDENTITYNET_FOLDER, torch_dtype=self.dtype
-        ).to(self.device)
-        self.depth_controlnet = ControlNetModel.from_pretrained(
+        identitynet = ControlNetModel.from_pretrained(
+            instantid_dir, subfolder=INSTANTID_IDENTITYNET_FOLDER, torch_dtype=dtype
+        ).to(device)
+        depth_controlnet = ControlNetModel.from_pretrained(
             require_model(settings, "sdxl-controlnet-depth"),
-            torch_dtype=self.dtype,
+            torch_dtype=dtype,
             variant=weights_variant(settings.profile, "sdxl-controlnet-depth"),
-        ).to(self.device)
+        ).to(device)
         accelerated = accelerate(
-            self.accelerations,
+            accelerations,
             {
                 "unet": base.unet,
-                "identitynet": self.identitynet,
-                "depth_controlnet": self.depth_controlnet,
+                "identitynet": identitynet,
+                "depth_controlnet": depth_controlnet,
                 "vae": vae,
             },
             compiled=("unet", "identitynet", "depth_controlnet"),
         )
         accelerated.update(placed)
         guard_finite_decode(vae, "instantid")
-        self.depth = DepthEstimator(
-            require_model(settings, "depth-estimator"), self.device, self.dtype
+        pipelines = cls(
+            components=components,
+            face_projection=face_projection,
+            identitynet=identitynet,
+            depth_controlnet=depth_controlnet,
+            depth=DepthEstimator.from_pretrained(
+                require_model(settings, "depth-estimator"), device, dtype
+            ),
+            faces=FaceAnalyzer(
+                require_model(settings, "face-analysis"), use_cuda=device.type == "cuda"
+            ),
+            device=device,
+            max_batch_size=settings.instantid_max_batch_size,
+            face_region_padding=settings.face_region_padding,
         )
-        self.faces = FaceAnalyzer(
-            require_model(settings, "face-analysis"), use_cuda=self.device.type == "cuda"
-        )
-        # One pipeline call at a time per process: concurrent calls would only fight for the
-        # same device.
-        self._lock = threading.Lock()
-        self.max_batch_size = settings.instantid_max_batch_size
-        self.face_region_padding = settings.face_region_padding
-        if self.accelerations.warmup:
-            accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
+        if accelerations.warmup:
+            side = settings.long_side(SERVED_MODEL)
+            accelerated["warmup"] = warm_up(lambda: pipelines._warm_up(side))
         log_accelerations(
-            "instantid", self.accelerations, accelerated, faces=self.faces.providers[0]
+            "instantid", accelerations, accelerated, faces=pipelines.faces.providers[0]
         )
         logger.info(
-            "instantid loaded: profile=%s device=%s dtype=%s",
-            settings.profile,
-            self.device,
-            self.dtype,
+            "instantid loaded: profile=%s device=%s dtype=%s", settings.profile, device, dtype
         )
+        return pipelines
 
     def _warm_up(self, side: int) -> None:
         """One insta-depth generation at the default output size (both ControlNets, the face

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    BaseImageProcessor,
+    PreTrainedModel,
+)
 
 UNSAFE_LABEL = "nsfw"
 MIN_TOLERANCE = 1
@@ -32,24 +37,33 @@ def is_blocked(score: float, tolerance: int, thresholds: Sequence[float]) -> boo
 
 class SafetyChecker:
     def __init__(
-        self,
+        self, processor: BaseImageProcessor, model: PreTrainedModel, thresholds: Sequence[float]
+    ) -> None:
+        """`model` already on its device and in its dtype; images go where it is."""
+        self.processor = processor
+        self.model = model.eval()
+        self.device = model.device
+        self.dtype = model.dtype
+        self.thresholds = tuple(thresholds)
+        # From id2label, whose keys transformers makes ints: hub configs may store label2id's
+        # values as strings ({"nsfw": "1"}), which cannot index the logits.
+        labels = {label.lower(): int(index) for index, label in model.config.id2label.items()}
+        if UNSAFE_LABEL not in labels:
+            where = model.config.name_or_path or type(model).__name__
+            raise ValueError(f"safety model at {where} has no {UNSAFE_LABEL!r} label")
+        self.unsafe_index = labels[UNSAFE_LABEL]
+
+    @classmethod
+    def from_pretrained(
+        cls,
         model_dir: Path,
         device: torch.device,
         dtype: torch.dtype,
         thresholds: Sequence[float],
-    ) -> None:
-        self.device = device
-        self.dtype = dtype
-        self.thresholds = tuple(thresholds)
-        self.processor = AutoImageProcessor.from_pretrained(model_dir)
-        self.model = AutoModelForImageClassification.from_pretrained(model_dir, dtype=dtype)
-        self.model.to(device).eval()
-        # From id2label, whose keys transformers makes ints: hub configs may store label2id's
-        # values as strings ({"nsfw": "1"}), which cannot index the logits.
-        labels = {label.lower(): int(index) for index, label in self.model.config.id2label.items()}
-        if UNSAFE_LABEL not in labels:
-            raise ValueError(f"safety model at {model_dir} has no {UNSAFE_LABEL!r} label")
-        self.unsafe_index = labels[UNSAFE_LABEL]
+    ) -> SafetyChecker:
+        processor = AutoImageProcessor.from_pretrained(model_dir)
+        model = AutoModelForImageClassification.from_pretrained(model_dir, dtype=dtype)
+        return cls(processor, model.to(device), thresholds)
 
     @torch.inference_mode()
     def score(self, image: Image.Image) -> float:

@@ -26,7 +26,7 @@ class SD15Depth:
     def __init__(self) -> None:
         from runners.sd15_pipeline import SD15DepthPipelines
 
-        self.pipelines = SD15DepthPipelines(SETTINGS)
+        self.pipelines = SD15DepthPipelines.from_store(SETTINGS)
 
     @bentoml.api(**batching_options(SETTINGS.sd15_max_batch_size, SETTINGS.sd15_max_latency_ms))
     def generate(self, jobs: list[SD15DepthJob]) -> GenerationResults:

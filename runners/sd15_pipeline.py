@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import torch
 from diffusers import (
@@ -48,18 +49,43 @@ WARMUP_SCHEDULER = "UniPC"  # the contract's default
 
 
 class SD15DepthPipelines:
-    def __init__(self, settings: Settings) -> None:
-        self.device = pick_device(settings)
-        set_cpu_threads(settings, self.device)
-        self.accelerations = resolve_accelerations(settings, self.device, gpu_dtype=torch.float16)
-        self.dtype = self.accelerations.dtype
+    """Serves requests from loaded parts; `from_store` loads them (as diffusers' pipelines take
+    their modules in `__init__` and load in `from_pretrained`)."""
+
+    def __init__(
+        self,
+        components: dict[str, Any],
+        depth: DepthEstimator,
+        device: torch.device,
+        max_batch_size: int,
+    ) -> None:
+        """`components`: a StableDiffusionControlNetPipeline's (its `components`), on `device`
+        or offloaded to it; every request builds a pipeline around them with its own scheduler,
+        configured as `components["scheduler"]`, which itself is never used."""
+        self.components = components
+        self.scheduler_config = components["scheduler"].config
+        self.depth = depth
+        self.device = device
+        self.max_batch_size = max_batch_size
+        # One pipeline call at a time per process: concurrent calls would only fight for the
+        # same device; adaptive batching is what runs several requests in one call.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_store(cls, settings: Settings) -> SD15DepthPipelines:
+        """The runner from the model store's weights (profile, fp16 files), as settings say."""
+        # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
+        device = pick_device(settings)
+        set_cpu_threads(settings, device)
+        accelerations = resolve_accelerations(settings, device, gpu_dtype=torch.float16)
+        dtype = accelerations.dtype
         base_dir = require_model(settings, "sd15-base")
         controlnet_dir = require_model(settings, "sd15-controlnet-depth")
         depth_dir = require_model(settings, "depth-estimator")
 
         controlnet = ControlNetModel.from_pretrained(
             controlnet_dir,
-            torch_dtype=self.dtype,
+            torch_dtype=dtype,
             variant=weights_variant(settings.profile, "sd15-controlnet-depth"),
         )
         base = StableDiffusionControlNetPipeline.from_pretrained(
@@ -67,33 +93,31 @@ class SD15DepthPipelines:
             controlnet=controlnet,
             safety_checker=None,
             requires_safety_checker=False,
-            torch_dtype=self.dtype,
+            torch_dtype=dtype,
             variant=weights_variant(settings.profile, "sd15-base"),
         )
-        placed = place_on_device(self.accelerations, base, self.device)
+        placed = place_on_device(accelerations, base, device)
         accelerated = accelerate(
-            self.accelerations,
+            accelerations,
             {"unet": base.unet, "controlnet": controlnet, "vae": base.vae},
             compiled=("unet", "controlnet"),
         )
         accelerated.update(placed)
         guard_finite_decode(base.vae, "sd15_depth")
-        self.components = base.components
-        self.scheduler_config = base.scheduler.config
-        self.depth = DepthEstimator(depth_dir, self.device, self.dtype)
-        # One pipeline call at a time per process: concurrent calls would only fight for the
-        # same device; adaptive batching is what runs several requests in one call.
-        self._lock = threading.Lock()
-        self.max_batch_size = settings.sd15_max_batch_size
-        if self.accelerations.warmup:
-            accelerated["warmup"] = warm_up(lambda: self._warm_up(settings.long_side(SERVED_MODEL)))
-        log_accelerations("sd15_depth", self.accelerations, accelerated)
-        logger.info(
-            "sd15_depth loaded: profile=%s device=%s dtype=%s",
-            settings.profile,
-            self.device,
-            self.dtype,
+        pipelines = cls(
+            components=base.components,
+            depth=DepthEstimator.from_pretrained(depth_dir, device, dtype),
+            device=device,
+            max_batch_size=settings.sd15_max_batch_size,
         )
+        if accelerations.warmup:
+            side = settings.long_side(SERVED_MODEL)
+            accelerated["warmup"] = warm_up(lambda: pipelines._warm_up(side))
+        log_accelerations("sd15_depth", accelerations, accelerated)
+        logger.info(
+            "sd15_depth loaded: profile=%s device=%s dtype=%s", settings.profile, device, dtype
+        )
+        return pipelines
 
     def _warm_up(self, side: int) -> None:
         """One text-to-image generation at the default output size, as a request runs it (depth

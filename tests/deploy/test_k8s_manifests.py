@@ -49,7 +49,7 @@ API_KEYS_SECRET, API_KEYS_SECRET_KEY = "depthid-api-keys", "api-keys.json"
 ALLOWED_SYSTEM_NAMESPACES = {"monitoring", "keda"}
 # A runner in `full` loads tens of GB of weights before it serves: the startup probe waits this.
 MIN_GPU_STARTUP_S = 600
-# The key whose hash is in overlays/cpu-tiny/api-keys.example.json (the README prints it).
+# The key whose hash is in overlays/cpu-tiny/api-keys.example.json (docs/deploy.md prints it).
 EXAMPLE_API_KEY = "did_example_cpu_tiny_only_not_a_secret"
 
 
@@ -574,7 +574,7 @@ def test_laptop_example_keys_file_is_a_valid_keys_file(rendered):
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
 def test_production_ships_no_api_keys(rendered, overlay):
-    """The Secret is created by the operator (README), never generated from an example."""
+    """The Secret is created by the operator (docs/deploy.md), never generated from an example."""
     assert not [d for d in rendered[overlay] if d["kind"] == "Secret"]
 
 

@@ -227,7 +227,7 @@ def test_job_and_result_cross_json(client, recorder):
 def real_pipeline(tiny_settings):
     from runners.flux_pipeline import FluxDepthPipeline
 
-    return FluxDepthPipeline(tiny_settings)
+    return FluxDepthPipeline.from_store(tiny_settings)
 
 
 @pytest.fixture

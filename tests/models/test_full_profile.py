@@ -72,7 +72,7 @@ def test_the_store_has_the_hub_configs_quirks(full_store):
 def test_safety_checker_reads_a_string_valued_label2id(full_store):
     from runners.safety import SafetyChecker
 
-    checker = SafetyChecker(
+    checker = SafetyChecker.from_pretrained(
         full_store.profile_store() / "safety-checker",
         torch.device("cpu"),
         torch.float32,
@@ -85,7 +85,7 @@ def test_safety_checker_reads_a_string_valued_label2id(full_store):
 def test_depth_estimator_loads_a_null_max_depth(full_store):
     from runners.depth import DepthEstimator
 
-    depth = DepthEstimator(
+    depth = DepthEstimator.from_pretrained(
         full_store.profile_store() / "depth-estimator", torch.device("cpu"), torch.float32
     )
     assert depth(Image.new("RGB", (96, 64), "teal"), (64, 48)).size == (64, 48)
@@ -99,7 +99,7 @@ def _one_image(result, size=(64, 40)) -> None:
 def test_sd15_runner_loads_fp16_files_computes_in_fp32_and_generates(full_store):
     from runners.sd15_pipeline import SD15DepthPipelines
 
-    pipelines = SD15DepthPipelines(full_store)
+    pipelines = SD15DepthPipelines.from_store(full_store)
     # From the fp16 files; on the CPU from_pretrained casts them to the runner's fp32.
     assert {p.dtype for p in pipelines.components["unet"].parameters()} == {torch.float32}
     assert {p.dtype for p in pipelines.components["controlnet"].parameters()} == {torch.float32}
@@ -109,7 +109,7 @@ def test_sd15_runner_loads_fp16_files_computes_in_fp32_and_generates(full_store)
 def test_instantid_runner_generates_instantid_and_insta_depth(full_store):
     from runners.instantid_pipeline import InstantIDPipelines
 
-    pipelines = InstantIDPipelines(full_store)
+    pipelines = InstantIDPipelines.from_store(full_store)
     assert pipelines.components["unet"].dtype == torch.float32
     _one_image(pipelines.run(instantid_job(num_inference_steps=FAST_STEPS)), (64, 64))
     insta_depth = instantid_job(
@@ -122,7 +122,7 @@ def test_flux_runner_generates_with_the_language_model_upsampler(full_store):
     from runners.flux_pipeline import FluxDepthPipeline
     from runners.upsampler import LLMUpsampler
 
-    pipeline = FluxDepthPipeline(full_store)
+    pipeline = FluxDepthPipeline.from_store(full_store)
     assert isinstance(pipeline.upsampler, LLMUpsampler)  # Qwen's files: chat template included
     result = pipeline.run(flux_job(steps=FAST_STEPS, prompt_upsampling=True))
     _one_image(result, (64, 48))

@@ -319,7 +319,7 @@ def test_the_command_refuses_an_unknown_runner_in_the_environment(tmp_path: Path
     assert "unknown runner 'nope'" in done.stderr
 
 
-# --- the manifest, the README and the k8s Job ----------------------------------------------------
+# --- the manifest, the docs and the k8s Job ------------------------------------------------------
 
 
 def test_every_checkpoint_is_pinned_to_a_commit_and_has_a_licence() -> None:
@@ -328,9 +328,9 @@ def test_every_checkpoint_is_pinned_to_a_commit_and_has_a_licence() -> None:
         assert checkpoint.licence, name
 
 
-def test_the_readme_licence_table_matches_the_manifest() -> None:
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme.split("## Licences", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_licence_table_matches_the_manifest() -> None:
+    models_doc = (PROJECT_ROOT / "docs" / "models.md").read_text()
+    section = models_doc.split("## Licences", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]

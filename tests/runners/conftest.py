@@ -10,18 +10,18 @@ import pytest
 def sd15(tiny_settings):
     from runners.sd15_pipeline import SD15DepthPipelines
 
-    return SD15DepthPipelines(tiny_settings)
+    return SD15DepthPipelines.from_store(tiny_settings)
 
 
 @pytest.fixture(scope="module")
 def flux(tiny_settings):
     from runners.flux_pipeline import FluxDepthPipeline
 
-    return FluxDepthPipeline(tiny_settings)
+    return FluxDepthPipeline.from_store(tiny_settings)
 
 
 @pytest.fixture(scope="module")
 def instantid(tiny_settings):
     from runners.instantid_pipeline import InstantIDPipelines
 
-    return InstantIDPipelines(tiny_settings)
+    return InstantIDPipelines.from_store(tiny_settings)

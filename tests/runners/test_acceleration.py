@@ -438,7 +438,7 @@ def build_counting_calls(monkeypatch, runner: str, settings: Settings) -> tuple[
         return original(*args, **kwargs)
 
     monkeypatch.setattr(owner, attribute, counted)
-    return getattr(module, class_name)(settings), calls
+    return getattr(module, class_name).from_store(settings), calls
 
 
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
@@ -469,7 +469,7 @@ def test_no_warm_up_on_the_cpu_by_default_and_the_line_says_so(
 def test_instantid_keeps_its_ip_adapter_processors_and_fuses_the_controlnets(tiny_settings):
     from runners.instantid_pipeline import InstantIDPipelines
 
-    pipelines = InstantIDPipelines(tiny_settings.model_copy(update=ALL_ON))
+    pipelines = InstantIDPipelines.from_store(tiny_settings.model_copy(update=ALL_ON))
     kinds = {type(p) for p in pipelines.components["unet"].attn_processors.values()}
     assert kinds == {FaceAdapterAttnProcessor, SelfAttnProcessor}
     for controlnet in (pipelines.identitynet, pipelines.depth_controlnet):
@@ -496,7 +496,7 @@ def test_sd15_images_are_the_same_with_the_accelerations_on(tiny_settings):
     )
 
     def pixels(settings: Settings) -> np.ndarray:
-        [image] = SD15DepthPipelines(settings).run(job).images
+        [image] = SD15DepthPipelines.from_store(settings).run(job).images
         return np.asarray(Image.open(io.BytesIO(image)), dtype=np.int16)
 
     plain = pixels(tiny_settings)

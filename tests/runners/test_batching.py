@@ -179,7 +179,8 @@ def test_sd15_img2img_batches_apart_from_text_to_image(sd15):
 def test_sd15_max_batch_size_bounds_every_call(tiny_settings):
     from runners.sd15_pipeline import SD15DepthPipelines
 
-    pipelines = SD15DepthPipelines(tiny_settings.model_copy(update={"sd15_max_batch_size": 2}))
+    settings = tiny_settings.model_copy(update={"sd15_max_batch_size": 2})
+    pipelines = SD15DepthPipelines.from_store(settings)
     results = pipelines.run_batch([sd15_job(samples=3), sd15_job(seed=9)])
     assert [r.batch_size for r in results] == [2, 2] and len(results[0].images) == 3
 

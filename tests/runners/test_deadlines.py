@@ -60,12 +60,14 @@ def runner_pipelines(tiny_settings):
     from runners.instantid_pipeline import InstantIDPipelines
     from runners.sd15_pipeline import SD15DepthPipelines
 
+    sd15 = SD15DepthPipelines.from_store(tiny_settings)
+    flux = FluxDepthPipeline.from_store(tiny_settings)
+    instantid = InstantIDPipelines.from_store(tiny_settings)
     return {
-        "sd15": (SD15DepthPipelines(tiny_settings), lambda p: p.components["unet"], sd15_job),
-        "flux": (FluxDepthPipeline(tiny_settings), lambda p: p.pipe.transformer, flux_job),
-        "instantid": (InstantIDPipelines(tiny_settings), lambda p: p.components["unet"],
-                      instantid_job),
-    }  # fmt: skip
+        "sd15": (sd15, lambda p: p.components["unet"], sd15_job),
+        "flux": (flux, lambda p: p.pipe.transformer, flux_job),
+        "instantid": (instantid, lambda p: p.components["unet"], instantid_job),
+    }
 
 
 STEPS = 12

@@ -31,7 +31,7 @@ SCORE_MARGIN = 1e-3  # how far either side of a threshold the driven score lands
 def pipeline(tiny_settings):
     from runners.flux_pipeline import FluxDepthPipeline
 
-    return FluxDepthPipeline(tiny_settings)
+    return FluxDepthPipeline.from_store(tiny_settings)
 
 
 def decode(data: bytes) -> Image.Image:

@@ -37,9 +37,9 @@ def start_line(caplog: pytest.LogCaptureFixture, runner: str) -> str:
 
 def test_sd15_offloads_its_models_tiles_its_vae_and_generates(tiny_settings, caplog):
     job = sd15_job(output_format="PNG")
-    plain = image_of(SD15DepthPipelines(tiny_settings).run(job))
+    plain = image_of(SD15DepthPipelines.from_store(tiny_settings).run(job))
     with caplog.at_level(logging.INFO, logger="runners.acceleration"):
-        pipelines = SD15DepthPipelines(tiny_settings.model_copy(update=SMALL_GPU))
+        pipelines = SD15DepthPipelines.from_store(tiny_settings.model_copy(update=SMALL_GPU))
     for name in ("text_encoder", "unet", "controlnet", "vae"):
         assert offloaded(pipelines.components[name]), name
     assert pipelines.components["vae"].use_tiling
@@ -53,7 +53,7 @@ def test_sd15_offloads_its_models_tiles_its_vae_and_generates(tiny_settings, cap
 
 def test_flux_offloads_its_models_tiles_its_vae_and_generates(tiny_settings, caplog):
     with caplog.at_level(logging.INFO, logger="runners.acceleration"):
-        pipeline = FluxDepthPipeline(tiny_settings.model_copy(update=SMALL_GPU))
+        pipeline = FluxDepthPipeline.from_store(tiny_settings.model_copy(update=SMALL_GPU))
     pipe = pipeline.pipe
     for module in (pipe.text_encoder, pipe.text_encoder_2, pipe.transformer, pipe.vae):
         assert offloaded(module)
@@ -65,7 +65,7 @@ def test_flux_offloads_its_models_tiles_its_vae_and_generates(tiny_settings, cap
 
 def test_instantid_offloads_its_models_tiles_its_vae_and_generates(tiny_settings, caplog):
     with caplog.at_level(logging.INFO, logger="runners.acceleration"):
-        pipelines = InstantIDPipelines(tiny_settings.model_copy(update=SMALL_GPU))
+        pipelines = InstantIDPipelines.from_store(tiny_settings.model_copy(update=SMALL_GPU))
     for name in ("text_encoder", "text_encoder_2", "unet", "vae"):
         assert offloaded(pipelines.components[name]), name
     assert pipelines.components["vae"].use_tiling
@@ -75,12 +75,12 @@ def test_instantid_offloads_its_models_tiles_its_vae_and_generates(tiny_settings
 
 
 def test_both_are_off_by_default(tiny_settings):
-    pipelines = SD15DepthPipelines(tiny_settings)
+    pipelines = SD15DepthPipelines.from_store(tiny_settings)
     assert not offloaded(pipelines.components["unet"])
     assert not pipelines.components["vae"].use_tiling
 
 
-# --- the README's computed table (benchmarks/gpu_memory.py) -------------------------------------
+# --- docs/performance.md's computed table (benchmarks/gpu_memory.py) ----------------------------
 
 
 def test_the_computed_table_counts_the_real_architectures():

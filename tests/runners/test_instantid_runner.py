@@ -27,7 +27,7 @@ from tests.support.jobs import pixels
 def pipelines(tiny_settings):
     from runners.instantid_pipeline import InstantIDPipelines
 
-    return InstantIDPipelines(tiny_settings)
+    return InstantIDPipelines.from_store(tiny_settings)
 
 
 FACE = payload_face()

@@ -18,7 +18,7 @@ from tests.support.jobs import sd15_job as job
 def pipelines(tiny_settings):
     from runners.sd15_pipeline import SD15DepthPipelines
 
-    return SD15DepthPipelines(tiny_settings)
+    return SD15DepthPipelines.from_store(tiny_settings)
 
 
 def test_output_is_a_jpeg_of_the_requested_size(pipelines):
