@@ -2,7 +2,7 @@
 (settings.py) and docs/metrics.md from the metrics the Gateway defines (gateway/metrics.py).
 
 `make docs` (`python -m docs.generate`) writes both; `--check` writes nothing and exits 1 when a
-file differs from what it would write (tests/test_generated_docs.py runs the same check). Edit
+file differs from what it would write (tests/docs/test_generated_docs.py runs the same check). Edit
 the code, never these two files.
 """
 

@@ -20,7 +20,7 @@ batch_hold.install(get_settings().batch_max_hold_ms)
 
 # BentoML's gateway-to-runner client recycles its HTTP session after `max_requests` calls or
 # `max_age` seconds, closing it under calls still in flight: under concurrency about one call
-# in a hundred fails. Never recycling is the fix; tests/test_e2e.py keeps a concurrency test
+# in a hundred fails. Never recycling is the fix; tests/e2e/test_e2e.py keeps a concurrency test
 # that catches a regression.
 NEVER_RECYCLE = {"max_requests": 2**31 - 1, "max_age": 10.0**9}
 

@@ -10,7 +10,7 @@ holds for every route is added here, once, to the document FastAPI generates:
   400 (a bad one); a body can be 413 (over the size limit) or 408 (not sent in time); a
   path parameter that names nothing (a model, a request id) is 404.
 
-tests/test_fuzz.py holds the served API to this document.
+tests/e2e/test_fuzz.py holds the served API to this document.
 """
 
 from __future__ import annotations

@@ -63,9 +63,11 @@ def test_a_v1_caller_who_hangs_up_is_refunded_and_its_work_stops(base_url):
         spent_before = CREDITS - int(
             client.post(f"/v1/{MODEL}", json=body).headers["x-remaining-credits"]
         )
-        # 100 steps, cut off by the caller after a second.
+        # Four samples of 100 steps (about 20 default requests of work), cut off by the caller
+        # after two default requests' time: a hang-up on a machine of any speed.
+        long_body = {**body, "num_inference_steps": 100, "samples": 4}
         with pytest.raises(httpx.ReadTimeout):
-            client.post(f"/v1/{MODEL}", json={**body, "num_inference_steps": 100}, timeout=1.0)
+            client.post(f"/v1/{MODEL}", json=long_body, timeout=max(2 * idle, 0.2))
         time.sleep(0.5)  # the Gateway notices within its 0.25 s poll and tells the runner
         lone = timed_post(client, MODEL, body)
         remaining = int(client.post(f"/v1/{MODEL}", json=body).headers["x-remaining-credits"])
