@@ -7,6 +7,10 @@ small target size so that CPU runs are fast. It loads with the same calls as the
 
     AutoModelForDepthEstimation.from_pretrained(dir)
     AutoImageProcessor.from_pretrained(dir)
+
+The configs here are the real architecture's structure at toy widths: a copy kept on purpose of
+benchmarks/real_configs.py (docs/architecture.md, "Copies kept on purpose"); a change of
+architecture is made in both.
 """
 
 from __future__ import annotations

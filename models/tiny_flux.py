@@ -14,6 +14,10 @@ in the layout of black-forest-labs/FLUX.1-Depth-dev, so the runner loads both wi
   tokenizer built here (T5's tokenizer type, no sentencepiece file needed).
 
 The images they generate are noise; they exist to exercise the serving stack quickly on CPU.
+
+The configs here are the real architecture's structure at toy widths: a copy kept on purpose of
+benchmarks/real_configs.py (docs/architecture.md, "Copies kept on purpose"); a change of
+architecture is made in both.
 """
 
 from __future__ import annotations

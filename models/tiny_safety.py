@@ -13,6 +13,10 @@ classifier shown ordinary pictures, it leans to `normal`: the classifier's bias 
 logit NORMAL_MARGIN below the `normal` one (about 2% nsfw), so the tiny profile's outputs pass at
 every default tolerance. Tests drive its final layer to chosen scores
 (tests/runners/test_flux_runner.py).
+
+The configs here are the real architecture's structure at toy widths: a copy kept on purpose of
+benchmarks/real_configs.py (docs/architecture.md, "Copies kept on purpose"); a change of
+architecture is made in both.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ the same folder layout as the real checkpoints, so the runner loads both with th
     )
 
 The images they generate are noise; they exist to exercise the serving stack quickly on CPU.
+
+The configs here are the real architecture's structure at toy widths: a copy kept on purpose of
+benchmarks/real_configs.py (docs/architecture.md, "Copies kept on purpose"); a change of
+architecture is made in both.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ SDXL's shape is kept where the serving code depends on it: two text encoders who
 are concatenated into the cross-attention context (the second one with a projection, pooled into
 the "text_time" added embedding with the six size/crop ids), a VAE that downsamples by 8, and
 ControlNets that take the same added conditioning as the UNet.
+
+The configs here are the real architecture's structure at toy widths: a copy kept on purpose of
+benchmarks/real_configs.py (docs/architecture.md, "Copies kept on purpose"); a change of
+architecture is made in both.
 """
 
 from __future__ import annotations
