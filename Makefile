@@ -93,9 +93,10 @@ test: lint models redis-server prometheus image-tools
 	$(BIN)/python -m pytest
 
 # The quick loop while coding: no served instance, no bento or image build, no load test
-# (markers `served` and `slow`, tests/conftest.py); about two minutes on a quiet machine.
+# (markers `served` and `slow`, tests/conftest.py), one pytest worker per core (pytest-xdist);
+# under two minutes on a quiet 2-core machine. `make test` (CI) stays one process.
 test-fast: lint models redis-server
-	$(BIN)/python -m pytest -m "not served and not slow"
+	$(BIN)/python -m pytest -n auto -m "not served and not slow"
 
 bench-latency: models
 	$(BIN)/python -m benchmarks.latency
