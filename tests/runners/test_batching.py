@@ -23,7 +23,7 @@ from runners.service_config import batching_options
 from tests.support import jobs as shared_jobs
 from tests.support.face_images import face_picture, payload_face, payload_pose
 from tests.support.helpers import scene_image
-from tests.support.jobs import instantid_job, pixels
+from tests.support.jobs import instantid_job, pixels, seed_results
 
 
 def assert_same_image(batched: bytes, alone: bytes) -> None:
@@ -81,16 +81,7 @@ def test_run_batched_groups_by_key_and_never_exceeds_the_max_batch_size():
 
     def run_call(rows: list[SD15DepthJob]) -> list[GenerationResult]:
         calls.append([(row.num_inference_steps, row.seed) for row in rows])
-        return [
-            GenerationResult(
-                request_id=row.request_id,
-                images=[str(row.seed).encode()],
-                seed=row.seed,
-                inference_time=0.0,
-                batch_size=len(rows),
-            )
-            for row in rows
-        ]
+        return seed_results(rows)
 
     jobs = [
         sd15_job(seed=10, samples=5, num_inference_steps=4),

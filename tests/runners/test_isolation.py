@@ -24,7 +24,7 @@ from tests.runners.test_batching import assert_same_image
 from tests.support import jobs as shared_jobs
 from tests.support.face_images import payload_face, payload_pose
 from tests.support.helpers import b64, scene_image, wait_until
-from tests.support.jobs import instantid_job
+from tests.support.jobs import instantid_job, seed_results
 
 SURROGATE = "\ud800"
 
@@ -63,16 +63,7 @@ def fake_call(calls: list[list[int]]):
         calls.append([row.seed for row in rows])
         if any(row.seed < 0 for row in rows):
             raise ValueError("a poisoned row")
-        return [
-            GenerationResult(
-                request_id=row.request_id,
-                images=[str(row.seed).encode()],
-                seed=row.seed,
-                inference_time=0.0,
-                batch_size=len(rows),
-            )
-            for row in rows
-        ]
+        return seed_results(rows)
 
     return run_call
 

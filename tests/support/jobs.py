@@ -1,5 +1,6 @@
 """Runner jobs for tests, as the Gateway would send them: every field set to a small valid
-default, any of them overridden by keyword. And the pixels of an encoded answer."""
+default, any of them overridden by keyword. The pixels of an encoded answer, and the results of
+a fake pipeline call."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from protocol.jobs import FluxDepthJob, InstantIDJob, SD15DepthJob
+from protocol.jobs import FluxDepthJob, GenerationResult, InstantIDJob, SD15DepthJob
 from tests.support.face_images import payload_face
 from tests.support.helpers import scene_image
 
@@ -70,3 +71,18 @@ def instantid_job(**fields) -> InstantIDJob:
 def pixels(data: bytes) -> np.ndarray:
     """An encoded image's RGB values, signed, so that differences do not wrap."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def seed_results(rows: list) -> list[GenerationResult]:
+    """What a fake pipeline call answers for `rows`: one result each, its one image the row's
+    seed as text, so a test can tell which row an answer came from and the call's size."""
+    return [
+        GenerationResult(
+            request_id=row.request_id,
+            images=[str(row.seed).encode()],
+            seed=row.seed,
+            inference_time=0.0,
+            batch_size=len(rows),
+        )
+        for row in rows
+    ]
