@@ -248,25 +248,12 @@ class Settings(BaseSettings):
         "by this fraction of its width and height on each side; 0: the box itself, as "
         "InstantID's demo.",
     )
-    batch_max_hold_ms: float = Field(
-        default=50.0,
+    scheduler_fairness_ms: float = Field(
+        default=1000.0,
         ge=0,
-        description="The longest BentoML's batching dispatcher holds a call on an idle runner "
-        "hoping for company (`runners/batch_hold.py`); unbounded, a burst's queue waits kept "
-        "lone calls slow.",
-    )
-    sd15_max_latency_ms: int = Field(
-        default=300_000,
-        ge=1,
-        description="BentoML refuses (503, answered 502) a queued sd15_depth call it expects to "
-        "finish later than this: keep it at least the generation deadline, so batching never "
-        "refuses what the deadline would allow.",
-    )
-    instantid_max_latency_ms: int = Field(
-        default=300_000, ge=1, description="The same for the instantid runner."
-    )
-    flux_max_latency_ms: int = Field(
-        default=300_000, ge=1, description="The same for the flux_depth runner."
+        description="A runner's scheduler runs the fullest call first (the shape most samples "
+        "wait for), unless its oldest sample has waited this long: then that sample's call, so "
+        "no shape starves; 0: always the oldest sample's call (`runners/scheduler.py`).",
     )
 
     # --- v2 jobs --------------------------------------------------------------------------

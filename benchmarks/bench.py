@@ -6,8 +6,10 @@ Tiny profile, this machine's CPU. Every figure is min / median / max over --roun
     Target: <= 10 ms. Two processes' pipelines differ by a few % from run to run (tens of ms
     here), so the same difference is also taken against the pipeline time the runner itself
     reports for each request (x-inference-time): what the Gateway and the hop add, steadily.
-(b) Adaptive batching per runner: throughput at 8 concurrent v1 clients with batching on (the
-    default max batch sizes) over the same with every max batch size 1. Target: >= 1.8x.
+(b) Batching on real traffic (benchmarks/traffic.py): per model, identical requests and a
+    realistic mix (four aspect ratios, prompts of 2-90 words, img2img or not, faces), closed
+    loops of 1, 4, 8 and 16 clients and an open loop at 70% of capacity; throughput, p50 and
+    p95 with the runners' batching on against every max batch size 1, side by side.
 (c) v2 queue time (submit -> a worker starts the job): median at idle (one job at a time) and
     under load (--load jobs submitted at once).
 (d) Back to idle speed after a burst (sd1.5): lone v1 latency at idle, the latency of requests
@@ -28,22 +30,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from benchmarks import traffic
 from benchmarks.latency import MODELS, direct_call
 from settings import Settings
 from tests.support.served import serve
-
-CLIENTS = 8
-# Runners, and the model each is driven through for (b). insta-depth runs on instantid's.
-RUNNER_MODELS = {
-    "sd15_depth": "sd1.5-controlnet-depth",
-    "instantid": "instantid",
-    "flux_depth": "flux-depth-pro",
-}
-BATCHING_OFF = {
-    "DEPTHID_SD15_MAX_BATCH_SIZE": "1",
-    "DEPTHID_INSTANTID_MAX_BATCH_SIZE": "1",
-    "DEPTHID_FLUX_MAX_BATCH_SIZE": "1",
-}
 
 
 def spread(values: list[float], unit: str = "ms", scale: float = 1000.0) -> str:
@@ -107,45 +97,6 @@ def gateway_overhead(base_url: str, rounds: int, runs: int, label: str) -> None:
             in_runner.append(end_to_end - statistics.median(timed.served_pipeline))
         print(f"  {model:<24} in process {spread(in_process)}   (target <= 10 ms)")
         print(f"  {'':<24} in runner  {spread(in_runner)}")
-
-
-# --- (b) adaptive batching --------------------------------------------------------------------
-
-
-def throughput(base_url: str, model: str, requests: int) -> float:
-    """Requests per second from CLIENTS clients sending `requests` requests in all."""
-    body = MODELS[model][2]()
-    # Distinct seeds: nothing is cached, every request is a generation of its own.
-    bodies = [{**body, "seed": seed} for seed in range(requests)]
-    with (
-        httpx.Client(base_url=base_url, timeout=300) as client,
-        concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool,
-    ):
-        start = time.perf_counter()
-        list(pool.map(lambda b: post(client, model, b), bodies))
-        return requests / (time.perf_counter() - start)
-
-
-def measure_throughputs(base_url: str, rounds: int, requests: int) -> dict[str, list[float]]:
-    figures: dict[str, list[float]] = {}
-    for runner, model in RUNNER_MODELS.items():
-        # BentoML's dispatcher times its first calls one by one before it batches: warm up.
-        throughput(base_url, model, 2 * CLIENTS)
-        figures[runner] = [throughput(base_url, model, requests) for _ in range(rounds)]
-    return figures
-
-
-def batching_gain(rounds: int, requests: int) -> None:
-    print(f"(b) Adaptive batching: {CLIENTS} clients, {requests} v1 requests a round")
-    with serve() as base_url:
-        on = measure_throughputs(base_url, rounds, requests)
-    with serve(env=BATCHING_OFF) as base_url:
-        off = measure_throughputs(base_url, rounds, requests)
-    for runner in RUNNER_MODELS:
-        ratios = [a / b for a, b in zip(on[runner], off[runner], strict=True)]
-        print(f"  {runner:<12} batching on   {spread(on[runner], 'req/s', 1)}")
-        print(f"  {'':<12} max batch 1   {spread(off[runner], 'req/s', 1)}")
-        print(f"  {'':<12} gain          {spread(ratios, 'x', 1)}   (target >= 1.8x)")
 
 
 # --- (c) v2 queue time ------------------------------------------------------------------------
@@ -228,8 +179,7 @@ def burst_recovery(
     model = "sd1.5-controlnet-depth"
     body = MODELS[model][2]()
     with httpx.Client(base_url=base_url, timeout=300) as client:
-        # BentoML's dispatcher times its first dozen calls one by one before it batches.
-        for seed in range(12):
+        for seed in range(3):  # first calls pay for lazy initialisation
             post(client, model, {**body, "seed": seed})
         idle = [timed_post(client, model, body) for _ in range(idle_runs)]
 
@@ -272,7 +222,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=15, help="(a): requests per round")
-    parser.add_argument("--requests", type=int, default=48, help="(b): requests per round")
     parser.add_argument("--load", type=int, default=32, help="(c): jobs at once under load")
     parser.add_argument("--burst-clients", type=int, default=32, help="(d): clients in the burst")
     parser.add_argument("--burst-s", type=float, default=20.0, help="(d): burst length")
@@ -286,14 +235,15 @@ def main() -> None:
     build_tiny(Settings(profile="tiny", device="cpu"), log=lambda _line: None)
     print(f"tiny profile, CPU; {args.rounds} rounds per figure")
     if "a" in parts:
-        # Without batching: the Gateway and the hop alone. With it (the default), one request
-        # at a time also pays BentoML's cork wait, which grows with the waits of past batches.
-        with serve(env=BATCHING_OFF) as base_url:
+        # With batching on or off, one request at a time should cost the same: a lone request on
+        # an idle runner starts at once.
+        with serve(env=traffic.BATCHING_OFF) as base_url:
             gateway_overhead(base_url, args.rounds, args.runs, "max batch size 1")
         with serve() as base_url:
             gateway_overhead(base_url, args.rounds, args.runs, "adaptive batching on")
     if "b" in parts:
-        batching_gain(args.rounds, args.requests)
+        print("(b) Batching on real traffic: on = default max batch sizes, off = all 1")
+        traffic.run(list(MODELS), ["identical", "mix"], [1, 4, 8, 16])
     if "c" in parts:
         v2_queue_time(args.rounds, args.load)
     if "d" in parts:

@@ -14,6 +14,12 @@ Metric names (all prefixed `depthid_`):
 - depthid_batch_size{model}                        histogram samples per runner call
 - depthid_credits_refused_total{model}             counter   406 answers
 - depthid_rate_limited_total{reason}               counter   429 answers (rate|concurrency|queue)
+Recorded by the runners' schedulers (runners/scheduler.py), in the runner processes:
+- depthid_runner_queue_depth{runner}               gauge     samples waiting in the runner's queue
+- depthid_runner_queue_wait_seconds{runner}        histogram a sample's wait in that queue
+- depthid_runner_batch_size{runner}                histogram samples per pipeline call
+- depthid_runner_abandoned_samples_total{runner, stage} counter samples nobody waited for any
+  more, dropped from the queue (stage "queued") or stopped mid-call ("running")
 
 `route` is "v1", "v2" or "other" (docs, schema, unknown paths); `model` is one of the served
 models or "" (routes without one, unknown names: a caller cannot grow the label set).
@@ -101,12 +107,38 @@ METRICS: dict[str, MetricSpec] = {
         "Requests refused with 429 (reason: rate, concurrency or queue)",
         ("reason",),
     ),
+    "depthid_runner_queue_depth": MetricSpec(
+        "Gauge",
+        "Samples waiting in a runner's own queue for a pipeline call",
+        ("runner",),
+        # Each runner process has its own queue: the runner's depth is the sum.
+        (("multiprocess_mode", "livesum"),),
+    ),
+    "depthid_runner_queue_wait_seconds": MetricSpec(
+        "Histogram",
+        "How long a sample waited in a runner's queue before its pipeline call started",
+        ("runner",),
+        (("buckets", QUEUE_WAIT_SECONDS_BUCKETS),),
+    ),
+    "depthid_runner_batch_size": MetricSpec(
+        "Histogram",
+        "Samples in one pipeline call of a runner",
+        ("runner",),
+        (("buckets", BATCH_SIZE_BUCKETS),),
+    ),
+    "depthid_runner_abandoned_samples": MetricSpec(
+        "Counter",
+        "Samples nobody waited for any more (deadline passed, caller gone): dropped from a "
+        "runner's queue (stage queued) or stopped mid-call (stage running)",
+        ("runner", "stage"),
+    ),
 }
 
 
 # Label values known up front. `route` of a generation is "v1" or "v2"; the codes every model
 # and route starts with are those the error ratio reads (success and server error).
 RATE_LIMIT_REASONS = ("rate", "concurrency", "queue")
+ABANDONED_STAGES = ("queued", "running")
 GENERATION_ROUTES = ("v1", "v2")
 INITIAL_CODES = ("200", "500")
 
@@ -196,3 +228,31 @@ def count_credits_refused(model: str) -> None:
 def count_rate_limited(reason: str) -> None:
     """A request refused with 429: reason is "rate", "concurrency" or "queue"."""
     _metric("depthid_rate_limited").labels(reason=reason).inc()
+
+
+def set_runner_queue_depth(runner: str, samples: int) -> None:
+    """Samples waiting in `runner`'s own queue (its scheduler, in the runner's process)."""
+    _metric("depthid_runner_queue_depth").labels(runner=runner).set(samples)
+
+
+def expose_runner_series(runner: str) -> None:
+    """`runner`'s series at 0, once its scheduler starts (in the runner's process)."""
+    set_runner_queue_depth(runner, 0)
+    _metric("depthid_runner_queue_wait_seconds").labels(runner=runner)
+    _metric("depthid_runner_batch_size").labels(runner=runner)
+    for stage in ABANDONED_STAGES:
+        _metric("depthid_runner_abandoned_samples").labels(runner=runner, stage=stage)
+
+
+def count_runner_abandoned(runner: str, stage: str, samples: int) -> None:
+    """`samples` of `runner` nobody waits for: dropped ("queued") or stopped ("running")."""
+    _metric("depthid_runner_abandoned_samples").labels(runner=runner, stage=stage).inc(samples)
+
+
+def observe_runner_call(runner: str, waits: list[float], samples: int) -> None:
+    """A pipeline call of `runner` starts: each of its samples' waits in the queue, and its
+    size in samples."""
+    wait = _metric("depthid_runner_queue_wait_seconds").labels(runner=runner)
+    for seconds in waits:
+        wait.observe(seconds)
+    _metric("depthid_runner_batch_size").labels(runner=runner).observe(samples)

@@ -1,24 +1,28 @@
-"""Which jobs share one pipeline call: the runners' half of adaptive batching.
+"""Which waiting jobs share one pipeline call, and running a call so that one job never fails
+the others: the rules the runner's scheduler (runners/scheduler.py) applies, written once.
 
-BentoML gathers concurrent calls into one list of jobs. Here every job is cut into one-sample
-rows (sample i seeded with `seed + i`), rows that agree on what a pipeline call holds fixed are
-grouped, and each group runs in calls of at most `max_batch_size` rows, so a request's samples
-count toward the batch and memory stays bounded whoever sends what. The Gateway sends
-one-sample jobs already (protocol/samples.py), because BentoML's batch size counts list items.
+Every job is cut into one-sample rows (sample i seeded with `seed + i`, protocol/samples.py), so
+a request's samples count toward the max batch size and memory stays bounded whoever sends what.
+A call is built from the oldest waiting row plus the waiting rows with the same call key (what a
+pipeline call holds fixed: size, steps, ...), oldest first, at most `max_batch_size` of them.
 
 One caller's job must never fail the others it was batched with: a call that raises is run
 again in halves, down to single rows, so only the rows that fail on their own fail, each with
-its own failure; `run_batched` itself never raises for a job's sake.
+its own failure. A call whose rows were all abandoned mid-way (runners/deadlines.py) answers
+them `expired` and nothing else: rows that finished in other calls are never run again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.jobs import GenerationResult, JobFailure
 from protocol.samples import Job, merge_jobs, split_jobs
+from runners import deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -26,44 +30,69 @@ logger = logging.getLogger(__name__)
 # (a trace) go to the runner's log, never into an answer.
 INTERNAL_FAILURE = "internal error while generating"
 
-
-def run_batched(
-    jobs: list[Job],
-    call_key: Callable[[Job], Hashable],
-    run_call: Callable[[list[Job]], list[GenerationResult]],
-    max_batch_size: int,
-) -> list[GenerationResult]:
-    """One result per job. `run_call` gets one-sample jobs with equal `call_key` (at most
-    `max_batch_size` of them) and answers one result per job, in order."""
-    rows = split_jobs(jobs)
-    groups: dict[Hashable, list[int]] = {}
-    row_results: dict[int, GenerationResult] = {}
-    for index, row in enumerate(rows):
-        # The key reads the row's inputs (its prompt's encoded length, say): a row whose inputs
-        # cannot even be keyed fails alone here, before it could share a call with others.
-        try:
-            key = call_key(row)
-        except Exception:
-            logger.exception("request %s cannot be prepared for a pipeline call", row.request_id)
-            row_results[index] = failed_result(row, INTERNAL_FAILURE)
-            continue
-        groups.setdefault(key, []).append(index)
-    for indexes in groups.values():
-        for start in range(0, len(indexes), max_batch_size):
-            chunk = indexes[start : start + max_batch_size]
-            results = run_isolated([rows[i] for i in chunk], run_call)
-            row_results.update(zip(chunk, results, strict=True))
-    return merge_jobs(jobs, [row_results[i] for i in range(len(rows))])
+CallKey = Callable[[Any], Hashable]
+RunCall = Callable[[list[Any]], list[GenerationResult]]
 
 
-def run_isolated(
-    rows: list[Job], run_call: Callable[[list[Job]], list[GenerationResult]]
-) -> list[GenerationResult]:
+@dataclass(eq=False)  # compared by identity: two rows may hold equal fields
+class Waiting:
+    """One row in a runner's queue, and how its result reaches its caller."""
+
+    row: Any
+    key: Hashable
+    reply: Callable[[GenerationResult], None]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+def key_of(row: Any, call_key: CallKey) -> tuple[Hashable | None, GenerationResult | None]:
+    """The row's call key, or, when its inputs cannot even be keyed, its failure: such a row
+    fails alone, before it could share a call with others."""
+    try:
+        return call_key(row), None
+    except Exception:
+        logger.exception("request %s cannot be prepared for a pipeline call", row.request_id)
+        return None, failed_result(row, INTERNAL_FAILURE)
+
+
+def drop_abandoned(waiting: list[Waiting]) -> int:
+    """Answer `expired` and remove from `waiting` the rows nobody waits for any more (deadline
+    passed, or cancelled); returns how many."""
+    gone = [item for item in waiting if deadlines.abandoned(item.row)]
+    for item in gone:
+        waiting.remove(item)
+        item.reply(deadlines.expired_result(item.row))
+    return len(gone)
+
+
+def take_call(
+    waiting: list[Waiting], max_batch_size: int, fairness_s: float, now: float
+) -> list[Waiting]:
+    """Remove from `waiting` (oldest first) the rows of the next pipeline call, and return them.
+
+    The call is the key with the most rows waiting (a fuller call serves more callers per
+    second), unless the oldest row has waited `fairness_s` or longer: then the oldest row's key,
+    so no shape starves behind a busier one. With `fairness_s` 0, always the oldest's key."""
+    oldest = waiting[0]
+    key = oldest.key
+    if now - oldest.enqueued < fairness_s:
+        counts: dict[Hashable, int] = {}
+        for item in waiting:  # oldest first: among equal counts, the older key wins
+            counts[item.key] = counts.get(item.key, 0) + 1
+        key = max(counts, key=lambda k: min(counts[k], max_batch_size))
+    call = [item for item in waiting if item.key == key][:max_batch_size]
+    waiting[:] = [item for item in waiting if item not in call]
+    return call
+
+
+def run_isolated(rows: list[Any], run_call: RunCall) -> list[GenerationResult]:
     """`run_call(rows)`; when it raises, the rows again in two halves, recursively, so a row
     that cannot run fails alone (an internal failure) and the others get their images, the
-    same as alone. One bad row among n costs about 2 log2(n) extra calls, never n."""
+    same as alone. One bad row among n costs about 2 log2(n) extra calls, never n. A call
+    stopped because all its rows were abandoned answers them `expired`."""
     try:
         return run_call(rows)
+    except deadlines.Abandoned:
+        return [deadlines.expired_result(row) for row in rows]
     except Exception as exc:
         if len(rows) == 1:
             logger.exception("request %s failed in its pipeline call", rows[0].request_id)
@@ -76,6 +105,41 @@ def run_isolated(
         )
     middle = len(rows) // 2
     return run_isolated(rows[:middle], run_call) + run_isolated(rows[middle:], run_call)
+
+
+def run_call_of(call: list[Waiting], run_call: RunCall) -> list[GenerationResult]:
+    """Run one call (`run_isolated`), answer each of its rows, and return the answers."""
+    answers = run_isolated([item.row for item in call], run_call)
+    for item, answer in zip(call, answers, strict=True):
+        item.reply(answer)
+    return answers
+
+
+def run_batched(
+    jobs: list[Job], call_key: CallKey, run_call: RunCall, max_batch_size: int
+) -> list[GenerationResult]:
+    """One result per job, here and now: the jobs' rows queued at once and their calls run in
+    the scheduler's order (what a pipeline's `run_batch` does for callers without a runner
+    service: tests, benchmarks). Abandoned rows are answered `expired`, never run."""
+    rows = split_jobs(jobs)
+    results: list[GenerationResult | None] = [None] * len(rows)
+    waiting: list[Waiting] = []
+    for index, row in enumerate(rows):
+
+        def reply(result: GenerationResult, index: int = index) -> None:
+            results[index] = result
+
+        key, failure = key_of(row, call_key)
+        if failure is not None:
+            reply(failure)
+        else:
+            waiting.append(Waiting(row=row, key=key, reply=reply))
+    while waiting:
+        drop_abandoned(waiting)
+        if waiting:
+            call = take_call(waiting, max_batch_size, fairness_s=0.0, now=time.monotonic())
+            run_call_of(call, run_call)
+    return merge_jobs(jobs, results)
 
 
 def failed_result(row: Any, message: str) -> GenerationResult:

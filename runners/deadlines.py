@@ -6,12 +6,13 @@ from `DEPTHID_GENERATION_TIMEOUT_S`) and `token` (one per request, shared by its
 Gateway cancels a token when its v1 client disconnects or its deadline passes, through the
 runner's `cancel` API (`cancel` below). Torch-free: the runner services import it.
 
-- **Not started**: `run_live` answers abandoned jobs with an `expired` failure and hands only
-  the others to the pipeline.
+- **Not started**: the runner's scheduler (runners/scheduler.py) answers abandoned jobs with an
+  `expired` failure when it dequeues them (at once for a cancel), and never runs them.
 - **Stopped**: the pipelines pass `stop_when_abandoned(rows)` as diffusers'
   `callback_on_step_end` (the InstantID sampler calls it every step): once every job of the
   call is abandoned it raises `Abandoned`, which ends the call at once (no further steps, no
-  decode) and frees the runner for the next batch. A call with one live job goes on.
+  decode) and frees the runner for the next call; that call's rows are answered `expired`
+  (runners/batching.py), and no other call is run again. A call with one live job goes on.
 
 `Abandoned` is a BaseException on purpose: it is not a job's error, so a per-job error
 handler (`except Exception`) must never catch it and retry the abandoned work.
@@ -59,23 +60,6 @@ def abandoned(job: Any) -> bool:
 
 def expired_result(job: Any) -> GenerationResult:
     return GenerationResult.failed(job, JobFailure(kind="expired", message=EXPIRED_MESSAGE))
-
-
-def run_live(
-    jobs: Sequence[Any], run_batch: Callable[[list[Any]], list[GenerationResult]]
-) -> list[GenerationResult]:
-    """One result per job: abandoned jobs an `expired` failure, the others `run_batch`'s."""
-    results: dict[int, GenerationResult] = {}
-    while True:
-        live = [index for index, job in enumerate(jobs) if not abandoned(job)]
-        try:
-            answers = run_batch([jobs[index] for index in live]) if live else []
-            break
-        except Abandoned:
-            # One call's jobs were all abandoned mid-way; the others (still live) run again.
-            continue
-    results.update(zip(live, answers, strict=True))
-    return [results.get(index) or expired_result(job) for index, job in enumerate(jobs)]
 
 
 def stop_when_abandoned(rows: Sequence[Any]) -> Callable[..., dict]:

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import bentoml
 
-from log_format import requests_of
 from protocol.jobs import FluxDepthJob
-from runners import deadlines
-from runners.service_config import (
-    GenerationResults,
-    batching_options,
-    runner_service_config,
-)
+from runners.scheduler import Scheduler
+from runners.service_config import GenerationResults, runner_service_config
 from settings import get_settings
 
 SETTINGS = get_settings()
 
 
-# Copied from runners.sd15_depth.SD15Depth (its model, job type and batching options changed):
+# Copied from runners.sd15_depth.SD15Depth (its model, job type and batch size changed):
 # kept a copy on purpose, see docs/architecture.md "Copies kept on purpose".
 @bentoml.service(name="flux_depth", **runner_service_config(SETTINGS))
 class FluxDepth:
@@ -29,19 +24,24 @@ class FluxDepth:
         from runners.flux_pipeline import FluxDepthPipeline
 
         self.pipeline = FluxDepthPipeline.from_store(SETTINGS)
+        # The runner's own queue: it builds each pipeline call (runners/scheduler.py).
+        self.scheduler = Scheduler(
+            "flux_depth",
+            self.pipeline.call_key,
+            self.pipeline.run_call,
+            SETTINGS.flux_max_batch_size,
+            SETTINGS.scheduler_fairness_ms / 1000.0,
+        )
 
-    @bentoml.api(**batching_options(SETTINGS.flux_max_batch_size, SETTINGS.flux_max_latency_ms))
-    def generate(self, jobs: list[FluxDepthJob]) -> GenerationResults:
-        """Run the jobs, one result each: jobs that can share a pipeline call share one.
-        With adaptive batching, BentoML gathers concurrent calls into one list. Jobs nobody
-        waits for any more are not run (runners/deadlines.py)."""
-        with requests_of(jobs):  # every log line names the batch's requests
-            return deadlines.run_live(jobs, self.pipeline.run_batch)
+    @bentoml.api
+    async def generate(self, jobs: list[FluxDepthJob]) -> GenerationResults:
+        """Run the jobs, one result each, once the pipeline calls holding their samples end.
+        Jobs nobody waits for any more are not run (runners/deadlines.py)."""
+        return await self.scheduler.submit(jobs)
 
     @bentoml.api
     async def cancel(self, tokens: list[str]) -> int:
         """The Gateway's callers of these requests went away: their jobs are not started, and
-        a call running only them stops at its next step. On the event loop, so it lands while
-        `generate` runs in its thread."""
-        deadlines.cancel(tokens)
+        a call running only them stops at its next step."""
+        self.scheduler.cancel(tokens)
         return len(tokens)

@@ -151,9 +151,15 @@ class FluxDepthPipeline:
         """One result per job. Jobs with the same size, steps and guidance share one pipeline
         call, each with its own prompt, seed and depth map; each image is screened at its own
         job's tolerance."""
-        return run_batched(jobs, _call_key, self._run_call, self.max_batch_size)
+        return run_batched(jobs, self.call_key, self.run_call, self.max_batch_size)
 
-    def _run_call(self, jobs: list[FluxDepthJob]) -> list[GenerationResult]:
+    @staticmethod
+    def call_key(job: FluxDepthJob) -> tuple:
+        """What must be equal for jobs to share one pipeline call (T5 prompts are always
+        padded to the same length: no prompt splits a call)."""
+        return (job.width, job.height, job.steps, job.guidance)
+
+    def run_call(self, jobs: list[FluxDepthJob]) -> list[GenerationResult]:
         """Screen each prompt, then one pipeline call for the jobs that pass."""
         start = time.perf_counter()
         results: dict[int, GenerationResult] = {}
@@ -241,11 +247,6 @@ class FluxDepthPipeline:
             ).images
             scores = [self.safety.score(image) for image in images]
         return images, scores
-
-
-def _call_key(job: FluxDepthJob) -> tuple:
-    """What must be equal for jobs to share one pipeline call."""
-    return (job.width, job.height, job.steps, job.guidance)
 
 
 def _failed(

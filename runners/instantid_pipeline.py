@@ -45,7 +45,7 @@ from runners.encoding import encode_image
 from runners.faces import DetectedFace, FaceAnalyzer, draw_keypoints, face_region_mask
 from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
-from runners.prompt_weighting import token_count
+from runners.text_padding import mask_text_attention
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,10 @@ class InstantIDPipelines:
         self.device = device
         self.max_batch_size = max_batch_size
         self.face_region_padding = face_region_padding
+        # Prompts of different lengths share a call: the modules reading the prompt mask the
+        # padding (the IdentityNet reads the face tokens only).
+        mask_text_attention(components["unet"])
+        mask_text_attention(depth_controlnet)
         # One pipeline call at a time per process: concurrent calls would only fight for the
         # same device.
         self._lock = threading.Lock()
@@ -232,19 +236,16 @@ class InstantIDPipelines:
         """One result per job. Samples of the same route (instantid or insta-depth), size,
         steps and guidance share one denoising loop, each with its own prompt, seed, face,
         keypoints, depth map, mask and strengths. A job without a usable face fails alone."""
-        return run_batched(jobs, self._call_key, self._run_call, self.max_batch_size)
+        return run_batched(jobs, self.call_key, self.run_call, self.max_batch_size)
 
-    def _call_key(self, job: InstantIDJob) -> tuple:
-        """What must be equal for samples to share one denoising loop: the route, size, steps,
-        guidance, and the length of the encoded prompt (prompts are never cut or padded)."""
+    def call_key(self, job: InstantIDJob) -> tuple:
+        """What must be equal for samples to share one denoising loop: the route, size, steps
+        and guidance. Prompts of any length share one (padded and masked,
+        runners/text_padding.py)."""
         insta_depth = job.depth_strength is not None
-        tokens = token_count(
-            self.components["tokenizer"], job.prompt, job.negative_prompt, window=False
-        )
-        size = (job.width, job.height)
-        return (insta_depth, *size, job.num_inference_steps, job.guidance_scale, tokens)
+        return (insta_depth, job.width, job.height, job.num_inference_steps, job.guidance_scale)
 
-    def _run_call(self, rows: list[InstantIDJob]) -> list[GenerationResult]:
+    def run_call(self, rows: list[InstantIDJob]) -> list[GenerationResult]:
         """Find each sample's faces, then one denoising loop for those that have them."""
         start = time.perf_counter()
         results: dict[int, GenerationResult] = {}

@@ -24,6 +24,7 @@ from torch import nn
 
 from runners.ip_adapter_attention import MASK_KWARG, SCALE_KWARG
 from runners.prompt_weighting import encode_sdxl
+from runners.text_padding import pad_texts, padding_masked
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,12 @@ def sample(
         )
         for s in samples
     ]
-    if len({text.prompt.shape[1] for text in texts}) != 1:
-        # Padding would change what the shorter prompts attend to: callers batch equal lengths.
-        raise ValueError("the samples of one call must encode to the same number of tokens")
-    prompt_embeds = torch.cat([text.prompt for text in texts]).to(device, dtype)
-    negative_embeds = torch.cat([text.negative for text in texts]).to(device, dtype)
+    # Prompts of different lengths: padded to the longest, the padding masked out of the text
+    # attention (runners/text_padding.py). A prompt and its negative have the same length.
+    prompt_embeds, padding = pad_texts([text.prompt for text in texts])
+    negative_embeds, _ = pad_texts([text.negative for text in texts])
+    prompt_embeds = prompt_embeds.to(device, dtype)
+    negative_embeds = negative_embeds.to(device, dtype)
     pooled = torch.cat([text.pooled for text in texts]).to(device, dtype)
     negative_pooled = torch.cat([text.negative_pooled for text in texts]).to(device, dtype)
     embedding = torch.stack(
@@ -153,49 +155,63 @@ def sample(
     scheduler.set_timesteps(request.num_inference_steps, device=device)
     latents = latents * scheduler.init_noise_sigma
 
-    for t in scheduler.timesteps:
-        request.before_step()
-        model_input = both_halves(latents)
-        model_input = scheduler.scale_model_input(model_input, t)
-        down, mid = None, None
-        for unit, images, scale, masks in controls:
-            unit_down, unit_mid = unit.model(
+    with padding_masked(padding):
+        for t in scheduler.timesteps:
+            request.before_step()
+            model_input = both_halves(latents)
+            model_input = scheduler.scale_model_input(model_input, t)
+            down, mid = _control_residuals(
+                controls, model_input, t, face_tokens, prompt_embeds, added_cond
+            )
+            noise = unet(
                 model_input,
                 t,
-                encoder_hidden_states=face_tokens if unit.sees_face else prompt_embeds,
-                controlnet_cond=images,
-                conditioning_scale=scale if isinstance(scale, float) else 1.0,
+                encoder_hidden_states=(prompt_embeds, face_tokens),
+                cross_attention_kwargs=attention_kwargs,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
                 added_cond_kwargs=added_cond,
                 return_dict=False,
-            )
-            if isinstance(scale, torch.Tensor):  # different scales per sample
-                unit_down = [_scaled(residual, scale) for residual in unit_down]
-                unit_mid = _scaled(unit_mid, scale)
-            if masks is not None:
-                unit_down = [_masked(residual, masks) for residual in unit_down]
-                unit_mid = _masked(unit_mid, masks)
-            down = (
-                unit_down if down is None else [a + b for a, b in zip(down, unit_down, strict=True)]
-            )
-            mid = unit_mid if mid is None else mid + unit_mid
-        noise = unet(
-            model_input,
-            t,
-            encoder_hidden_states=(prompt_embeds, face_tokens),
-            cross_attention_kwargs=attention_kwargs,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            added_cond_kwargs=added_cond,
-            return_dict=False,
-        )[0]
-        if guided:
-            unconditional, conditional = noise.chunk(2)
-            noise = unconditional + request.guidance_scale * (conditional - unconditional)
-        latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            )[0]
+            if guided:
+                unconditional, conditional = noise.chunk(2)
+                noise = unconditional + request.guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
 
     vae = pipe.vae
     decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
     return pipe.image_processor.postprocess(decoded, output_type="pil")
+
+
+def _control_residuals(
+    controls: list,
+    model_input: torch.Tensor,
+    t: torch.Tensor,
+    face_tokens: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    added_cond: dict,
+) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+    """Every ControlNet's residuals at this step, scaled and masked per sample, summed."""
+    down, mid = None, None
+    for unit, images, scale, masks in controls:
+        unit_down, unit_mid = unit.model(
+            model_input,
+            t,
+            encoder_hidden_states=face_tokens if unit.sees_face else prompt_embeds,
+            controlnet_cond=images,
+            conditioning_scale=scale if isinstance(scale, float) else 1.0,
+            added_cond_kwargs=added_cond,
+            return_dict=False,
+        )
+        if isinstance(scale, torch.Tensor):  # different scales per sample
+            unit_down = [_scaled(residual, scale) for residual in unit_down]
+            unit_mid = _scaled(unit_mid, scale)
+        if masks is not None:
+            unit_down = [_masked(residual, masks) for residual in unit_down]
+            unit_mid = _masked(unit_mid, masks)
+        down = unit_down if down is None else [a + b for a, b in zip(down, unit_down, strict=True)]
+        mid = unit_mid if mid is None else mid + unit_mid
+    return down, mid
 
 
 def _per_row(

@@ -38,8 +38,9 @@ from runners.batching import run_batched
 from runners.depth import DepthEstimator
 from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
-from runners.prompt_weighting import encode_sd15, token_count
+from runners.prompt_weighting import encode_sd15
 from runners.schedulers import make_scheduler
+from runners.text_padding import mask_text_attention, pad_texts, padding_masked
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class SD15DepthPipelines:
         self.depth = depth
         self.device = device
         self.max_batch_size = max_batch_size
+        # Prompts of different lengths share a call: the text-reading modules mask the padding.
+        mask_text_attention(components["unet"])
+        mask_text_attention(components["controlnet"])
         # One pipeline call at a time per process: concurrent calls would only fight for the
         # same device; adaptive batching is what runs several requests in one call.
         self._lock = threading.Lock()
@@ -155,15 +159,13 @@ class SD15DepthPipelines:
         """One result per job. Samples that agree on everything a pipeline call holds fixed
         (form, size, steps, scheduler, guidance, strength) share one call, each with its own
         prompt, seed, depth map and input image."""
-        return run_batched(jobs, self._call_key, self._run_call, self.max_batch_size)
+        return run_batched(jobs, self.call_key, self.run_call, self.max_batch_size)
 
-    def _call_key(self, job: SD15DepthJob) -> tuple:
+    def call_key(self, job: SD15DepthJob) -> tuple:
         """What must be equal for samples to share one pipeline call: the form, size, steps,
-        scheduler, guidance, strength, and the encoded prompt's length (77 per 75 tokens)."""
+        scheduler, guidance and strength. Prompts of any length share one (padded and masked,
+        runners/text_padding.py)."""
         img2img = job.strength < 1.0
-        tokens = token_count(
-            self.components["tokenizer"], job.prompt, job.negative_prompt, window=True
-        )
         return (
             img2img,
             job.width,
@@ -172,11 +174,10 @@ class SD15DepthPipelines:
             job.scheduler,
             job.guidance_scale,
             job.strength if img2img else None,
-            tokens,
         )
 
-    def _run_call(self, rows: list[SD15DepthJob]) -> list[GenerationResult]:
-        """One pipeline call for one-sample jobs with the same `_call_key`."""
+    def run_call(self, rows: list[SD15DepthJob]) -> list[GenerationResult]:
+        """One pipeline call for one-sample jobs with the same `call_key`."""
         start = time.perf_counter()
         first = rows[0]
         size = (first.width, first.height)
@@ -203,9 +204,12 @@ class SD15DepthPipelines:
                 )
                 for row in rows
             ]
+            # A prompt and its negative encode to the same length: one mask serves both halves.
+            prompt_embeds, padding = pad_texts([prompt for prompt, _ in texts])
+            negative_embeds, _ = pad_texts([negative for _, negative in texts])
             common = {
-                "prompt_embeds": torch.cat([prompt for prompt, _ in texts]),
-                "negative_prompt_embeds": torch.cat([negative for _, negative in texts]),
+                "prompt_embeds": prompt_embeds,
+                "negative_prompt_embeds": negative_embeds,
                 "num_inference_steps": first.num_inference_steps,
                 "guidance_scale": first.guidance_scale,
                 "generator": [
@@ -216,12 +220,13 @@ class SD15DepthPipelines:
                 # Stops the call once nobody waits for any of its rows (runners/deadlines.py).
                 "callback_on_step_end": deadlines.stop_when_abandoned(rows),
             }
-            if img2img:
-                output = pipe(
-                    image=inputs, control_image=depth_maps, strength=first.strength, **common
-                )
-            else:
-                output = pipe(image=depth_maps, **common)
+            with padding_masked(padding):
+                if img2img:
+                    output = pipe(
+                        image=inputs, control_image=depth_maps, strength=first.strength, **common
+                    )
+                else:
+                    output = pipe(image=depth_maps, **common)
         elapsed = time.perf_counter() - start
         return [
             GenerationResult(

@@ -8,15 +8,12 @@ from bentoml.validators import ContentType
 
 from log_format import configure_logging
 from protocol.jobs import GenerationResult
-from runners import batch_hold
 from settings import Settings, get_settings
 from tracing import tracing_options
 
 # Every runner module imports this one, in each BentoML process that serves it, once BentoML
-# has configured logging: the moment to put our log format in place (log_format.py), and,
-# before BentoML builds the service app, to bound its batching hold (runners/batch_hold.py).
+# has configured logging: the moment to put our log format in place (log_format.py).
 configure_logging(get_settings().log_format)
-batch_hold.install(get_settings().batch_max_hold_ms)
 
 # BentoML's gateway-to-runner client recycles its HTTP session after `max_requests` calls or
 # `max_age` seconds, closing it under calls still in flight: under concurrency about one call
@@ -32,14 +29,6 @@ def runner_service_config(settings: Settings) -> dict[str, Any]:
         "runner_connection": NEVER_RECYCLE,
         **tracing_options(settings),  # OTLP tracing, when an endpoint is set (tracing.py)
     }
-
-
-def batching_options(max_batch_size: int, max_latency_ms: int) -> dict[str, Any]:
-    """`@bentoml.api` options for a runner's `generate`: adaptive batching up to
-    `max_batch_size` list items (one-sample jobs), or none at 1 (BentoML wants more than 1)."""
-    if max_batch_size == 1:
-        return {}
-    return {"batchable": True, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}
 
 
 # What every runner's `generate` returns. The media type is stated because BentoML otherwise

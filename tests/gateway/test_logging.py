@@ -15,8 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import httpx
 import pytest
@@ -28,10 +26,6 @@ import log_format
 from gateway.app import create_app
 from gateway.runner_client import RunnerClient
 from log_format import JsonFormatter, request_id_var
-from runners import deadlines
-from runners.flux_depth import FluxDepth
-from runners.instantid import InstantID
-from runners.sd15_depth import SD15Depth
 from settings import PROJECT_ROOT, Settings
 from tests.support.helpers import RecordingRunner, b64, scene_image, wait_until
 from tests.support.jobs import sd15_job
@@ -192,32 +186,7 @@ def test_served_lines_are_json_and_name_the_request(
 # --- runners ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", [SD15Depth, FluxDepth, InstantID])
-def test_a_runners_lines_name_its_batchs_requests(
-    service: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Whatever a runner logs while it runs a batch names the batch's request ids."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    runners_logger = logging.getLogger("runners")
-    runners_logger.addHandler(handler)
-
-    def run_live(jobs: list, run: Any) -> list:
-        logging.getLogger("runners.batching").warning("a pipeline call failed")
-        return []
-
-    monkeypatch.setattr(deadlines, "run_live", run_live)
-    instance = object.__new__(service.inner)  # no pipelines: run_live stands in for them
-    instance.pipelines = instance.pipeline = SimpleNamespace(run_batch=None)
-    jobs = [SimpleNamespace(request_id=rid) for rid in ("req-a", "req-b", "req-a")]
-    try:
-        service.apis["generate"].func(instance, jobs)
-    finally:
-        runners_logger.removeHandler(handler)
-    [line] = parsed(stream)
-    assert line["request_id"] == "req-a,req-b"  # each request of the batch, once
-    assert request_id_var.get() is None
+# A runner's scheduler names each call's requests in its lines: tests/runners/test_scheduler.py.
 
 
 def test_a_runner_call_carries_its_request_ids_to_the_runner() -> None:

@@ -1,4 +1,5 @@
-"""Adaptive batching: which jobs share a pipeline call, and that sharing one changes nothing.
+"""Adaptive batching: which jobs share a pipeline call, and that sharing one changes nothing
+(runners/batching.py; the runner's queue that uses it: tests/runners/test_scheduler.py).
 
 "The same image" below allows a grey level on a few pixels: the CPU's oneDNN convolutions and
 channels-last GroupNorm round differently at another batch size (measured: at most 1 level on
@@ -19,7 +20,6 @@ from PIL import Image
 from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure, SD15DepthJob
 from protocol.samples import merge_results, split_samples
 from runners.batching import run_batched
-from runners.service_config import batching_options
 from tests.support import jobs as shared_jobs
 from tests.support.face_images import face_picture, payload_face, payload_pose
 from tests.support.helpers import scene_image
@@ -96,15 +96,6 @@ def test_run_batched_groups_by_key_and_never_exceeds_the_max_batch_size():
     assert [r.batch_size for r in results] == [4, 1, 2]
 
 
-def test_batching_options_switch_batching_off_at_one():
-    assert batching_options(1, 5000) == {}
-    assert batching_options(8, 5000) == {
-        "batchable": True,
-        "max_batch_size": 8,
-        "max_latency_ms": 5000,
-    }
-
-
 @pytest.mark.parametrize(
     ("module", "service"),
     [("sd15_depth", "SD15Depth"), ("flux_depth", "FluxDepth"), ("instantid", "InstantID")],
@@ -167,6 +158,33 @@ def test_sd15_img2img_batches_apart_from_text_to_image(sd15):
     assert_batched_equals_alone(sd15, jobs, [2, 2, 1])
 
 
+# A short prompt, one of about 90 words (two 77-token windows for sd1.5, longer still for SDXL),
+# and one with weights: different encoded lengths, padded and masked in one call.
+PROMPTS = (
+    "a barn",
+    " ".join(["a very detailed cosy wooden cabin in the snowy mountains at dawn"] * 8),
+    "a (red:1.3) house by a [quiet] lake",
+)
+
+
+def test_sd15_prompts_of_different_lengths_share_a_call_and_each_equals_its_image_alone(sd15):
+    jobs = [sd15_job(seed=i, prompt=prompt) for i, prompt in enumerate(PROMPTS)]
+    assert_batched_equals_alone(sd15, jobs, [3, 3, 3])
+
+
+def test_instantid_prompts_of_different_lengths_share_a_call_and_each_equals_its_image_alone(
+    instantid,
+):
+    jobs = [instantid_job(seed=i, prompt=prompt) for i, prompt in enumerate(PROMPTS)]
+    assert_batched_equals_alone(instantid, jobs, [3, 3, 3])
+    pose = payload_pose()
+    depth_jobs = [
+        instantid_job(seed=i, prompt=prompt, pose_image=pose, depth_strength=0.5)
+        for i, prompt in enumerate(PROMPTS[:2])
+    ]
+    assert_batched_equals_alone(instantid, depth_jobs, [2, 2])
+
+
 def test_sd15_max_batch_size_bounds_every_call(tiny_settings):
     from runners.sd15_pipeline import SD15DepthPipelines
 
@@ -220,13 +238,13 @@ def test_insta_depth_batches_apart_from_instantid(instantid):
     assert_batched_equals_alone(instantid, jobs, [2, 2, 1])
 
 
-# --- BentoML gathers concurrent calls --------------------------------------------------------
+# --- the served runner's queue gathers concurrent calls ----------------------------------------
 
 
 @pytest.mark.served
 def test_a_served_runner_batches_concurrent_calls(tiny_settings):
-    """The sd15 runner served on its own, called by 8 clients at once: BentoML's adaptive
-    batching hands the pipeline several calls' jobs in one list."""
+    """The sd15 runner served on its own, called by 8 clients at once: its scheduler runs the
+    jobs that wait while a call runs together in the next one."""
     import httpx
 
     from tests.support.served import serve
@@ -242,7 +260,6 @@ def test_a_served_runner_batches_concurrent_calls(tiny_settings):
         serve("runners.sd15_depth:SD15Depth") as base_url,
         concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool,
     ):
-        # BentoML's dispatcher runs its first calls one by one to time them: several waves.
         results = list(pool.map(lambda seed: call(base_url, seed), range(48)))
     assert all(r.failure is None and len(r.images) == 1 for r in results)
     assert [r.seed for r in results] == list(range(48))

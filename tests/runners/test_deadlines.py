@@ -1,8 +1,8 @@
-"""Work nobody waits for is not done (runners/deadlines.py, gateway/runner_client.py,
-gateway/v1.py): a job past its deadline or cancelled is not started; a pipeline call whose
-every job is abandoned stops at its next denoising step, on every runner's real (tiny)
-pipeline; the Gateway stamps deadlines, cancels in the runner, and refunds a v1 caller who
-went away."""
+"""Work nobody waits for is not done (runners/deadlines.py, runners/batching.py,
+gateway/runner_client.py, gateway/v1.py): a job past its deadline or cancelled is not
+started; a pipeline call whose every job is abandoned stops at its next denoising step, on
+every runner's real (tiny) pipeline; the Gateway stamps deadlines, cancels in the runner,
+and refunds a v1 caller who went away."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from gateway.runner_client import RunnerClient
 from runners import deadlines
+from runners.batching import run_batched
 from tests.support.api_key_helpers import (
     SD15,
     HeldRunner,
@@ -32,7 +33,7 @@ from tests.support.jobs import flux_job, instantid_job, sd15_job
 def test_jobs_past_their_deadline_or_cancelled_are_not_run():
     ran: list[str] = []
 
-    def run_batch(jobs):
+    def run_call(jobs):
         ran.extend(job.request_id for job in jobs)
         return [deadlines.expired_result(job).model_copy(update={"failure": None}) for job in jobs]
 
@@ -43,7 +44,7 @@ def test_jobs_past_their_deadline_or_cancelled_are_not_run():
         sd15_job(request_id="gone", deadline=time.time() + 60, token="gone-token"),
         sd15_job(request_id="no-deadline"),
     ]
-    results = deadlines.run_live(jobs, run_batch)
+    results = run_batched(jobs, lambda job: "same call", run_call, max_batch_size=8)
     assert ran == ["live", "no-deadline"]
     assert [r.request_id for r in results] == ["live", "late", "gone", "no-deadline"]
     assert [r.failure.kind if r.failure else None for r in results] == [
@@ -89,7 +90,7 @@ def test_a_call_whose_jobs_are_all_abandoned_stops_at_the_next_step(runner_pipel
 
     hook = denoiser_of(pipelines).register_forward_hook(cancel_on_first_step)
     try:
-        [result] = deadlines.run_live([job], pipelines.run_batch)
+        [result] = pipelines.run_batch([job])
     finally:
         hook.remove()
     assert result.failure is not None and result.failure.kind == "expired"
@@ -109,7 +110,7 @@ def test_a_call_with_one_live_job_goes_on(runner_pipelines):
 
     hook = denoiser_of(pipelines).register_forward_hook(cancel_one)
     try:
-        results = deadlines.run_live([gone, live], pipelines.run_batch)
+        results = pipelines.run_batch([gone, live])
     finally:
         hook.remove()
     assert len(forwards) == STEPS  # both rows in one call, run to the end for the live one

@@ -286,12 +286,5 @@ def test_prompts_differing_only_after_token_77_give_different_images(pipelines):
     assert differ(image_of(pipelines, job(prompt=f"{head} of a dog")), first) > 0.5
 
 
-def test_prompts_of_other_lengths_run_apart_and_equal_alone(pipelines):
-    """Never padded to a common length (that would change what the shorter attends to): samples
-    of another encoded length run in a call of their own."""
-    rows = [job(prompt="photo of a cat"), job(prompt="photo of a (cat:1.3)", seed=5)]
-    rows.append(job(prompt="photo " * 90, seed=6))
-    together = pipelines.run_batch(rows)
-    assert [result.batch_size for result in together] == [2, 2, 1]
-    for row, result in zip(rows, together, strict=True):
-        assert np.abs(pixels(result.images[0]) - pixels(image_of(pipelines, row))).max() <= 2
+# Prompts of other lengths share a call, padded and masked, and each equals its image alone:
+# tests/runners/test_batching.py.

@@ -55,6 +55,20 @@ def is_ready(base_url: str) -> bool:
         return False
 
 
+def metric_value(base_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` on a served instance's /metrics whose labels include
+    `labels` (0 when there are none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def assert_error(response, status: int, field: str | None = None) -> dict:
     """The contract's error answer: `status`, a JSON object with a non-empty `error` for a
     person, no stack trace; with `field`, the error names it and `details` lists it."""
