@@ -248,14 +248,6 @@ class Settings(BaseSettings):
         "by this fraction of its width and height on each side; 0: the box itself, as "
         "InstantID's demo.",
     )
-    scheduler_fairness_ms: float = Field(
-        default=1000.0,
-        ge=0,
-        description="A runner's scheduler runs the fullest call first (the shape most samples "
-        "wait for), unless its oldest sample has waited this long: then that sample's call, so "
-        "no shape starves; 0: always the oldest sample's call (`runners/scheduler.py`).",
-    )
-
     # --- v2 jobs --------------------------------------------------------------------------
     job_store_url: str | None = Field(
         default=None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import random
 import statistics
 import threading
@@ -34,7 +35,7 @@ import httpx
 
 from benchmarks.latency import MODELS
 from tests.support.face_images import b64_image, face_picture
-from tests.support.helpers import b64, scene_image
+from tests.support.helpers import b64, metric_value, scene_image
 from tests.support.served import serve
 
 BATCHING_OFF = {
@@ -52,7 +53,7 @@ PROMPT_WORDS = (
 )
 WORDS = PROMPT_WORDS.split()
 OPEN_LOOP_LOAD = 0.7  # of the capacity without batching
-REQUESTS_PER_CLIENT = 4  # closed loop: each client's requests in one measurement
+REQUESTS_PER_CLIENT = 6  # closed loop: each client's requests in one measurement
 MIN_REQUESTS = 16
 
 
@@ -111,6 +112,7 @@ class Figures:
     throughput: float  # requests per second
     p50: float  # seconds
     p95: float
+    batch: float = 1.0  # mean samples per pipeline call
 
 
 def figures_of(latencies: list[float], elapsed: float) -> Figures:
@@ -153,7 +155,7 @@ def open_loop(
     client: httpx.Client, model: str, make_body: Callable[[int], dict], rate: float, seed: int
 ) -> Figures:
     """Requests arriving as a Poisson process of `rate` per second, whatever is answered."""
-    total = max(MIN_REQUESTS, round(rate * 20))  # about 20 s of arrivals
+    total = max(2 * MIN_REQUESTS, round(rate * 30))  # about 30 s of arrivals
     rng = random.Random(seed)
     gaps = [rng.expovariate(rate) for _ in range(total)]
     bodies = [make_body(n) for n in range(total)]
@@ -167,6 +169,26 @@ def open_loop(
             futures.append(pool.submit(timed, client, model, body))
         latencies = [future.result() for future in futures]
     return figures_of(latencies, time.perf_counter() - start)
+
+
+# One load (closed or open loop) on one instance: (client, model, bodies) -> its figures.
+Load = Callable[[httpx.Client, str, Callable[[int], dict]], "Figures"]
+RUNNER_OF = {
+    "sd1.5-controlnet-depth": "sd15_depth",
+    "instantid": "instantid",
+    "insta-depth": "instantid",
+    "flux-depth-pro": "flux_depth",
+}
+
+
+def calls_so_far(client: httpx.Client, model: str) -> tuple[float, float]:
+    """(samples, calls) the model's runner has run so far, from its metrics."""
+    runner = {"runner": RUNNER_OF[model]}
+    base = str(client.base_url)
+    return (
+        metric_value(base, "depthid_runner_batch_size_sum", **runner),
+        metric_value(base, "depthid_runner_batch_size_count", **runner),
+    )
 
 
 @dataclass
@@ -183,14 +205,26 @@ class Row:
             f"| {self.model} | {self.traffic} | {self.load} | {on.throughput:.2f} | "
             f"{off.throughput:.2f} | **{on.throughput / off.throughput:.2f}x** | "
             f"{on.p50:.2f} / {off.p50:.2f} | {on.p95:.2f} / {off.p95:.2f} | "
-            f"{on.p95 / off.p95:.2f} |"
+            f"{on.p95 / off.p95:.2f} | {on.batch:.1f} |"
         )
 
 
 HEADER = (
     "| model | traffic | load | on req/s | off req/s | throughput on/off | p50 s on / off "
-    "| p95 s on / off | p95 on/off |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| p95 s on / off | p95 on/off | samples per call (on) |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
+
+
+def compare(
+    on: httpx.Client, off: httpx.Client, model: str, traffic: str, seed: int, load: Load
+) -> tuple[Figures, Figures]:
+    """One load on both instances in turn, each sent the same bodies in the same order."""
+    samples, calls = calls_so_far(on, model)
+    figures_on = load(on, model, body_maker(model, traffic, seed))
+    samples_after, calls_after = calls_so_far(on, model)
+    figures_on.batch = (samples_after - samples) / max(1.0, calls_after - calls)
+    return figures_on, load(off, model, body_maker(model, traffic, seed))
 
 
 def measure(
@@ -201,21 +235,18 @@ def measure(
     for model in models:
         for traffic in traffics:
             seed = zlib.crc32(f"{model} {traffic}".encode())
-            capacity_off = None
+            capacity_off = 0.0  # without batching, at 8 clients (or the most measured)
             for count in clients:
-                load = f"closed {count}"
-                # Each instance gets the same bodies in the same order.
-                figures_on = closed_loop(on, model, body_maker(model, traffic, seed), count)
-                figures_off = closed_loop(off, model, body_maker(model, traffic, seed), count)
-                if count == 8 or capacity_off is None:
+                load = functools.partial(closed_loop, clients=count)
+                figures_on, figures_off = compare(on, off, model, traffic, seed, load)
+                if count <= 8:
                     capacity_off = figures_off.throughput
-                rows.append(Row(model, traffic, load, figures_on, figures_off))
+                rows.append(Row(model, traffic, f"closed {count}", figures_on, figures_off))
                 print(rows[-1].markdown(), flush=True)
             rate = OPEN_LOOP_LOAD * capacity_off
-            load = f"open {rate:.2f}/s"
-            figures_on = open_loop(on, model, body_maker(model, traffic, seed), rate, seed)
-            figures_off = open_loop(off, model, body_maker(model, traffic, seed), rate, seed)
-            rows.append(Row(model, traffic, load, figures_on, figures_off))
+            load = functools.partial(open_loop, rate=rate, seed=seed)
+            figures_on, figures_off = compare(on, off, model, traffic, seed, load)
+            rows.append(Row(model, traffic, f"open {rate:.2f}/s", figures_on, figures_off))
             print(rows[-1].markdown(), flush=True)
     return rows
 

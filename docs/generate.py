@@ -159,7 +159,8 @@ def metrics() -> str:
         "# Metrics reference",
         "",
         "DepthID's own series on the Gateway's `/metrics`, as `gateway/metrics.py` defines them "
-        "(the runners define none of their own: their batching shows in BentoML's series). "
+        "(the `depthid_runner_*` ones are recorded by each runner's scheduler, in the runner's "
+        "processes: on its own `/metrics` when it runs apart). "
         "What they mean in practice, BentoML's own series, the dashboard and the alerts: "
         "[observability.md](observability.md).",
         "",

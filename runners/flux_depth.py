@@ -30,7 +30,7 @@ class FluxDepth:
             self.pipeline.call_key,
             self.pipeline.run_call,
             SETTINGS.flux_max_batch_size,
-            SETTINGS.scheduler_fairness_ms / 1000.0,
+            prepare=self.pipeline.prepare,
         )
 
     @bentoml.api

@@ -32,6 +32,7 @@ from runners.batching import run_batched
 from runners.depth import DepthEstimator
 from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
+from runners.preparation import Preparations
 from runners.prompt_filter import PromptFilter
 from runners.safety import SafetyChecker
 from runners.upsampler import Upsampler, make_upsampler
@@ -40,6 +41,8 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 SERVED_MODEL = "flux-depth-pro"  # the warm-up generates at its output size
+# Prepared inputs kept waiting per sample of a full call: a few calls' worth of queued jobs.
+PREPARED_PER_SAMPLE = 4
 PROMPT_BLOCKED = "the prompt was blocked by the content filter: it contains {term!r}"
 UPSAMPLED_PROMPT_BLOCKED = (
     "the upsampled prompt was blocked by the content filter: it contains {term!r}; "
@@ -76,6 +79,10 @@ class FluxDepthPipeline:
         self.device = device
         self.max_batch_size = max_batch_size
         self.text_tokens = text_tokens
+        # Depth maps of queued jobs, ahead of their call.
+        self.preparations = Preparations(
+            "flux_depth", capacity=PREPARED_PER_SAMPLE * max_batch_size
+        )
         # One pipeline call at a time per process: concurrent calls would only fight for the
         # same device. The scheduler is reset by every call (set_timesteps), so one pipeline
         # serves every request.
@@ -153,6 +160,17 @@ class FluxDepthPipeline:
         job's tolerance."""
         return run_batched(jobs, self.call_key, self.run_call, self.max_batch_size)
 
+    def prepare(self, job: FluxDepthJob) -> None:
+        """Start the job's depth map while the running call denoises (runners/preparation.py);
+        the call takes it."""
+        size = (job.width, job.height)
+        self.preparations.start(job.control_image, ("depth", size), lambda: self._depth(job, size))
+
+    def _depth(self, job: FluxDepthJob, size: tuple[int, int]) -> Image.Image:
+        """The depth map of the control image at the output size."""
+        resized = job.control_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        return self.depth(resized, size)
+
     @staticmethod
     def call_key(job: FluxDepthJob) -> tuple:
         """What must be equal for jobs to share one pipeline call (T5 prompts are always
@@ -226,8 +244,8 @@ class FluxDepthPipeline:
         size = (first.width, first.height)
         with self._lock:
             depth_maps = [
-                self.depth(
-                    job.control_image.convert("RGB").resize(size, Image.Resampling.LANCZOS), size
+                self.preparations.take(
+                    job.control_image, ("depth", size), lambda job=job: self._depth(job, size)
                 )
                 for job in jobs
             ]

@@ -30,7 +30,7 @@ class InstantID:
             self.pipelines.call_key,
             self.pipelines.run_call,
             SETTINGS.instantid_max_batch_size,
-            SETTINGS.scheduler_fairness_ms / 1000.0,
+            prepare=self.pipelines.prepare,
         )
 
     @bentoml.api

@@ -45,6 +45,7 @@ from runners.encoding import encode_image
 from runners.faces import DetectedFace, FaceAnalyzer, draw_keypoints, face_region_mask
 from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
+from runners.preparation import Preparations
 from runners.text_padding import mask_text_attention
 from settings import Settings
 
@@ -55,6 +56,8 @@ SERVED_MODEL = "insta-depth"  # the warm-up generates at its output size, with b
 # the face attention is skipped), and guidance above 1 runs the unconditional half too.
 WARMUP_STRENGTH = 1.0
 WARMUP_GUIDANCE = 5.0
+# Prepared inputs kept waiting per sample of a full call: a few calls' worth of queued samples.
+PREPARED_PER_SAMPLE = 4
 
 
 class InstantIDPipelines:
@@ -91,6 +94,8 @@ class InstantIDPipelines:
         # padding (the IdentityNet reads the face tokens only).
         mask_text_attention(components["unet"])
         mask_text_attention(depth_controlnet)
+        # Face analysis and depth maps of queued samples, ahead of their call.
+        self.preparations = Preparations("instantid", capacity=PREPARED_PER_SAMPLE * max_batch_size)
         # One pipeline call at a time per process: concurrent calls would only fight for the
         # same device.
         self._lock = threading.Lock()
@@ -238,6 +243,27 @@ class InstantIDPipelines:
         keypoints, depth map, mask and strengths. A job without a usable face fails alone."""
         return run_batched(jobs, self.call_key, self.run_call, self.max_batch_size)
 
+    def prepare(self, row: InstantIDJob) -> None:
+        """Start the sample's face analysis (and insta-depth's depth map of the pose) while the
+        running call denoises (runners/preparation.py); `run_call` takes the results."""
+        self.preparations.start(
+            row.face_image, ("face", True), lambda: self.faces.largest_face(row.face_image, True)
+        )
+        if row.pose_image is None:
+            return
+        self.preparations.start(
+            row.pose_image, ("face", False), lambda: self.faces.largest_face(row.pose_image, False)
+        )
+        if row.depth_strength is not None:
+            size = (row.width, row.height)
+            self.preparations.start(
+                row.pose_image, ("depth", size), lambda: self._pose_depth(row.pose_image, size)
+            )
+
+    def _pose_depth(self, pose: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """insta-depth's depth map: of the pose image at the output size."""
+        return self.depth(pose.convert("RGB").resize(size, Image.Resampling.LANCZOS), size)
+
     def call_key(self, job: InstantIDJob) -> tuple:
         """What must be equal for samples to share one denoising loop: the route, size, steps
         and guidance. Prompts of any length share one (padded and masked,
@@ -256,7 +282,9 @@ class InstantIDPipelines:
 
             def largest_face(image: Image.Image, embed: bool) -> DetectedFace | None:
                 if (id(image), embed) not in faces:
-                    faces[id(image), embed] = self.faces.largest_face(image, embed=embed)
+                    faces[id(image), embed] = self.preparations.take(
+                        image, ("face", embed), lambda: self.faces.largest_face(image, embed)
+                    )
                 return faces[id(image), embed]
 
             for index, row in enumerate(rows):
@@ -327,11 +355,13 @@ class InstantIDPipelines:
             )
         ]
         if job.depth_strength is not None:
-            pose = job.pose_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+            depth_map = self.preparations.take(
+                job.pose_image, ("depth", size), lambda: self._pose_depth(job.pose_image, size)
+            )
             controls.append(
                 ControlUnit(
                     model=self.depth_controlnet,
-                    image=self.depth(pose, size),
+                    image=depth_map,
                     scale=job.depth_strength,
                     sees_face=False,
                 )

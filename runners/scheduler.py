@@ -3,8 +3,8 @@
 Jobs reach the runner through its `generate` API (async, on BentoML's event loop): `submit`
 cuts them into one-sample rows, puts the rows in this queue and awaits their results. One
 worker thread runs the pipeline calls, one at a time: each is built from the waiting rows by
-runners/batching.py's rules (a key's rows oldest first, up to the max batch size, no shape
-waiting past the fairness bound), and each caller is answered as soon as its own call ends.
+runners/batching.py's rules (the oldest row and the rows that can share its call, up to the
+max batch size), and each caller is answered as soon as its own call ends.
 A row that arrives while a call runs waits for that call only, and goes in the next one that
 its key is chosen for; a lone row on an idle runner starts at once.
 
@@ -52,16 +52,17 @@ class Scheduler:
         call_key: CallKey,
         run_call: RunCall,
         max_batch_size: int,
-        fairness_s: float,
+        prepare: Callable[[Any], None] | None = None,
     ) -> None:
         """`call_key(row)`: what rows sharing a call must agree on; `run_call(rows)`: one
-        pipeline call, one result per row; `fairness_s`: how long the oldest row may wait while
-        fuller calls of other keys go first (0: strictly oldest first)."""
+        pipeline call, one result per row; `prepare(row)`: starts a row's own input work
+        (faces, depth maps) as it is queued, so it runs beside the call before it
+        (runners/preparation.py)."""
         self.runner = runner
         self._call_key = call_key
         self._run_call = run_call
+        self._prepare = prepare
         self.max_batch_size = max_batch_size
-        self.fairness_s = fairness_s
         self._waiting: list[Waiting] = []
         self._changed = threading.Condition()
         self._closed = False
@@ -104,8 +105,13 @@ class Scheduler:
             key, failure = key_of(row, self._call_key)
             if failure is not None:
                 future.set_result(failure)
-            else:
-                items.append(Waiting(row=row, key=key, reply=_replier(future)))
+                continue
+            items.append(Waiting(row=row, key=key, reply=_replier(future)))
+            if self._prepare is not None:
+                try:
+                    self._prepare(row)
+                except Exception:  # the call computes what was not prepared, and fails there
+                    logger.exception("%s: request %s not prepared", self.runner, row.request_id)
         with self._changed:
             self._waiting.extend(items)
             metrics.set_runner_queue_depth(self.runner, len(self._waiting))
@@ -153,7 +159,7 @@ class Scheduler:
                     return None
                 # A deadline can pass while nothing arrives: look again within a second.
                 self._changed.wait(timeout=1.0)
-            call = take_call(self._waiting, self.max_batch_size, self.fairness_s, time.monotonic())
+            call = take_call(self._waiting, self.max_batch_size)
             metrics.set_runner_queue_depth(self.runner, len(self._waiting))
             return call
 

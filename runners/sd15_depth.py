@@ -28,7 +28,7 @@ class SD15Depth:
             self.pipelines.call_key,
             self.pipelines.run_call,
             SETTINGS.sd15_max_batch_size,
-            SETTINGS.scheduler_fairness_ms / 1000.0,
+            prepare=self.pipelines.prepare,
         )
 
     @bentoml.api

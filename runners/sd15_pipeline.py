@@ -38,6 +38,7 @@ from runners.batching import run_batched
 from runners.depth import DepthEstimator
 from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
+from runners.preparation import Preparations
 from runners.prompt_weighting import encode_sd15
 from runners.schedulers import make_scheduler
 from runners.text_padding import mask_text_attention, pad_texts, padding_masked
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 SERVED_MODEL = "sd1.5-controlnet-depth"  # the warm-up generates at its output size
 WARMUP_SCHEDULER = "UniPC"  # the contract's default
+# Prepared inputs kept waiting per sample of a full call: a few calls' worth of queued samples.
+PREPARED_PER_SAMPLE = 4
 
 
 class SD15DepthPipelines:
@@ -71,6 +74,10 @@ class SD15DepthPipelines:
         # Prompts of different lengths share a call: the text-reading modules mask the padding.
         mask_text_attention(components["unet"])
         mask_text_attention(components["controlnet"])
+        # Input images and depth maps of queued samples, ahead of their call.
+        self.preparations = Preparations(
+            "sd15_depth", capacity=PREPARED_PER_SAMPLE * max_batch_size
+        )
         # One pipeline call at a time per process: concurrent calls would only fight for the
         # same device; adaptive batching is what runs several requests in one call.
         self._lock = threading.Lock()
@@ -161,6 +168,17 @@ class SD15DepthPipelines:
         prompt, seed, depth map and input image."""
         return run_batched(jobs, self.call_key, self.run_call, self.max_batch_size)
 
+    def prepare(self, row: SD15DepthJob) -> None:
+        """Start the sample's input image and depth map while the running call denoises
+        (runners/preparation.py); `run_call` takes them."""
+        size = (row.width, row.height)
+        self.preparations.start(row.image, ("input", size), lambda: self._input(row.image, size))
+
+    def _input(self, image: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, Image.Image]:
+        """The input at the output size (img2img's start) and its depth map (the control)."""
+        resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        return resized, self.depth(resized, size)
+
     def call_key(self, job: SD15DepthJob) -> tuple:
         """What must be equal for samples to share one pipeline call: the form, size, steps,
         scheduler, guidance and strength. Prompts of any length share one (padded and masked,
@@ -189,8 +207,9 @@ class SD15DepthPipelines:
             prepared: dict[int, tuple[Image.Image, Image.Image]] = {}
             for row in rows:
                 if id(row.image) not in prepared:
-                    image = row.image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-                    prepared[id(row.image)] = (image, self.depth(image, size))
+                    prepared[id(row.image)] = self.preparations.take(
+                        row.image, ("input", size), lambda row=row: self._input(row.image, size)
+                    )
             inputs = [prepared[id(row.image)][0] for row in rows]
             depth_maps = [prepared[id(row.image)][1] for row in rows]
             pipe = self._pipeline(first.scheduler, img2img)

@@ -347,11 +347,9 @@ def test_metric_names_are_read_out_of_promql() -> None:
     assert metric_names(expr) == {"depthid_batch_size_bucket", "depthid_queue_depth", "up"}
 
 
-# Besides ours: BentoML's adaptive batch size per runner, and NVIDIA's DCGM exporter's GPU
-# metrics (documented in the panels as needing the exporter).
+# Besides ours: NVIDIA's DCGM exporter's GPU metrics (documented in the panels as needing the
+# exporter).
 OTHER_METRICS = {
-    "bentoml_service_adaptive_batch_size_sum",
-    "bentoml_service_adaptive_batch_size_count",
     "DCGM_FI_DEV_GPU_UTIL",
     "DCGM_FI_DEV_FB_USED",
 }
@@ -374,7 +372,7 @@ def test_dashboard_reads_only_known_metrics_and_shows_each_of_ours() -> None:
             assert names and names <= exposed, (panel["title"], names - exposed)
             read |= names
     read |= metric_names(variables["model"]["definition"])
-    assert read >= OTHER_METRICS  # a panel for runner batches, GPU utilisation and memory
+    assert read >= OTHER_METRICS  # a panel for GPU utilisation and memory
     # Every metric of gateway/metrics.py has a panel.
     assert {name.removesuffix("_bucket") for name in read} >= {
         name if spec.kind != "Counter" else f"{name}_total"

@@ -75,8 +75,8 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     thread.join(WAIT_S)
 
 
-def make_scheduler(call: GatedCall, max_batch_size: int = 4, fairness_s: float = 0.0):
-    return Scheduler("test", shape_of, call, max_batch_size, fairness_s)
+def make_scheduler(call: GatedCall, max_batch_size: int = 4) -> Scheduler:
+    return Scheduler("test", shape_of, call, max_batch_size)
 
 
 def submit(loop, scheduler: Scheduler, *jobs: Any):
@@ -92,32 +92,17 @@ def settle() -> None:
 # --- which rows make a call -------------------------------------------------------------------
 
 
-def waiting(*keys: str, ages: tuple[float, ...] = ()) -> list[Waiting]:
-    now = time.monotonic()
-    ages = ages or tuple(range(len(keys), 0, -1))  # oldest first
-    return [
-        Waiting(row=f"{key}{i}", key=key, reply=lambda _: None, enqueued=now - age)
-        for i, (key, age) in enumerate(zip(keys, ages, strict=True))
-    ]
+def waiting(*keys: str) -> list[Waiting]:
+    """A queue of rows named by key and place, oldest first."""
+    return [Waiting(row=f"{key}{i}", key=key, reply=lambda _: None) for i, key in enumerate(keys)]
 
 
 def test_a_call_is_the_oldest_rows_key_and_holds_at_most_the_max_batch_size():
-    queue = waiting("A", "B", "A", "A", "B", "A", "A")
-    call = take_call(queue, max_batch_size=3, fairness_s=0.0, now=time.monotonic())
-    assert [item.row for item in call] == ["A0", "A2", "A3"]
-    assert [item.row for item in queue] == ["B1", "B4", "A5", "A6"]  # order kept
-
-
-def test_the_fullest_call_goes_first_until_the_oldest_row_waited_the_fairness_bound():
-    now = time.monotonic()
-    # B0 is oldest, A is busier: A first while B0 waited less than the bound...
-    queue = waiting("B", "A", "A", "A", ages=(0.5, 0.4, 0.3, 0.2))
-    call = take_call(queue, max_batch_size=8, fairness_s=1.0, now=now)
-    assert [item.row for item in call] == ["A1", "A2", "A3"]
-    # ...and B0 first once it has waited the bound.
-    queue = waiting("B", "A", "A", "A", ages=(1.5, 0.4, 0.3, 0.2))
-    call = take_call(queue, max_batch_size=8, fairness_s=1.0, now=now)
-    assert [item.row for item in call] == ["B0"]
+    queue = waiting("B", "A", "B", "A", "A", "B", "A", "B")
+    call = take_call(queue, max_batch_size=3)
+    assert [item.row for item in call] == ["B0", "B2", "B5"]  # the oldest's, not the busiest
+    assert [item.row for item in queue] == ["A1", "A3", "A4", "A6", "B7"]  # order kept
+    assert [item.row for item in take_call(queue, max_batch_size=3)] == ["A1", "A3", "A4"]
 
 
 # --- the queue, served by its thread ----------------------------------------------------------
@@ -254,7 +239,7 @@ def test_the_worker_names_each_calls_requests_in_its_log_lines(loop):
         logging.getLogger("runners.test").warning("inside a call")
         return seed_results(rows)
 
-    scheduler = Scheduler("test", shape_of, run_call, 4, 0.0)
+    scheduler = Scheduler("test", shape_of, run_call, 4)
     try:
         submit(loop, scheduler, job("req-a", samples=2), job("req-b")).result(WAIT_S)
     finally:
