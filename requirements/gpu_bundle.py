@@ -76,17 +76,11 @@ DEVICE_PLATFORMS = [
 NO_DEPS = {"insightface"}
 # Published only as a source archive: built into a (pure Python) wheel here.
 SOURCE_ONLY = {"insightface"}
-# Device packages nothing requires that still change what runs when present: the rehearsal
-# installs them too, so it runs what the device runs.
-USED_WHEN_PRESENT = {
-    # transformers' image processors use it when installed; the device's transformers 5.17
-    # refuses AutoImageProcessor (the depth estimator's, the safety checker's) without it.
-    "torchvision": "transformers (image processors)",
-}
-# The rehearsal's stand-ins for the device's CUDA builds, which have no CPU twin on this
-# machine: torch==2.13.0 is the CPU build on disk (an unpinned resolve would fetch a CUDA one),
-# and the torchvision built for it.
-REHEARSAL_STAND_INS = {"torch": "torch==2.13.0", "torchvision": "torchvision==0.28.0"}
+# The rehearsal's stand-in for the device's torch (a CUDA build, with no CPU twin on this machine):
+# torch==2.13.0 is the CPU build on disk (an unpinned resolve would fetch a CUDA one). The
+# device's torchvision has none either (PyPI's are CUDA builds, whose operators do not load
+# beside a CPU torch), and nothing DepthID runs needs it: the rehearsal goes without.
+REHEARSAL_STAND_INS = {"torch": "torch==2.13.0"}
 
 
 @dataclass
@@ -183,9 +177,6 @@ def plan(roots: list[str], device: dict[str, str | None]) -> Plan:
             queue.append(
                 (canonicalize_name(dependency.name), set(dependency.extras), name, dependency)
             )
-    for name, user in USED_WHEN_PRESENT.items():
-        if name in device and name not in carried:
-            provided.setdefault(name, Provided(device[name])).asks.append(f"{user}: when present")
     return Plan(carried, provided)
 
 
