@@ -68,14 +68,6 @@ FAMILY_SHARE = {"sd15": 0.2, "sdxl": 0.35, "flux": 0.45}
 B_STEPS = {"flux": 10}
 # torch.compile's mode in step b: the served default (max-autotune) autotunes for minutes.
 B_COMPILE_MODE = "default"
-# Seconds per image each model should reach at its defaults on one H100 (issue 24), with the
-# accelerations the runners switch on.
-TARGETS_S = {
-    "sd1.5-controlnet-depth": 0.3,
-    "instantid": 0.8,
-    "insta-depth": 1.0,
-    "flux-depth-pro": 4.0,
-}
 BLANK_STD = 1.0  # an image whose pixels vary less than this (of 255) is blank
 
 
@@ -433,7 +425,7 @@ def step_a(report: Report, clock: Clock, args: argparse.Namespace) -> None:
                 row["batch 1 s/image"] = per_image
                 row["outputs"] = blank_or_nan(results)
                 if args.scale == "real":
-                    row["target s/image"] = TARGETS_S[model]
+                    row["target s/image"] = gpu.TARGETS_S[model]
                 say(f"a: {model} batch 1: {per_image:.3f} s/image, outputs {row['outputs']}")
                 report.write()
                 best = (1, per_image)

@@ -29,5 +29,5 @@ echo "gpu-hour-rehearsal: venv ready in $(( $(date +%s) - started )) s"
 PIP_CONFIG_FILE=/dev/null PYTHON="$work/venv/bin/python" BUNDLE_WHEELS="$REHEARSAL/bundle" \
     GPU_HOUR_SITE="$work/site" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \
     GPU_HOUR_LIMIT_S=${GPU_HOUR_LIMIT_S:-900} \
-    bash benchmarks/gpu_hour.sh --scale tiny --device cpu "$@"
+    bash benchmarks/gpu_hour.sh --scale tiny --device cpu --runs 1 "$@"
 echo "gpu-hour-rehearsal: done in $(( $(date +%s) - started )) s"
