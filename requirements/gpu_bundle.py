@@ -74,6 +74,10 @@ DEVICE_PLATFORMS = [
 ]
 # Installed without following their requirements (see pyproject.toml's note on insightface).
 NO_DEPS = {"insightface"}
+# Carried even though the device has them, its version not read: a wrong guess would cost a GPU
+# run, carrying costs little. typing-extensions (pure Python, 0.1 MB, only ever added to):
+# pydantic 2.14 imports names of typing-extensions 4.16, and an older one fails at import.
+CARRY_ANYWAY = {"typing-extensions"}
 # Published only as a source archive: built into a (pure Python) wheel here.
 SOURCE_ONLY = {"insightface"}
 # The rehearsal's stand-in for the device's torch (a CUDA build, with no CPU twin on this machine):
@@ -87,7 +91,8 @@ REHEARSAL_STAND_INS = {"torch": "torch==2.13.0"}
 class Carried:
     version: str
     needed_by: set[str] = field(default_factory=set)
-    # Set when the device has the package but not at a version something here asks for.
+    # Set when the device has the package but not at a version something here asks for (or
+    # CARRY_ANYWAY names it): what of the device's it shadows, and why.
     replaces_device: str | None = None
 
 
@@ -148,7 +153,7 @@ def plan(roots: list[str], device: dict[str, str | None]) -> Plan:
     ]
     while queue:
         name, extras, asker, requirement = queue.pop(0)
-        if name in device and name not in carried:
+        if name in device and name not in carried and name not in CARRY_ANYWAY:
             version = device[name]
             check = provided.setdefault(name, Provided(version))
             if requirement is not None:
@@ -170,6 +175,9 @@ def plan(roots: list[str], device: dict[str, str | None]) -> Plan:
             continue
         else:
             carried[name] = Carried(_installed_version(name))
+            if name in device:
+                unread = device[name] or "version not read"
+                carried[name].replaces_device = f"{unread}: carried anyway (CARRY_ANYWAY)"
         carried[name].needed_by.add(asker)
         if name in NO_DEPS:
             continue
@@ -285,7 +293,7 @@ def write_bundle(found: Plan, folder: Path) -> None:
     for name, c in sorted(found.carried.items()):
         why = f"needed by {', '.join(sorted(c.needed_by))}"
         if c.replaces_device:
-            why += f"; the device's {c.replaces_device} does not do"
+            why += f"; shadows the device's {c.replaces_device}"
         lines.append(f"{name}=={c.version}  # {why}")
     (folder / "bundle.txt").write_text("\n".join(lines) + "\n")
     used = [
