@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -640,6 +641,7 @@ def bentoml_serve(
             yield url, time.perf_counter() - started, process
         finally:
             stop(process)
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def serve_runner_and_gateway(
@@ -767,6 +769,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("the real scale needs a CUDA GPU; --scale tiny --device cpu runs anywhere")
     args.site = Path(os.environ["GPU_HOUR_SITE"]) if os.environ.get("GPU_HOUR_SITE") else None
     args.steps = args.steps.split(",")
+    # A store of our own is removed at the end (at real size it is tens of GB).
+    args.own_store = args.store is None
     args.store = args.store or Path(tempfile.mkdtemp(prefix="gpu-hour-store-"))
     return args
 
@@ -805,9 +809,13 @@ def main(argv: list[str] | None = None) -> int:
             report, clock, args, "d", "instantid", ["instantid", "insta-depth"]
         ),
     }
-    for name, run in steps.items():
-        if name in args.steps:
-            run()
+    try:
+        for name, run in steps.items():
+            if name in args.steps:
+                run()
+    finally:
+        if args.own_store:
+            shutil.rmtree(args.store, ignore_errors=True)
     report.header["total_s"] = round(clock.elapsed(), 1)
     report.write()
     say(f"done in {clock.elapsed():.0f} s; {args.out / (OUTPUT_NAME + '.md')}:")
