@@ -445,8 +445,10 @@ def step_a(report: Report, clock: Clock, args: argparse.Namespace) -> None:
                         break
                     try:
                         per_image, results = timed(family, model, batch, args.runs, 1, args.device)
-                    except torch.OutOfMemoryError:
-                        row["batches not run"] = f"{batch}+ (out of memory)"
+                        gpu.check(results, batch)  # one call of `batch`, every image made
+                    except (torch.OutOfMemoryError, gpu.BatchFailed) as error:
+                        # run_batch retries a failed call in halves: its time is not the batch's.
+                        row["batches not run"] = f"{batch}+ ({str(error)[:120]})"
                         break
                     say(f"a: {model} batch {batch}: {per_image:.3f} s/image")
                     if blank_or_nan(results) != "ok":
