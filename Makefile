@@ -16,7 +16,7 @@ PIP_INSTALL_SHOWN := $(BIN)/python -m pip install --disable-pip-version-check --
 # lacks them.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test test-fast lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest docs clean
+.PHONY: install serve test test-fast lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check gpu-bundle gpu-hour-rehearsal bench-latency bench bench-gpu gpu-memory bento loadtest docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -129,6 +129,18 @@ full-store: install
 # model through v1 and v2, bench-gpu per model, one table (benchmarks/gpu_check.py).
 gpu-check: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m benchmarks.gpu_check $(ARGS)
+
+# The GPU hour (docs/performance.md, "The GPU hour"): a lent GPU machine is bare and offline.
+# `make gpu-bundle` writes .gpu-bundle/, the wheels it lacks (requirements/gpu_bundle.py derives
+# them from pyproject.toml and requirements/device.txt; under 60 MiB with the working tree), and
+# the rehearsal's wheels for this machine; there, `bash benchmarks/gpu_hour.sh` with .gpu-bundle
+# carried. `make gpu-hour-rehearsal` runs that command here, on the CPU at tiny scale, in a fresh
+# virtual environment built with pip --no-index (tests/deploy/test_gpu_hour.py does too).
+gpu-bundle: install
+	$(BIN)/python requirements/gpu_bundle.py
+
+gpu-hour-rehearsal: gpu-bundle
+	bash benchmarks/gpu_hour_rehearsal.sh
 
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
 # store; `make image` and `make image-gpu` build the images from it (docs/deploy.md, "Container").
