@@ -9,6 +9,11 @@ type, a decodable image of the tiny profile's size) and stops the server. A buil
 a port, so the command's `--host` and `--port` are replaced by 127.0.0.1 and a free port.
 
     python smoke.py -- bentoml serve service:Gateway --host 0.0.0.0 --port 3000
+    python smoke.py --cuda 13.0 -- bentoml serve ...   # the GPU image's smoke stage
+
+`--cuda VERSION` (the GPU image) first checks what a build without a GPU can see of its CUDA: torch
+is a CUDA build of VERSION's major and onnxruntime offers its CUDA execution provider; the server
+then runs on the CPU all the same (CUDA's torch runs there too).
 
 Only the standard library and Pillow (one of the image's packages): the image has no test tools.
 """
@@ -125,6 +130,26 @@ def v1_requests() -> dict[str, tuple[dict, str]]:
     }
 
 
+def check_cuda_build(cuda: str) -> list[str]:
+    """What the GPU image's torch and onnxruntime say of CUDA, one line each; raises unless torch
+    is built for `cuda`'s major and onnxruntime lists its CUDA provider. Neither needs a GPU."""
+    import onnxruntime
+    import torch
+
+    major = cuda.split(".")[0]
+    if torch.version.cuda is None or torch.version.cuda.split(".")[0] != major:
+        raise AssertionError(f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, "
+                             f"not {major}")  # fmt: skip
+    providers = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        raise AssertionError(f"onnxruntime {onnxruntime.__version__} offers {providers}: no CUDA")
+    cudnn = torch.backends.cudnn.version()  # loads cuDNN's library: no GPU needed
+    return [
+        f"torch {torch.__version__}: CUDA {torch.version.cuda}, cuDNN {cudnn}",
+        f"onnxruntime {onnxruntime.__version__}: {', '.join(providers)}",
+    ]
+
+
 def written_outside_writable(since: float) -> list[str]:
     """What the server wrote outside the manifests' writable paths since `since`."""
     found = []
@@ -196,8 +221,13 @@ def run_v2(base: str) -> str:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv:
-        raise SystemExit("usage: smoke.py -- ENTRY COMMAND...")
-    entry = argv[argv.index("--") + 1 :]
+        raise SystemExit("usage: smoke.py [--cuda VERSION] -- ENTRY COMMAND...")
+    options, entry = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    if options:
+        if options[0] != "--cuda" or len(options) != 2:
+            raise SystemExit(f"smoke: unknown options {options} (only --cuda VERSION)")
+        for line in check_cuda_build(options[1]):
+            print(f"smoke: {line}", flush=True)
     if os.getuid() == 0:
         raise SystemExit("smoke: runs as the image's user, not root (USER in the Containerfile)")
     for path in WRITABLE:
