@@ -6,7 +6,9 @@ cpu: every pin of pyproject.toml, torch==2.13.0 among them, as `make install` in
 gpu: the same pins in one pip call with requirements/gpu.txt (torch's CUDA 13 build,
      onnxruntime-gpu), less the CPU packages that gpu.txt replaces (onnxruntime: both install
      the `onnxruntime` module, so the CPU one must never come in), then
-     requirements/check_cuda.py: torch and onnxruntime-gpu must need the image's CUDA major.
+     requirements/check_cuda.py: torch and onnxruntime-gpu must need the image's CUDA major;
+     then the wheels' files that nothing in the image can load are deleted (UNUSED), in the
+     same layer, so that they take no room in the image.
 
 Both then install insightface without its declared deps (pyproject.toml says why). pip reads the
 building machine's settings from PIP_CONFIG_FILE (the build secret, container/pip_settings.py);
@@ -20,12 +22,25 @@ import argparse
 import re
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
 INSIGHTFACE = "insightface==2.1"  # the Makefile's pin; --no-deps
 # The GPU image's packages that take the place of a CPU one of pyproject.toml's.
 GPU_REPLACES = {"onnxruntime-gpu": "onnxruntime"}
+# Files of the GPU wheels that no library of the image links (torch's and onnxruntime's are
+# checked by container/smoke.py --cuda) and no code opens: cuSOLVER's multi-GPU library
+# (torch's linear algebra uses the single-GPU one), NVRTC's alternative build (torch links
+# libnvrtc.so.13), a static library, and onnxruntime's TensorRT provider, which needs TensorRT's
+# libraries, not in the image. About 210 MB, relative to site-packages.
+UNUSED = (
+    "nvidia/cu13/lib/libcusolverMg.so.*",
+    "nvidia/cu13/lib/libnvrtc.alt.so.*",
+    "nvidia/cu13/lib/libnvrtc-builtins.alt.so.*",
+    "nvidia/cu13/lib/*.a",
+    "onnxruntime/capi/libonnxruntime_providers_tensorrt.so",
+)
 PIP = [sys.executable, "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check"]
 
 
@@ -67,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant == "gpu":
         check = [sys.executable, str(args.src / "requirements" / "check_cuda.py")]
         subprocess.run([*check, "--image-cuda", args.image_cuda], check=True)
+        site = Path(sysconfig.get_paths()["purelib"])
+        unused = sorted(path for pattern in UNUSED for path in site.glob(pattern))
+        size = sum(path.stat().st_size for path in unused)
+        for path in unused:
+            path.unlink()
+        print(f"install_packages: deleted {len(unused)} unused files, {size // 1_000_000} MB")
     return 0
 
 
