@@ -282,6 +282,12 @@ class Settings(BaseSettings):
         description="v2 jobs one Gateway process runs at once: at least the runners' max batch "
         "size (8), so v2 jobs can fill a batch.",
     )
+    job_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="A v2 job taken this many times without ending (its runner or Gateway "
+        "died while running it, each time) ends `FAILED` instead of being taken again.",
+    )
     job_visibility_timeout_s: float = Field(
         default=30.0,
         gt=0,

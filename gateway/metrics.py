@@ -14,6 +14,8 @@ Metric names (all prefixed `depthid_`):
 - depthid_batch_size{model}                        histogram samples per runner call
 - depthid_credits_refused_total{model}             counter   406 answers
 - depthid_rate_limited_total{reason}               counter   429 answers (rate|concurrency|queue)
+- depthid_jobs_given_up_total{model}               counter   v2 jobs FAILED after
+  DEPTHID_JOB_MAX_ATTEMPTS takes without ending
 Recorded by the runners' schedulers (runners/scheduler.py), in the runner processes:
 - depthid_runner_queue_depth{runner}               gauge     samples waiting in the runner's queue
 - depthid_runner_queue_wait_seconds{runner}        histogram a sample's wait in that queue
@@ -132,6 +134,12 @@ METRICS: dict[str, MetricSpec] = {
         "runner's queue (stage queued) or stopped mid-call (stage running)",
         ("runner", "stage"),
     ),
+    "depthid_jobs_given_up": MetricSpec(
+        "Counter",
+        "v2 jobs ended FAILED because they were taken DEPTHID_JOB_MAX_ATTEMPTS times without "
+        "ending (their runner or Gateway died each time)",
+        ("model",),
+    ),
 }
 
 
@@ -183,6 +191,7 @@ def expose_known_series(models: list[str]) -> None:
             "depthid_queue_wait_seconds",
             "depthid_batch_size",
             "depthid_credits_refused",
+            "depthid_jobs_given_up",
         ):
             _metric(name).labels(model=model)
     for reason in RATE_LIMIT_REASONS:
@@ -228,6 +237,11 @@ def count_credits_refused(model: str) -> None:
 def count_rate_limited(reason: str) -> None:
     """A request refused with 429: reason is "rate", "concurrency" or "queue"."""
     _metric("depthid_rate_limited").labels(reason=reason).inc()
+
+
+def count_job_given_up(model: str) -> None:
+    """A v2 job ended FAILED after DEPTHID_JOB_MAX_ATTEMPTS takes without ending."""
+    _metric("depthid_jobs_given_up").labels(model=model).inc()
 
 
 def set_runner_queue_depth(runner: str, samples: int) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import httpx
 from bentoml.exceptions import BentoMLException
 
 from gateway import metrics
@@ -111,9 +112,14 @@ class RunnerClient:
             raise ApiError(
                 504, f"generation exceeded its deadline of {self.deadline_s:g} seconds"
             ) from exc
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            # Transport failures only: BentoML turns the runner's HTTP answers into
-            # BentoMLException, handled below.
+        except (
+            aiohttp.ClientError,
+            httpx.NetworkError,
+            httpx.RemoteProtocolError,
+            ConnectionError,
+        ) as exc:
+            # Transport failures only (aiohttp to a local runner, httpx to one by URL): BentoML
+            # turns the runner's HTTP answers into BentoMLException, handled below.
             logger.warning("runner %s unreachable: %s", self.name, exc)
             self._suspect = True
             raise ApiError(502, f"the {self.name} model runner is unreachable") from exc

@@ -18,6 +18,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import aiohttp
+import httpx
+
 from gateway import metrics
 from gateway.http.errors import ApiError
 from gateway.jobs.store import JobRecord, JobStore, Status
@@ -40,6 +43,28 @@ JobFinished = Callable[[JobRecord, Status], Awaitable[None]]
 
 class _HandBack(Exception):
     """The job did not run and this replica is stopping: give it back to the queue."""
+
+
+class _RunnerDied(Exception):
+    """The runner's connection dropped while it held the job (it crashed or was killed,
+    perhaps by this very job): the job did not end, and this take counts as an attempt."""
+
+
+# Transport errors that mean the call reached the runner and the connection then died under
+# it, as opposed to a runner that could not be reached at all (nothing ran: retried in hand).
+MID_CALL_DISCONNECTS = (
+    aiohttp.ServerDisconnectedError,  # a local runner (BentoML's own proxy)
+    aiohttp.ClientPayloadError,
+    httpx.RemoteProtocolError,  # a runner by URL (BentoML's HTTP client)
+    httpx.ReadError,
+    ConnectionResetError,
+)
+
+
+def died_mid_call(error: ApiError) -> bool:
+    """Whether a runner's 502 came from a connection that dropped while the runner held the
+    job (gateway/runner_client.py keeps the transport error as the cause)."""
+    return isinstance(error.__cause__, MID_CALL_DISCONNECTS)
 
 
 class JobWorker:
@@ -104,6 +129,11 @@ class JobWorker:
         try:
             started_at = record.started_at or time.time()
             metrics.observe_queue_wait(record.model, started_at - record.submitted_at)
+            if record.attempts > self.settings.job_max_attempts:
+                # Taken again after it was taken as often as allowed without ending (its
+                # worker's Gateway died each time, or handed it back): never run it again.
+                await self._give_up(record, record.attempts - 1)
+                return
             await self._run_job(record)
         finally:
             request_id_var.reset(token)
@@ -137,6 +167,17 @@ class JobWorker:
             raise
         except _HandBack:
             await self.store.release(record.id, self.worker_id, ran=False)
+            return
+        except _RunnerDied:
+            if record.attempts >= self.settings.job_max_attempts:
+                await self._give_up(record, record.attempts)
+            else:
+                logger.warning(
+                    "job %s: its runner stopped while running it (attempt %d of %d); "
+                    "handing it back to the queue",
+                    record.id, record.attempts, self.settings.job_max_attempts,
+                )  # fmt: skip
+                await self.store.release(record.id, self.worker_id)
             return
         except ApiError as exc:
             await self._fail(record, exc.message)
@@ -173,6 +214,8 @@ class JobWorker:
                     # The runner refused it while this replica stops (its runners stop with it):
                     # hand the job back now rather than retry past the process's own end.
                     raise _HandBack from exc
+                if exc.status == 502 and died_mid_call(exc):
+                    raise _RunnerDied from exc
                 if exc.status != 502 or time.monotonic() + RETRY_DELAY_S > give_up_at:
                     raise
                 logger.warning("job %s: %s; trying again", record.id, exc.message)
@@ -184,6 +227,20 @@ class JobWorker:
         # even when a presumed-dead worker on another replica fails the same job too.
         if await self.store.fail(record.id, self.worker_id, error, body):
             await self._finished(record, "FAILED")
+
+    async def _give_up(self, record: JobRecord, attempts: int) -> None:
+        """FAIL a job that was taken `attempts` times (the most allowed) without ending: a job
+        that kills its runner, say, must not be retried forever."""
+        error = (
+            f"the job was started {attempts} times and never ended (its runner or Gateway "
+            "stopped while running it each time); it is not tried again"
+        )
+        logger.error(
+            "job %s (%s) given up: taken %d times without ending (DEPTHID_JOB_MAX_ATTEMPTS=%d)",
+            record.id, record.model, attempts, self.settings.job_max_attempts,
+        )  # fmt: skip
+        metrics.count_job_given_up(record.model)
+        await self._fail(record, error)
 
     async def _finished(self, record: JobRecord, status: Status) -> None:
         if self.on_finished is None:
