@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 
-from gateway.jobs.store import JobRecord, QueueFull
+from gateway.jobs.store import JobRecord, QueueFull, Status
 from gateway.redis_client import connect
 from settings import DEFAULT_REDIS_RETRY_S
 
@@ -45,8 +45,8 @@ _TAKE = """
 local id = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
 if not id then return false end
 local status = redis.call('HGET', ARGV[4] .. id, 'status')
-if (not status) or status == 'COMPLETED' or status == 'FAILED' then
-  -- Finished (by a worker presumed dead) or expired meanwhile: never run it again.
+if (not status) or status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELLED' then
+  -- Finished (by a worker presumed dead), cancelled or expired meanwhile: never run it again.
   redis.call('LREM', KEYS[2], 0, id)
   return 'skip'
 end
@@ -68,7 +68,9 @@ return 0
 # job keeps only its result: its inputs go.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if (not status) or status == 'COMPLETED' or status == 'FAILED' then return 0 end
+if (not status) or status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELLED' then
+  return 0
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4],
            'n_images', ARGV[6], 'images_token', ARGV[7], 'error', ARGV[8])
 redis.call('HDEL', KEYS[1], 'payload')
@@ -77,6 +79,24 @@ redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LREM', KEYS[4], 0, ARGV[1])  -- requeued meanwhile: it must not run again
 redis.call('DEL', KEYS[3])
 return 1
+"""
+
+# Cancel a job not yet terminal: the terminal write of _FINISH (once), answering the status
+# the job had before ('' when unknown); a terminal job answers its status, untouched.
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, ''} end
+if status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELLED' then
+  return {0, status}
+end
+redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'result', ARGV[2], 'finished_at', ARGV[3],
+           'n_images', 0, 'error', '')
+redis.call('HDEL', KEYS[1], 'payload')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('LREM', KEYS[4], 0, ARGV[1])
+redis.call('DEL', KEYS[3])
+return {1, status}
 """
 
 # Hand back a job this worker holds: first in line again.
@@ -166,6 +186,7 @@ class RedisJobStore:
         self._renew = self.client.register_script(_RENEW)
         self._finish = self.client.register_script(_FINISH)
         self._release = self.client.register_script(_RELEASE)
+        self._cancel = self.client.register_script(_CANCEL)
         self._requeue = self.client.register_script(_REQUEUE)
         self._depth_by_model = self.client.register_script(_DEPTH_BY_MODEL)
 
@@ -233,6 +254,18 @@ class RedisJobStore:
             error,
         ]  # fmt: skip
         return bool(await self._finish(keys=keys, args=args))
+
+    async def cancel(self, job_id: str) -> tuple[bool, Status | None]:
+        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE]
+        body = json.dumps({"request_id": job_id, "status": "CANCELLED"})
+        done, status = await self._cancel(
+            keys=keys, args=[job_id, body, time.time(), self.retention_s]
+        )
+        return bool(done), (status.decode() or None)  # type: ignore[return-value]
+
+    async def status(self, job_id: str) -> Status | None:
+        status = await self.client.hget(_job_key(job_id), "status")
+        return status.decode() if status else None  # type: ignore[return-value]
 
     async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
         keys = [_lease_key(job_id), PROCESSING, QUEUE, _job_key(job_id)]

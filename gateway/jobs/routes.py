@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.http.errors import ApiError, validation_to_api_error
 from gateway.http.openapi import (
+    V2_CANCEL_RESPONSES,
     V2_MODEL,
     V2_OUTPUT_RESPONSES,
     V2_RESULT_RESPONSES,
@@ -23,7 +24,7 @@ from gateway.http.openapi import (
     V2_SUBMIT_BODY,
     V2_SUBMIT_OK,
 )
-from gateway.jobs.store import JobRecord, JobStore, QueueFull, Status
+from gateway.jobs.store import TERMINAL, JobRecord, JobStore, QueueFull, Status
 from gateway.responses import v2_result_headers
 from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
 from gateway.schemas.registry import MODEL_SPECS, ModelSpec
@@ -82,10 +83,11 @@ async def _enqueue(request: Request, record: JobRecord) -> None:
 
 
 async def on_job_finished(state: State, record: JobRecord, status: Status) -> None:
-    """The worker calls this once per job, when its write made the job terminal: the job's
-    concurrency slot is freed, and a FAILED job's credits are given back."""
+    """Called once per job, by whoever's write made the job terminal (the worker, or the cancel
+    route): the job's concurrency slot is freed, and a FAILED or CANCELLED job's credits are
+    given back."""
     await state.rate_limits.release_job(record.owner, record.id)
-    if status == "FAILED":
+    if status in ("FAILED", "CANCELLED"):
         await state.credits.refund(record.owner, record.credits_charged)
 
 
@@ -165,12 +167,14 @@ async def status(request_id: str, request: Request, tenant: Authenticated) -> JS
 )
 async def result(request_id: str, request: Request, tenant: Authenticated) -> JSONResponse:
     record = await _record(request, request_id, tenant)
-    if record.status not in ("COMPLETED", "FAILED"):
+    if record.status not in TERMINAL:
         return JSONResponse(_status_body(record), status_code=202)
     headers = await request.app.state.credits.remaining_headers(tenant)
     if record.status == "COMPLETED" and record.result is not None:
         headers.update(v2_result_headers(record.result))
         return JSONResponse(record.result, headers=headers)
+    if record.status == "CANCELLED":
+        return JSONResponse(_status_body(record), headers=headers)
     return JSONResponse(record.result or _status_body(record), status_code=422, headers=headers)
 
 
@@ -186,3 +190,22 @@ async def output(request_id: str, index: int, request: Request, tenant: Authenti
     if image is None:
         raise ApiError(404, f"request '{request_id}' has no output {index}")
     return Response(image, media_type=record.media_type)
+
+
+@router.post(
+    "/requests/{request_id}/cancel",
+    summary="Cancel a queued or running request",
+    responses=V2_CANCEL_RESPONSES,
+)
+async def cancel(request_id: str, request: Request, tenant: Authenticated) -> JSONResponse:
+    """A queued job ends CANCELLED at once; a running one too, and its worker (on whichever
+    replica) stops the runner's work at its next step. Its credits are given back."""
+    record = await _record(request, request_id, tenant)
+    cancelled, status = await _store(request).cancel(request_id)
+    if status is None:  # expired between the two reads
+        raise ApiError(404, f"no request '{request_id}' (unknown, or its result has expired)")
+    if not cancelled:
+        raise ApiError(409, f"request '{request_id}' has already ended: {status}")
+    await on_job_finished(request.app.state, record, "CANCELLED")
+    headers = await request.app.state.credits.remaining_headers(tenant)
+    return JSONResponse({"request_id": request_id, "status": "CANCELLED"}, headers=headers)

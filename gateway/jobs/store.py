@@ -4,8 +4,10 @@
 `RedisJobStore` (gateway/jobs/redis_store.py) is for many Gateway replicas: jobs are shared, a
 job whose worker dies is taken again after the visibility timeout, results are written once.
 
-A job goes QUEUED -> PROCESSING -> COMPLETED | FAILED. Terminal jobs and their images are kept
-for the retention period, then forgotten (the routes answer 404).
+A job goes QUEUED -> PROCESSING -> COMPLETED | FAILED, or to CANCELLED from either of the first
+two (POST /v2/requests/{id}/cancel). Terminal jobs and their images are kept for the retention
+period, then forgotten (the routes answer 404). Every terminal write is made once: the first
+wins, and only its writer settles the job (credits, concurrency slot).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Literal, Protocol
 
 from gateway.tenancy import ANONYMOUS
 
-Status = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
-TERMINAL: tuple[Status, ...] = ("COMPLETED", "FAILED")
+Status = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
+TERMINAL: tuple[Status, ...] = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 class QueueFull(Exception):
@@ -68,6 +70,13 @@ class JobStore(Protocol):
 
     async def fail(self, job_id: str, worker_id: str, error: str, result: dict) -> bool:
         """Write the FAILED result once; False (nothing written) if already terminal."""
+
+    async def cancel(self, job_id: str) -> tuple[bool, Status | None]:
+        """End a QUEUED or PROCESSING job CANCELLED (out of the queue, its lease dropped):
+        (True, its status before); else (False, its status: terminal, or None if unknown)."""
+
+    async def status(self, job_id: str) -> Status | None:
+        """The job's status alone (a cheap read: running jobs watch it for a cancel)."""
 
     async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
         """Hand a job in hand back to the queue (graceful shutdown, transient failure).
@@ -155,6 +164,22 @@ class MemoryJobStore:
         job.images = images
         job.expires_at = job.record.finished_at + self.retention_s
         return True
+
+    async def cancel(self, job_id: str) -> tuple[bool, Status | None]:
+        job = self._live(job_id)
+        if job is None:
+            return False, None
+        previous = job.record.status
+        body = {"request_id": job_id, "status": "CANCELLED"}
+        if not self._finish(job_id, "CANCELLED", [], body, error=None):
+            return False, previous
+        if job_id in self._queue:
+            self._queue.remove(job_id)
+        return True, previous
+
+    async def status(self, job_id: str) -> Status | None:
+        job = self._live(job_id)
+        return job.record.status if job else None
 
     async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
         async with self._queued:

@@ -36,6 +36,9 @@ TAKE_WAIT_S = 1.0  # how long one take() waits before the loop checks for shutdo
 RETRY_DELAY_S = 2.0  # pause between tries while a job's runner is unreachable
 ERROR_PAUSE_S = 1.0  # pause after a store error before the loop goes on
 QUEUE_DEPTH_PERIOD_S = 1.0  # how often the queue depth metric is read from the store
+# How often a running job's status is read for a cancel (POST /v2/requests/{id}/cancel, on any
+# replica): a cancelled job's runner call is stopped within about this.
+CANCEL_POLL_S = 0.5
 
 # Called once per job, by the worker whose write made it terminal (credits, concurrency slot).
 JobFinished = Callable[[JobRecord, Status], Awaitable[None]]
@@ -160,9 +163,19 @@ class JobWorker:
 
     async def _run_job(self, record: JobRecord) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(record.id))
+        generation = asyncio.create_task(self._generate(record))
+        watch = asyncio.create_task(self._watch_for_cancel(record.id, generation))
         try:
-            result = await self._generate(record)
+            result = await generation
         except asyncio.CancelledError:
+            if not _being_cancelled():
+                # The job was cancelled through the API (the cancel wrote CANCELLED and settled
+                # it): its runner call was cancelled, which tells the runner to stop the work
+                # at its next step (gateway/runner_client.py).
+                logger.info(
+                    "job %s cancelled while running; the runner was told to stop", record.id
+                )
+                return
             await asyncio.shield(self.store.release(record.id, self.worker_id))
             raise
         except _HandBack:
@@ -188,6 +201,7 @@ class JobWorker:
             return
         finally:
             heartbeat.cancel()
+            watch.cancel()
 
         if result.failure is not None:
             await self._fail(record, result.failure.message)
@@ -250,6 +264,17 @@ class JobWorker:
         except Exception:
             logger.exception("job %s: could not settle its credits and slot", record.id)
 
+    async def _watch_for_cancel(self, job_id: str, generation: asyncio.Task) -> None:
+        """Cancel `generation` once the job is CANCELLED in the store."""
+        while not generation.done():
+            await asyncio.sleep(CANCEL_POLL_S)
+            try:
+                if await self.store.status(job_id) == "CANCELLED":
+                    generation.cancel()
+                    return
+            except Exception:
+                logger.exception("could not read the status of job %s", job_id)
+
     async def _heartbeat(self, job_id: str) -> None:
         period = self.settings.job_visibility_timeout_s / 3
         with contextlib.suppress(asyncio.CancelledError):
@@ -263,6 +288,13 @@ class JobWorker:
                     # One failed renewal must not end the heartbeat: the lease would lapse
                     # and the job run twice. The next period tries again.
                     logger.exception("could not renew the lease on job %s", job_id)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (shutdown), rather than a task it
+    awaits (a job cancelled through the API)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def completed_body(record: JobRecord, result: GenerationResult) -> dict:
