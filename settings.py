@@ -303,6 +303,12 @@ class Settings(BaseSettings):
         description="On shutdown, how long jobs in hand may finish before they are handed back "
         "to the queue.",
     )
+    idempotency_retention_s: float = Field(
+        default=3600.0,
+        ge=1,
+        description="How long a generation request's `Idempotency-Key` is remembered: the "
+        "same key and body within it answer as the first did, charged once.",
+    )
     public_base_url: str | None = Field(
         default=None,
         description="Prefix of the `status_url`, `response_url` and output links v2 answers "

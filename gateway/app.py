@@ -29,6 +29,7 @@ from gateway.http.errors import ApiError, validation_to_api_error
 from gateway.http.middleware import RequestContextMiddleware
 from gateway.http.openapi import install as install_openapi
 from gateway.http.openapi import profile_description
+from gateway.idempotency import Idempotency, make_idempotency_store
 from gateway.jobs import routes as v2
 from gateway.jobs.redis_store import RedisJobStore
 from gateway.jobs.store import JobStore, MemoryJobStore
@@ -87,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.job_store.close()
         await app.state.credits.close()
         await app.state.rate_limits.close()
+        await app.state.idempotency.store.close()
 
 
 def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = None) -> FastAPI:
@@ -105,6 +107,7 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
     app.state.api_keys = load_key_ring(settings)  # None: keys off
     app.state.credits = Credits(make_ledger(settings))
     app.state.rate_limits = RateLimits(make_limit_store(settings), settings)
+    app.state.idempotency = Idempotency(make_idempotency_store(settings), settings)
     app.include_router(v1.router)
     app.include_router(v2.router)
     _add_error_handlers(app)

@@ -33,6 +33,10 @@ from gateway.tenancy.api_keys import Authenticated, Tenant
 from gateway.tenancy.rate_limits import too_many
 
 router = APIRouter(prefix="/v2", tags=["v2 (asynchronous)"])
+# A submit's Idempotency-Key claim expires this long after a Gateway died submitting; a second
+# submit with the key waits for the first's answer up to the image fetch timeout and this.
+IDEMPOTENT_PENDING_TTL_S = 120.0
+IDEMPOTENT_WAIT_MARGIN_S = 5.0
 
 
 def _store(request: Request) -> JobStore:
@@ -115,9 +119,34 @@ def _status_body(record: JobRecord) -> dict:
     },
     openapi_extra=V2_SUBMIT_BODY,
 )
-async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> JSONResponse:
+async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> Response:
     spec = _spec(request, model)
     body = await _parse(request, spec.request)
+    state = request.app.state
+    # With an Idempotency-Key, the first submit's answer again (the same request id); a second
+    # submit racing the first waits a moment for it (gateway/idempotency.py).
+    claim = await state.idempotency.begin(
+        request,
+        tenant,
+        pending_ttl_s=IDEMPOTENT_PENDING_TTL_S,
+        wait_s=state.settings.url_fetch_timeout_s + IDEMPOTENT_WAIT_MARGIN_S,
+    )
+    if isinstance(claim, Response):
+        return claim
+    try:
+        response = await _submit(request, spec, model, body, tenant)
+    except BaseException:
+        if claim is not None:
+            await asyncio.shield(claim.release())
+        raise
+    if claim is not None:
+        await claim.finish(response)
+    return response
+
+
+async def _submit(
+    request: Request, spec: ModelSpec, model: str, body: BaseModel, tenant: Tenant
+) -> JSONResponse:
     state = request.app.state
     job_id = uuid.uuid4().hex
     base_url = _base_url(request)
