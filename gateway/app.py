@@ -40,6 +40,7 @@ from gateway.schemas.registry import MODEL_SPECS
 from gateway.tenancy.api_keys import describe_keys, load_key_ring
 from gateway.tenancy.credits import Credits, make_ledger
 from gateway.tenancy.rate_limits import RateLimits, make_limit_store
+from gateway.webhooks import WebhookDeliverer
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -78,12 +79,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_finished=functools.partial(v2.on_job_finished, app.state),
     )
     worker.start()
+    # Apart from the job workers: a slow or dead receiver never holds a generation.
+    deliverer = WebhookDeliverer(app.state.job_store, settings, lambda: app.state.api_keys)
+    deliverer.start()
     keys = None if app.state.api_keys is None else len(app.state.api_keys)
     banner = asyncio.create_task(announce_when_ready(lambda: app.state.runners, settings, keys))
     try:
         yield
     finally:
         banner.cancel()
+        await deliverer.stop()
         await worker.stop(settings.shutdown_grace_s)
         await app.state.job_store.close()
         await app.state.credits.close()

@@ -16,6 +16,8 @@ Metric names (all prefixed `depthid_`):
 - depthid_rate_limited_total{reason}               counter   429 answers (rate|concurrency|queue)
 - depthid_jobs_given_up_total{model}               counter   v2 jobs FAILED after
   DEPTHID_JOB_MAX_ATTEMPTS takes without ending
+- depthid_webhook_deliveries_total{outcome}        counter   webhook delivery attempts:
+  delivered, retrying (failed, tried again later), given_up (failed for good)
 Recorded by the runners' schedulers (runners/scheduler.py), in the runner processes:
 - depthid_runner_queue_depth{runner}               gauge     samples waiting in the runner's queue
 - depthid_runner_queue_wait_seconds{runner}        histogram a sample's wait in that queue
@@ -140,6 +142,12 @@ METRICS: dict[str, MetricSpec] = {
         "ending (their runner or Gateway died each time)",
         ("model",),
     ),
+    "depthid_webhook_deliveries": MetricSpec(
+        "Counter",
+        "Webhook delivery attempts by outcome: delivered, retrying (failed; tried again after "
+        "a backoff) or given_up (failed for good: out of time, or a refused address)",
+        ("outcome",),
+    ),
 }
 
 
@@ -147,6 +155,7 @@ METRICS: dict[str, MetricSpec] = {
 # and route starts with are those the error ratio reads (success and server error).
 RATE_LIMIT_REASONS = ("rate", "concurrency", "queue")
 ABANDONED_STAGES = ("queued", "running")
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "given_up")
 GENERATION_ROUTES = ("v1", "v2")
 INITIAL_CODES = ("200", "500")
 
@@ -196,6 +205,8 @@ def expose_known_series(models: list[str]) -> None:
             _metric(name).labels(model=model)
     for reason in RATE_LIMIT_REASONS:
         _metric("depthid_rate_limited").labels(reason=reason)
+    for outcome in WEBHOOK_OUTCOMES:
+        _metric("depthid_webhook_deliveries").labels(outcome=outcome)
 
 
 def observe_request(model: str, route: str, code: int, seconds: float) -> None:
@@ -242,6 +253,11 @@ def count_rate_limited(reason: str) -> None:
 def count_job_given_up(model: str) -> None:
     """A v2 job ended FAILED after DEPTHID_JOB_MAX_ATTEMPTS takes without ending."""
     _metric("depthid_jobs_given_up").labels(model=model).inc()
+
+
+def count_webhook_delivery(outcome: str) -> None:
+    """One webhook delivery attempt: "delivered", "retrying" or "given_up"."""
+    _metric("depthid_webhook_deliveries").labels(outcome=outcome).inc()
 
 
 def set_runner_queue_depth(runner: str, samples: int) -> None:

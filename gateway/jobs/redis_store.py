@@ -7,6 +7,9 @@ Keys (all under `depthid:`):
                  with its images, megabytes) in a field of their own, deleted when it finishes
   lease:<id>     the owning worker's id, expiring after the visibility timeout unless renewed
   img:<id>:<t>:<n>  image n of the attempt `t` that completed the job
+  webhooks       sorted set of due webhook deliveries, "<id>|<event>" -> due time (epoch s);
+                 a taken one is leased by pushing its time past the lease
+  webhook-attempts:<id>  list of the job's delivery attempts (JSON), expiring with the job
 
 The scripts touch keys derived from the job id, so this targets a single Redis (or a cluster
 with every key in one hash slot), not a sharded cluster.
@@ -22,13 +25,38 @@ import asyncio
 import json
 import time
 
-from gateway.jobs.store import JobRecord, QueueFull, Status
+from gateway.jobs.store import (
+    MAX_WEBHOOK_ATTEMPTS_KEPT,
+    WEBHOOK_EVENTS,
+    JobRecord,
+    QueueFull,
+    Status,
+    delivery_member,
+)
 from gateway.redis_client import connect
 from settings import DEFAULT_REDIS_RETRY_S
 
 PREFIX = "depthid:"
 QUEUE = PREFIX + "queue"
 PROCESSING = PREFIX + "processing"
+
+WEBHOOKS = PREFIX + "webhooks"
+
+# Schedules the delivery of a terminal event (the status, lower case) in the same script as the
+# terminal write, when the job asked for it: a Gateway that dies right after the write leaves
+# the delivery due, for any replica to make.
+_SCHEDULE_WEBHOOK = """
+local function schedule_webhook(job_key, webhooks, id, event, now)
+  local record = cjson.decode(redis.call('HGET', job_key, 'record'))
+  if type(record['webhook']) ~= 'string' then return end
+  for _, wanted in ipairs(record['webhook_events']) do
+    if wanted == event then
+      redis.call('ZADD', webhooks, now, id .. '|' .. event)
+      redis.call('HSET', job_key, 'webhook:' .. event, 'pending')
+    end
+  end
+end
+"""
 
 # Atomic bound check + enqueue.
 _SUBMIT = """
@@ -66,7 +94,9 @@ return 0
 
 # Write the terminal state once: a job already COMPLETED or FAILED is left as it is. A finished
 # job keeps only its result: its inputs go.
-_FINISH = """
+_FINISH = (
+    _SCHEDULE_WEBHOOK
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if (not status) or status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELLED' then
   return 0
@@ -78,12 +108,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LREM', KEYS[4], 0, ARGV[1])  -- requeued meanwhile: it must not run again
 redis.call('DEL', KEYS[3])
+schedule_webhook(KEYS[1], KEYS[5], ARGV[1], string.lower(ARGV[2]), ARGV[4])
 return 1
 """
+)
 
 # Cancel a job not yet terminal: the terminal write of _FINISH (once), answering the status
 # the job had before ('' when unknown); a terminal job answers its status, untouched.
-_CANCEL = """
+_CANCEL = (
+    _SCHEDULE_WEBHOOK
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
 if status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELLED' then
@@ -96,7 +130,41 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LREM', KEYS[4], 0, ARGV[1])
 redis.call('DEL', KEYS[3])
+schedule_webhook(KEYS[1], KEYS[5], ARGV[1], 'cancelled', ARGV[3])
 return {1, status}
+"""
+)
+
+# Take the most overdue delivery and lease it: its due time moves past the lease.
+_TAKE_DELIVERY = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if #due == 0 then return false end
+redis.call('ZADD', KEYS[1], ARGV[2], due[1])
+return due[1]
+"""
+
+# Schedule a delivery (ARGV: member, due, event) of a job that still exists.
+_ENQUEUE_DELIVERY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'webhook:' .. ARGV[3], 'pending')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+# Record an attempt (ARGV: member, event, attempt JSON, state, retry at or '', kept, ttl s):
+# on the job while it exists; the delivery due again at `retry at`, else done with.
+_RECORD_DELIVERY = """
+if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'webhook:' .. ARGV[2], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+return 1
 """
 
 # Hand back a job this worker holds: first in line again.
@@ -144,13 +212,14 @@ return flat
 # status polls, and deleted when the job finishes.
 _STATIC_FIELDS = (
     "id", "model", "as_base64", "media_type", "base_url", "submitted_at", "owner",
-    "credits_charged",
+    "credits_charged", "webhook", "webhook_events",
 )  # fmt: skip
 
 
 # Every field of the job hash but the payload: what a status or result poll reads.
 _STATE_FIELDS = (
     "record", "status", "attempts", "started_at", "finished_at", "error", "result", "n_images",
+    *(f"webhook:{event}" for event in WEBHOOK_EVENTS),
 )  # fmt: skip
 
 
@@ -160,6 +229,10 @@ def _job_key(job_id: str) -> str:
 
 def _lease_key(job_id: str) -> str:
     return f"{PREFIX}lease:{job_id}"
+
+
+def _webhook_attempts_key(job_id: str) -> str:
+    return f"{PREFIX}webhook-attempts:{job_id}"
 
 
 def _image_key(job_id: str, token: str, index: int) -> str:
@@ -187,6 +260,9 @@ class RedisJobStore:
         self._finish = self.client.register_script(_FINISH)
         self._release = self.client.register_script(_RELEASE)
         self._cancel = self.client.register_script(_CANCEL)
+        self._take_delivery = self.client.register_script(_TAKE_DELIVERY)
+        self._enqueue_delivery = self.client.register_script(_ENQUEUE_DELIVERY)
+        self._record_delivery = self.client.register_script(_RECORD_DELIVERY)
         self._requeue = self.client.register_script(_REQUEUE)
         self._depth_by_model = self.client.register_script(_DEPTH_BY_MODEL)
 
@@ -248,7 +324,7 @@ class RedisJobStore:
     async def _finish_job(
         self, job_id: str, status: str, result: dict, n_images: int, token: str, error: str
     ) -> bool:
-        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE]
+        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE, WEBHOOKS]
         args = [
             job_id, status, json.dumps(result), time.time(), self.retention_s, n_images, token,
             error,
@@ -256,7 +332,7 @@ class RedisJobStore:
         return bool(await self._finish(keys=keys, args=args))
 
     async def cancel(self, job_id: str) -> tuple[bool, Status | None]:
-        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE]
+        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE, WEBHOOKS]
         body = json.dumps({"request_id": job_id, "status": "CANCELLED"})
         done, status = await self._cancel(
             keys=keys, args=[job_id, body, time.time(), self.retention_s]
@@ -297,7 +373,39 @@ class RedisJobStore:
         record.error = value.get("error") or None
         record.result = json.loads(value["result"]) if "result" in value else None
         record.n_images = int(value.get("n_images", 0))
+        record.webhook_deliveries = {
+            event: value[f"webhook:{event}"]
+            for event in WEBHOOK_EVENTS
+            if f"webhook:{event}" in value
+        }
+        if record.webhook:
+            attempts = await self.client.lrange(_webhook_attempts_key(job_id), 0, -1)
+            record.webhook_attempts = [json.loads(attempt) for attempt in attempts]
         return record
+
+    async def enqueue_delivery(self, job_id: str, event: str) -> None:
+        member = delivery_member(job_id, event)
+        await self._enqueue_delivery(
+            keys=[_job_key(job_id), WEBHOOKS], args=[member, time.time(), event]
+        )
+
+    async def take_delivery(self, lease_s: float) -> tuple[str, str] | None:
+        now = time.time()
+        member = await self._take_delivery(keys=[WEBHOOKS], args=[now, now + lease_s])
+        if not member:
+            return None
+        job_id, event = member.decode().split("|")
+        return job_id, event
+
+    async def record_delivery(
+        self, job_id: str, event: str, attempt: dict, state: str, retry_at: float | None
+    ) -> None:
+        keys = [_job_key(job_id), WEBHOOKS, _webhook_attempts_key(job_id)]
+        args = [
+            delivery_member(job_id, event), event, json.dumps(attempt), state,
+            "" if retry_at is None else retry_at, MAX_WEBHOOK_ATTEMPTS_KEPT, self.retention_s,
+        ]  # fmt: skip
+        await self._record_delivery(keys=keys, args=args)
 
     async def get_image(self, job_id: str, index: int) -> bytes | None:
         fields = await self.client.hmget(_job_key(job_id), ["status", "images_token", "n_images"])

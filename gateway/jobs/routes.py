@@ -14,6 +14,7 @@ from fastapi.datastructures import State
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from gateway import webhooks
 from gateway.http.errors import ApiError, validation_to_api_error
 from gateway.http.openapi import (
     V2_CANCEL_RESPONSES,
@@ -51,7 +52,7 @@ def _spec(request: Request, model: str) -> ModelSpec:
     return spec
 
 
-async def _parse(request: Request, schema: type[BaseModel]) -> BaseModel:
+async def _parse(request: Request, schema: type[BaseModel]) -> tuple[dict, BaseModel]:
     raw = await request.body()
     if not raw:
         raise ApiError(400, "a JSON object body is required")
@@ -60,7 +61,7 @@ async def _parse(request: Request, schema: type[BaseModel]) -> BaseModel:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"malformed JSON body: {exc}") from exc
     try:
-        return schema.model_validate(data)
+        return data, schema.model_validate(data)
     except ValidationError as exc:
         raise validation_to_api_error(exc.errors()) from exc
 
@@ -99,6 +100,8 @@ def _status_body(record: JobRecord) -> dict:
     body = {"request_id": record.id, "status": record.status}
     if record.status == "FAILED":
         body["error"] = record.error or "generation failed"
+    if record.webhook:
+        body["webhook"] = webhooks.status_details(record)
     return body
 
 
@@ -121,7 +124,7 @@ def _status_body(record: JobRecord) -> dict:
 )
 async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> Response:
     spec = _spec(request, model)
-    body = await _parse(request, spec.request)
+    data, body = await _parse(request, spec.request)
     state = request.app.state
     # With an Idempotency-Key, the first submit's answer again (the same request id); a second
     # submit racing the first waits a moment for it (gateway/idempotency.py).
@@ -134,7 +137,7 @@ async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> Respons
     if isinstance(claim, Response):
         return claim
     try:
-        response = await _submit(request, spec, model, body, tenant)
+        response = await _submit(request, spec, model, data, body, tenant)
     except BaseException:
         if claim is not None:
             await asyncio.shield(claim.release())
@@ -145,9 +148,10 @@ async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> Respons
 
 
 async def _submit(
-    request: Request, spec: ModelSpec, model: str, body: BaseModel, tenant: Tenant
+    request: Request, spec: ModelSpec, model: str, data: dict, body: BaseModel, tenant: Tenant
 ) -> JSONResponse:
     state = request.app.state
+    webhook, webhook_events = await webhooks.webhook_of(data, tenant, state.settings)  # 400
     job_id = uuid.uuid4().hex
     base_url = _base_url(request)
     # The job keeps its slot and its charge until it finishes (on_job_finished); whatever fails
@@ -164,6 +168,8 @@ async def _submit(
             base_url=base_url,
             submitted_at=time.time(),
             owner=tenant.name,
+            webhook=webhook,
+            webhook_events=webhook_events,
         )
         async with state.credits.charge(tenant, model, spec.credit_cost(body)) as charge:  # 406
             record.credits_charged = charge.amount
@@ -174,7 +180,9 @@ async def _submit(
         "response_url": f"{base_url}/v2/requests/{job_id}",
         "status": "QUEUED",
     }
-    ignored = ignored_fields(request, spec.request)
+    ignored = [
+        name for name in ignored_fields(request, spec.request) if name not in webhooks.SUBMIT_FIELDS
+    ]
     if ignored:
         answer["ignored_fields"] = ignored
     return JSONResponse(answer, headers={**charge.headers(), **ignored_fields_headers(ignored)})

@@ -137,6 +137,8 @@ class JobWorker:
                 # worker's Gateway died each time, or handed it back): never run it again.
                 await self._give_up(record, record.attempts - 1)
                 return
+            if record.webhook and "started" in record.webhook_events and record.attempts == 1:
+                await self.store.enqueue_delivery(record.id, "started")
             await self._run_job(record)
         finally:
             request_id_var.reset(token)
