@@ -294,6 +294,13 @@ class Settings(BaseSettings):
         description="A v2 job taken this many times without ending (its runner or Gateway "
         "died while running it, each time) ends `FAILED` instead of being taken again.",
     )
+    job_result_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A finished job whose outcome cannot be written (Redis unreachable past "
+        "`redis_retry_s`) keeps it and tries again this long, rather than dropping it and "
+        "generating the job again.",
+    )
     job_visibility_timeout_s: float = Field(
         default=30.0,
         gt=0,

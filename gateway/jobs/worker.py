@@ -24,6 +24,7 @@ import httpx
 from gateway import metrics
 from gateway.http.errors import ApiError
 from gateway.jobs.store import JobRecord, JobStore, Status
+from gateway.redis_client import UNAVAILABLE_ERRORS
 from gateway.runner_client import RunnerClient
 from gateway.schemas.registry import MODEL_SPECS
 from log_format import request_id_var
@@ -39,6 +40,7 @@ QUEUE_DEPTH_PERIOD_S = 1.0  # how often the queue depth metric is read from the 
 # How often a running job's status is read for a cancel (POST /v2/requests/{id}/cancel, on any
 # replica): a cancelled job's runner call is stopped within about this.
 CANCEL_POLL_S = 0.5
+OUTCOME_RETRY_PAUSE_S = 1.0  # between tries of a job's outcome while the store is unreachable
 
 # Called once per job, by the worker whose write made it terminal (credits, concurrency slot).
 JobFinished = Callable[[JobRecord, Status], Awaitable[None]]
@@ -122,6 +124,9 @@ class JobWorker:
                     await self.store.release(record.id, self.worker_id, ran=False)
                 elif record is not None:
                     await self._run_taken(record)
+            except UNAVAILABLE_ERRORS as exc:
+                logger.warning("v2 worker: the job store is unreachable (%s); going on", exc)
+                await asyncio.sleep(ERROR_PAUSE_S)
             except Exception:
                 logger.exception("v2 worker: job store error; going on")
                 await asyncio.sleep(ERROR_PAUSE_S)
@@ -164,7 +169,15 @@ class JobWorker:
                 logger.exception("v2 reaper failed; retrying")
 
     async def _run_job(self, record: JobRecord) -> None:
+        # The lease is renewed until the outcome is written, a write that waits out a job store
+        # outage included.
         heartbeat = asyncio.create_task(self._heartbeat(record.id))
+        try:
+            await self._run_and_write(record)
+        finally:
+            heartbeat.cancel()
+
+    async def _run_and_write(self, record: JobRecord) -> None:
         generation = asyncio.create_task(self._generate(record))
         watch = asyncio.create_task(self._watch_for_cancel(record.id, generation))
         try:
@@ -202,17 +215,36 @@ class JobWorker:
             await self._fail(record, f"internal server error (request id {record.id})")
             return
         finally:
-            heartbeat.cancel()
             watch.cancel()
 
         if result.failure is not None:
             await self._fail(record, result.failure.message)
             return
         body = completed_body(record, result)
-        if not await self.store.complete(record.id, self.worker_id, result.images, body):
+        written = await self._write_outcome(
+            record, lambda: self.store.complete(record.id, self.worker_id, result.images, body)
+        )
+        if not written:
             logger.warning("job %s was already finished elsewhere; result dropped", record.id)
             return
         await self._finished(record, "COMPLETED")
+
+    async def _write_outcome(self, record: JobRecord, write: Callable[[], Awaitable[bool]]) -> bool:
+        """Run a terminal write. While the job store is unreachable, the finished job waits for
+        it (up to DEPTHID_JOB_RESULT_WAIT_S) rather than being dropped: dropped, its lease would
+        lapse and the job be generated again."""
+        give_up_at = time.monotonic() + self.settings.job_result_wait_s
+        while True:
+            try:
+                return await write()
+            except UNAVAILABLE_ERRORS as exc:
+                if time.monotonic() >= give_up_at:
+                    raise
+                logger.warning(
+                    "job %s: the job store is unreachable (%s); its outcome waits for it",
+                    record.id, exc,
+                )  # fmt: skip
+                await asyncio.sleep(OUTCOME_RETRY_PAUSE_S)
 
     async def _generate(self, record: JobRecord) -> GenerationResult:
         """Run the job; while its runner is unreachable (restarting, rolling update), keep the
@@ -241,7 +273,9 @@ class JobWorker:
         body = {"request_id": record.id, "status": "FAILED", "error": error}
         # Only the write that made the job FAILED reports it: a refund happens exactly once,
         # even when a presumed-dead worker on another replica fails the same job too.
-        if await self.store.fail(record.id, self.worker_id, error, body):
+        if await self._write_outcome(
+            record, lambda: self.store.fail(record.id, self.worker_id, error, body)
+        ):
             await self._finished(record, "FAILED")
 
     async def _give_up(self, record: JobRecord, attempts: int) -> None:
