@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bentoml._internal import server as bentoml_server
@@ -79,6 +82,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_finished=functools.partial(v2.on_job_finished, app.state),
     )
     worker.start()
+    # SIGTERM stops the taking of jobs at once and starts the grace, not only once the server
+    # has drained its connections (which can take as long as a v1 generation).
+    _on_stop_signal(worker.begin_stop)
     # Apart from the job workers: a slow or dead receiver never holds a generation.
     deliverer = WebhookDeliverer(app.state.job_store, settings, lambda: app.state.api_keys)
     deliverer.start()
@@ -94,6 +100,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.credits.close()
         await app.state.rate_limits.close()
         await app.state.idempotency.store.close()
+
+
+def _on_stop_signal(callback: Callable[[], None]) -> None:
+    """Call `callback` on the event loop when the process gets SIGTERM or SIGINT, then let the
+    server's own handler (uvicorn's, installed before the app starts) do what it does."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only (an app in a test client's thread)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue  # the default or ignored: no server of ours is running the app
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(callback)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = None) -> FastAPI:

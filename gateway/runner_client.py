@@ -133,6 +133,11 @@ class RunnerClient:
             logger.error("runner %s failed (%s): %s", self.name, status, exc)
             raise ApiError(500, "internal error while generating") from exc
 
+    async def settle_cancels(self) -> None:
+        """Wait for the cancels sent so far (each bounded by READY_PROBE_TIMEOUT_S): a process
+        that stops must not end before they are delivered."""
+        await asyncio.gather(*self._cancelling, return_exceptions=True)
+
     def _cancel_in_runner(self, token: str) -> None:
         """Tell the runner nobody waits for `token`'s jobs, without waiting for its answer."""
         if self._cancel is None:

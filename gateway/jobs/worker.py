@@ -40,7 +40,10 @@ QUEUE_DEPTH_PERIOD_S = 1.0  # how often the queue depth metric is read from the 
 # How often a running job's status is read for a cancel (POST /v2/requests/{id}/cancel, on any
 # replica): a cancelled job's runner call is stopped within about this.
 CANCEL_POLL_S = 0.5
-OUTCOME_RETRY_PAUSE_S = 1.0  # between tries of a job's outcome while the store is unreachable
+OUTCOME_RETRY_PAUSE_S = 1.0
+# Of the shutdown grace, kept for handing back the jobs still in hand (the store writes, the
+# runners' cancels: READY_PROBE_TIMEOUT_S each): jobs run until the grace less this.
+HANDBACK_RESERVE_S = 4.0  # between tries of a job's outcome while the store is unreachable
 
 # Called once per job, by the worker whose write made it terminal (credits, concurrency slot).
 JobFinished = Callable[[JobRecord, Status], Awaitable[None]]
@@ -90,6 +93,10 @@ class JobWorker:
         self._loops: list[asyncio.Task] = []
         self._reaper: asyncio.Task | None = None
         self._queue_gauge: asyncio.Task | None = None
+        self._hand_back: asyncio.Task | None = None
+        # Outcomes being written: shielded from the hand-back, so a job that finished is never
+        # left half-settled (written COMPLETED, its slot and credits not settled).
+        self._writing: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._loops = [
@@ -100,17 +107,47 @@ class JobWorker:
         self._queue_gauge = asyncio.create_task(self._queue_depth_loop(), name="v2-queue-gauge")
         logger.info("v2 worker %s started (%d slots)", self.worker_id, len(self._loops))
 
-    async def stop(self, grace_s: float) -> None:
-        """Stop taking jobs; let jobs in hand finish within `grace_s`, then hand back the rest."""
+    def begin_stop(self, grace_s: float | None = None) -> None:
+        """Stop taking jobs, now (the process got SIGTERM: gateway/app.py); the jobs in hand
+        may finish until the grace (`grace_s`, default DEPTHID_SHUTDOWN_GRACE_S, counted from
+        here) is nearly over, and are then handed back, whatever else the process is still
+        waiting for."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
+        if grace_s is None:
+            grace_s = self.settings.shutdown_grace_s
+        # Kept for the hand-back itself: the store writes and the runners told to stop.
+        hand_back_in = grace_s - min(HANDBACK_RESERVE_S, grace_s / 2)
+        self._hand_back = asyncio.create_task(self._hand_back_after(hand_back_in))
+        logger.info(
+            "v2 worker %s stopping: no new jobs; jobs in hand are handed back in %.1f s",
+            self.worker_id, hand_back_in,
+        )  # fmt: skip
+
+    async def _hand_back_after(self, seconds: float) -> None:
+        if self._loops:
+            _, pending = await asyncio.wait(self._loops, timeout=seconds)
+            for task in pending:
+                task.cancel()  # _run_job hands its job back on cancellation
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop taking jobs (if not yet: `begin_stop`); let jobs in hand finish within the
+        grace, then hand back the rest and tell their runners to stop them."""
+        self.begin_stop(grace_s)
         if self._reaper:
             self._reaper.cancel()
         if self._queue_gauge:
             self._queue_gauge.cancel()
-        _, pending = await asyncio.wait(self._loops, timeout=grace_s) if self._loops else ((), ())
-        for task in pending:
-            task.cancel()  # _run_job hands its job back on cancellation
+        if self._hand_back is not None:
+            await self._hand_back
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._writing:  # bounded: the grace holds only the reserve for these
+            await asyncio.wait(set(self._writing), timeout=HANDBACK_RESERVE_S)
+        # The runners' cancels of the jobs handed back, sent before the process ends: without
+        # them a runner by URL (it does not stop with this Gateway) would go on with them.
+        clients = {id(client): client for client in self.runners().values()}
+        await asyncio.gather(*(client.settle_cancels() for client in clients.values()))
         logger.info("v2 worker %s stopped", self.worker_id)
 
     async def _take_loop(self) -> None:
@@ -191,7 +228,9 @@ class JobWorker:
                     "job %s cancelled while running; the runner was told to stop", record.id
                 )
                 return
-            await asyncio.shield(self.store.release(record.id, self.worker_id))
+            # Shutdown: this replica is going, the job did not fail: its take is not counted
+            # against DEPTHID_JOB_MAX_ATTEMPTS.
+            await asyncio.shield(self.store.release(record.id, self.worker_id, ran=False))
             raise
         except _HandBack:
             await self.store.release(record.id, self.worker_id, ran=False)
@@ -217,6 +256,12 @@ class JobWorker:
         finally:
             watch.cancel()
 
+        writing = asyncio.create_task(self._write_result(record, result))
+        self._writing.add(writing)
+        writing.add_done_callback(self._writing.discard)
+        await asyncio.shield(writing)
+
+    async def _write_result(self, record: JobRecord, result: GenerationResult) -> None:
         if result.failure is not None:
             await self._fail(record, result.failure.message)
             return
