@@ -80,14 +80,24 @@ if (not status) or status == 'COMPLETED' or status == 'FAILED' or status == 'CAN
 end
 redis.call('SET', ARGV[3] .. id, ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', ARGV[4] .. id, 'status', 'PROCESSING', 'started_at', ARGV[5])
-redis.call('HINCRBY', ARGV[4] .. id, 'attempts', 1)
-return id
+local attempts = redis.call('HINCRBY', ARGV[4] .. id, 'attempts', 1)
+-- Everything the worker needs, in the same answer: a second read could fail (Redis gone right
+-- after the take) and leave the job taken by nobody until its lease lapsed, one attempt spent.
+local fields = redis.call('HMGET', ARGV[4] .. id, 'record', 'payload')
+return {id, fields[1], fields[2] or '', attempts}
 """
 
 # Renew only one's own lease.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if owner then return 0 end
+-- The lease lapsed under a live worker (Redis was unreachable longer than the visibility
+-- timeout): take it back while the job is still taken, i.e. not requeued or finished meanwhile.
+if redis.call('HGET', KEYS[2], 'status') == 'PROCESSING'
+   and redis.call('LPOS', KEYS[3], ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
@@ -223,6 +233,18 @@ _STATE_FIELDS = (
 )  # fmt: skip
 
 
+def _taken_record(taken: list, started_at: float) -> JobRecord:
+    """The JobRecord of what _TAKE answers: [id, record JSON, payload, attempts]."""
+    _, static, payload, attempts = taken
+    fields = json.loads(static)
+    fields.pop("payload", None)  # a job submitted before inputs had their own field
+    record = JobRecord(**fields, payload=payload.decode() or json.loads(static).get("payload", ""))
+    record.status = "PROCESSING"
+    record.started_at = started_at
+    record.attempts = int(attempts)
+    return record
+
+
 def _job_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
@@ -276,36 +298,28 @@ class RedisJobStore:
     async def take(self, worker_id: str, timeout_s: float) -> JobRecord | None:
         deadline = time.monotonic() + timeout_s
         while True:
-            job_id = await self._take(
+            started_at = time.time()
+            taken = await self._take(
                 keys=[QUEUE, PROCESSING],
                 args=[
                     worker_id,
                     self.visibility_ms,
                     PREFIX + "lease:",
                     PREFIX + "job:",
-                    time.time(),
+                    started_at,
                 ],
             )
-            if job_id == b"skip":
+            if taken == b"skip":
                 continue
-            if job_id:
-                return await self._with_payload(await self.get(job_id.decode()))
+            if taken:
+                return _taken_record(taken, started_at)
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(self.poll_s)
 
-    async def _with_payload(self, record: JobRecord | None) -> JobRecord | None:
-        """`record` with its inputs, for the worker that took it."""
-        if record is not None:
-            payload = await self.client.hget(_job_key(record.id), "payload")
-            if payload is not None:
-                record.payload = payload.decode()
-        return record
-
     async def renew(self, job_id: str, worker_id: str) -> bool:
-        return bool(
-            await self._renew(keys=[_lease_key(job_id)], args=[worker_id, self.visibility_ms])
-        )
+        keys = [_lease_key(job_id), _job_key(job_id), PROCESSING]
+        return bool(await self._renew(keys=keys, args=[worker_id, self.visibility_ms, job_id]))
 
     async def complete(
         self, job_id: str, worker_id: str, images: list[bytes], result: dict

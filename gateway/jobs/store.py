@@ -69,7 +69,8 @@ class JobStore(Protocol):
         """The oldest queued job, now PROCESSING and leased to `worker_id`; None if none came."""
 
     async def renew(self, job_id: str, worker_id: str) -> bool:
-        """Extend the lease; False when the job is no longer this worker's."""
+        """Extend the lease (or take it back if it lapsed while the job stayed taken, as in a
+        store outage); False when the job is no longer this worker's."""
 
     async def complete(
         self, job_id: str, worker_id: str, images: list[bytes], result: dict

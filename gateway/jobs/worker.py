@@ -153,16 +153,20 @@ class JobWorker:
     async def _take_loop(self) -> None:
         # Nothing but shutdown ends this loop: a store error (Redis restarting, say) is logged
         # and the loop goes on, so a replica never silently stops processing.
+        store_down = False  # logged once per outage, not once a second
         while not self._stopping.is_set():
             try:
                 record = await self.store.take(self.worker_id, TAKE_WAIT_S)
+                store_down = False
                 if record is not None and self._stopping.is_set():
                     # Taken as this replica began to stop: another replica runs it.
                     await self.store.release(record.id, self.worker_id, ran=False)
                 elif record is not None:
                     await self._run_taken(record)
             except UNAVAILABLE_ERRORS as exc:
-                logger.warning("v2 worker: the job store is unreachable (%s); going on", exc)
+                if not store_down:
+                    logger.warning("v2 worker: the job store is unreachable (%s); going on", exc)
+                store_down = True
                 await asyncio.sleep(ERROR_PAUSE_S)
             except Exception:
                 logger.exception("v2 worker: job store error; going on")
@@ -197,11 +201,20 @@ class JobWorker:
 
     async def _reap_loop(self) -> None:
         period = max(0.5, self.settings.job_visibility_timeout_s / 3)
+        hold_until = 0.0
         while True:
             await asyncio.sleep(period)
+            if time.monotonic() < hold_until:
+                continue
             try:
                 if requeued := await self.store.requeue_expired():
                     logger.warning("requeued %d job(s) whose worker stopped answering", requeued)
+            except UNAVAILABLE_ERRORS:
+                # An outage longer than the visibility timeout lapses the leases of live
+                # workers too: once the store is back, give their heartbeats one visibility
+                # timeout to take them back (JobStore.renew) before requeueing anything, or
+                # jobs still running would run twice.
+                hold_until = time.monotonic() + self.settings.job_visibility_timeout_s
             except Exception:
                 logger.exception("v2 reaper failed; retrying")
 
@@ -279,17 +292,24 @@ class JobWorker:
         it (up to DEPTHID_JOB_RESULT_WAIT_S) rather than being dropped: dropped, its lease would
         lapse and the job be generated again."""
         give_up_at = time.monotonic() + self.settings.job_result_wait_s
+        waited = False
         while True:
             try:
-                return await write()
+                written = await write()
             except UNAVAILABLE_ERRORS as exc:
                 if time.monotonic() >= give_up_at:
                     raise
-                logger.warning(
-                    "job %s: the job store is unreachable (%s); its outcome waits for it",
-                    record.id, exc,
-                )  # fmt: skip
+                if not waited:
+                    logger.warning(
+                        "job %s: the job store is unreachable (%s); its outcome waits for it",
+                        record.id, exc,
+                    )  # fmt: skip
+                waited = True
                 await asyncio.sleep(OUTCOME_RETRY_PAUSE_S)
+                continue
+            if waited:
+                logger.info("job %s: its outcome is written, the job store is back", record.id)
+            return written
 
     async def _generate(self, record: JobRecord) -> GenerationResult:
         """Run the job; while its runner is unreachable (restarting, rolling update), keep the
@@ -365,9 +385,11 @@ class JobWorker:
                     if not await self.store.renew(job_id, self.worker_id):
                         logger.warning("lost the lease on job %s", job_id)
                         return
+                except UNAVAILABLE_ERRORS as exc:
+                    # One failed renewal must not end the heartbeat: the next period tries
+                    # again, and takes the lease back if it lapsed meanwhile (JobStore.renew).
+                    logger.warning("could not renew the lease on job %s: %s", job_id, exc)
                 except Exception:
-                    # One failed renewal must not end the heartbeat: the lease would lapse
-                    # and the job run twice. The next period tries again.
                     logger.exception("could not renew the lease on job %s", job_id)
 
 
