@@ -16,14 +16,14 @@ PIP_INSTALL_SHOWN := $(BIN)/python -m pip install --disable-pip-version-check --
 # lacks them.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test test-fast lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check bench-latency bench bench-gpu gpu-memory bento loadtest docs clean
+.PHONY: install serve test test-fast lint format models redis-server prometheus image-tools image-base image image-gpu pull full-store gpu-check gpu-bundle gpu-hour-rehearsal bench-latency bench bench-gpu gpu-memory bento loadtest docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # On a CUDA host (nvidia-smi on the PATH, or GPU=1) `make install` installs what the GPU image
 # ships (requirements/gpu.txt: torch's CUDA 13 build and onnxruntime-gpu, swapped for the CPU
-# onnxruntime as in Dockerfile.template), so benchmarks time the image's torch, and checks that
+# onnxruntime as the image swaps it), so benchmarks time the image's torch, and checks that
 # both need the same CUDA major. Elsewhere (or GPU=0) the CPU torch==2.13.0 stays.
 GPU ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1,0)
 ifeq ($(GPU),1)
@@ -130,18 +130,31 @@ full-store: install
 gpu-check: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
+# The GPU hour (docs/performance.md, "The GPU hour"): a lent GPU machine is bare and offline.
+# `make gpu-bundle` writes .gpu-bundle/, the wheels it lacks (requirements/gpu_bundle.py derives
+# them from pyproject.toml and requirements/device.txt; under 60 MiB with the working tree), and
+# the rehearsal's wheels for this machine; there, `bash benchmarks/gpu_hour.sh` with .gpu-bundle
+# carried. `make gpu-hour-rehearsal` runs that command here, on the CPU at tiny scale, in a fresh
+# virtual environment built with pip --no-index (tests/deploy/test_gpu_hour.py does too).
+gpu-bundle: install
+	$(BIN)/python requirements/gpu_bundle.py
+
+gpu-hour-rehearsal: gpu-bundle
+	bash benchmarks/gpu_hour_rehearsal.sh
+
 # The Bento (bentofile.yaml: code, tiny builders, payloads), built offline into the local Bento
 # store; `make image` and `make image-gpu` build the images from it (docs/deploy.md, "Container").
 bento: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml build
 
 # The container images (docs/deploy.md, "Container"), built with podman (docker where podman is
-# missing) from the Bento by container/build.sh, with this machine's pip settings passed into the build.
-# `make image`: the CPU image with the tiny models, proven by its smoke stage (all four models
-# answer); on BASE_IMAGE, or where that cannot be pulled on the Debian base `make image-base`
-# builds once with debootstrap (cached in IMAGE_CACHE). `make image-gpu`: the CUDA image of
-# bentofile.yaml + Dockerfile.template, no weights. IMAGE_REPO and the tags are what
-# k8s/overlays name.
+# missing) from the Bento by container/build.sh, both from container/Containerfile, on BASE_IMAGE
+# or, where that cannot be pulled, on the Debian base `make image-base` builds once with
+# debootstrap (cached in IMAGE_CACHE), with this machine's pip settings passed into the build.
+# `make image`: the CPU image with the tiny models. `make image-gpu`: torch's CUDA 13 build and
+# onnxruntime-gpu from the package index, no weights (3 GB of CUDA wheels: `make test` checks its
+# inputs, tests/deploy/test_image_gpu.py, and does not build it). Each is tagged only once its
+# smoke stage has served all four models. IMAGE_REPO and the tags are what k8s/overlays name.
 ENGINE ?= $(if $(shell command -v podman 2>/dev/null),podman,docker)
 IMAGE_REPO ?= localhost/depthid
 IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -75,8 +75,9 @@ class Gateway:
         }
 
     async def __is_ready__(self) -> bool:
-        """/readyz: ready once every runner answers its own /readyz (models loaded)."""
-        runners = set(app.state.runners.values())
+        """/readyz: ready once every runner answers its own /readyz (models loaded), except
+        those that may scale to zero: requests for them wait for a replica (and wake one)."""
+        runners = {r for r in app.state.runners.values() if not r.waits_for_ready}
         return all(await asyncio.gather(*(runner.is_ready() for runner in runners)))
 
 
@@ -95,5 +96,10 @@ def runner_client(name: str, dependency: Any) -> RunnerClient:
         await dependency.to_async.call("cancel", tokens)
 
     return RunnerClient(
-        name, generate, settings.generation_timeout_s, ready=dependency.is_ready, cancel=cancel
+        name,
+        generate,
+        settings.generation_timeout_s,
+        ready=dependency.is_ready,
+        cancel=cancel,
+        waits_for_ready=name in settings.scale_to_zero_runners,
     )

@@ -26,6 +26,8 @@ FULL_LONG_SIDE = {
     "flux-depth-pro": 1024,
 }
 TINY_LONG_SIDE = 64
+# The runner services' names (runners/*.py, models/manifest.py RUNNER_MODELS).
+RUNNERS = ("sd15_depth", "flux_depth", "instantid")
 # T5 tokens of the prompt flux attends to: FLUX.1 [dev]'s 512 in `full`. The tiny profile
 # scales it down like its 64 px output: at 512, attention over mostly padding is nearly all of
 # a tiny CPU run, which no real GPU run resembles.
@@ -137,6 +139,14 @@ class Settings(BaseSettings):
         "are so small that handing work to a second thread costs more than it saves, most of "
         "all with other processes on the same cores), torch's default in `full`.",
     )
+    weights_read_threads: int = Field(
+        default=4,
+        ge=0,
+        description="Threads that read a runner's weight files into the page cache before "
+        "its models are built (`models/weights.py`), in large parallel ranges at the disk's "
+        "speed; skipped when the files do not fit the memory available. 0: off (each model "
+        "reads its files as it loads).",
+    )
     pull_runners: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Runners whose models `python -m models.pull` pulls when run without "
@@ -222,6 +232,15 @@ class Settings(BaseSettings):
         'or stops the work (docs/performance.md, "Deadlines and abandoned work").',
     )
     runner_workers: int = Field(default=1, ge=1, description="Worker processes per runner.")
+    scale_to_zero_runners: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Runners that may have no replica (`sd15_depth`, `flux_depth`, `instantid`, "
+        "comma-separated; Kubernetes: the `scale-to-zero` component). A request for one that "
+        "has no ready replica waits for one up to its deadline (`generation_timeout_s`), "
+        "counted in `depthid_waiting_for_runner` (what KEDA wakes the runner on), instead of "
+        "answering 502 at once; 502 only when none is ready by the deadline. The Gateway's "
+        "/readyz does not wait for them. Empty: every runner is always up.",
+    )
 
     # --- Adaptive batching ----------------------------------------------------------------
     sd15_max_batch_size: int = Field(
@@ -518,11 +537,19 @@ class Settings(BaseSettings):
             raise ValueError("thresholds must not decrease: tolerance 1 is the strictest")
         return value
 
-    @field_validator("pull_runners", mode="before")
+    @field_validator("pull_runners", "scale_to_zero_runners", mode="before")
     @classmethod
     def _split_runners(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("scale_to_zero_runners")
+    @classmethod
+    def _check_runners(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(RUNNERS))
+        if unknown:
+            raise ValueError(f"unknown runner(s) {unknown}; one of {list(RUNNERS)}")
         return value
 
     @field_validator("url_allowed_networks", mode="before")

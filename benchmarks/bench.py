@@ -243,7 +243,7 @@ def main() -> None:
             gateway_overhead(base_url, args.rounds, args.runs, "adaptive batching on")
     if "b" in parts:
         print("(b) Batching on real traffic: on = default max batch sizes, off = all 1")
-        traffic.run(list(MODELS), ["identical", "mix"], [1, 4, 8, 16])
+        traffic.run(list(MODELS), ["identical", "mix"], [1, 4, 8, 16], args.rounds)
     if "c" in parts:
         v2_queue_time(args.rounds, args.load)
     if "d" in parts:

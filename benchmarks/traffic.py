@@ -12,7 +12,9 @@ that a change in the machine's speed weighs on both alike. Per model and traffic
   answered), and an open loop of Poisson arrivals at 70% of the capacity measured without
   batching at 8 clients (both instances can keep up, so latency compares fairly).
 
-Prints, per row: requests per second, p50 and p95 latency on and off, and on/off ratios.
+Prints, per row: requests per second, p50 and p95 latency on and off, on/off ratios, and the
+samples per pipeline call batching made; each the median of --rounds measurements, taken on,
+off, off, on, ... so that the machine's drift weighs on both.
 
     python -m benchmarks.traffic [--model NAME ...] [--traffic identical|mix] [--clients 1,4,8,16]
 """
@@ -53,7 +55,7 @@ PROMPT_WORDS = (
 )
 WORDS = PROMPT_WORDS.split()
 OPEN_LOOP_LOAD = 0.7  # of the capacity without batching
-REQUESTS_PER_CLIENT = 6  # closed loop: each client's requests in one measurement
+REQUESTS_PER_CLIENT = 4  # closed loop: each client's requests in one measurement
 MIN_REQUESTS = 16
 
 
@@ -216,19 +218,54 @@ HEADER = (
 )
 
 
+def measured_on(client: httpx.Client, model: str, traffic: str, seed: int, load: Load) -> Figures:
+    """One load on the batching instance, with the samples per call it made the runner run."""
+    samples, calls = calls_so_far(client, model)
+    figures = load(client, model, body_maker(model, traffic, seed))
+    samples_after, calls_after = calls_so_far(client, model)
+    figures.batch = (samples_after - samples) / max(1.0, calls_after - calls)
+    return figures
+
+
 def compare(
-    on: httpx.Client, off: httpx.Client, model: str, traffic: str, seed: int, load: Load
+    on: httpx.Client,
+    off: httpx.Client,
+    model: str,
+    traffic: str,
+    seed: int,
+    load: Load,
+    rounds: int,
 ) -> tuple[Figures, Figures]:
-    """One load on both instances in turn, each sent the same bodies in the same order."""
-    samples, calls = calls_so_far(on, model)
-    figures_on = load(on, model, body_maker(model, traffic, seed))
-    samples_after, calls_after = calls_so_far(on, model)
-    figures_on.batch = (samples_after - samples) / max(1.0, calls_after - calls)
-    return figures_on, load(off, model, body_maker(model, traffic, seed))
+    """One load on both instances in turn, each sent the same bodies in the same order, `rounds`
+    times in the order on, off, off, on, ... (a drift in the machine's speed weighs on both
+    alike); the median of each figure."""
+    runs_on, runs_off = [], []
+    for round_ in range(rounds):
+        order = ("on", "off") if round_ % 2 == 0 else ("off", "on")
+        for which in order:
+            if which == "on":
+                runs_on.append(measured_on(on, model, traffic, seed, load))
+            else:
+                runs_off.append(load(off, model, body_maker(model, traffic, seed)))
+    return median_figures(runs_on), median_figures(runs_off)
+
+
+def median_figures(runs: list[Figures]) -> Figures:
+    return Figures(
+        statistics.median(run.throughput for run in runs),
+        statistics.median(run.p50 for run in runs),
+        statistics.median(run.p95 for run in runs),
+        statistics.median(run.batch for run in runs),
+    )
 
 
 def measure(
-    on: httpx.Client, off: httpx.Client, models: list[str], traffics: list[str], clients: list[int]
+    on: httpx.Client,
+    off: httpx.Client,
+    models: list[str],
+    traffics: list[str],
+    clients: list[int],
+    rounds: int,
 ) -> list[Row]:
     rows = []
     print(HEADER, flush=True)
@@ -238,14 +275,14 @@ def measure(
             capacity_off = 0.0  # without batching, at 8 clients (or the most measured)
             for count in clients:
                 load = functools.partial(closed_loop, clients=count)
-                figures_on, figures_off = compare(on, off, model, traffic, seed, load)
+                figures_on, figures_off = compare(on, off, model, traffic, seed, load, rounds)
                 if count <= 8:
                     capacity_off = figures_off.throughput
                 rows.append(Row(model, traffic, f"closed {count}", figures_on, figures_off))
                 print(rows[-1].markdown(), flush=True)
             rate = OPEN_LOOP_LOAD * capacity_off
             load = functools.partial(open_loop, rate=rate, seed=seed)
-            figures_on, figures_off = compare(on, off, model, traffic, seed, load)
+            figures_on, figures_off = compare(on, off, model, traffic, seed, load, rounds)
             rows.append(Row(model, traffic, f"open {rate:.2f}/s", figures_on, figures_off))
             print(rows[-1].markdown(), flush=True)
     return rows
@@ -260,7 +297,7 @@ def warm_up(client: httpx.Client, models: list[str]) -> None:
             list(pool.map(lambda body, m=model: timed(client, m, body), bodies))
 
 
-def run(models: list[str], traffics: list[str], clients: list[int]) -> list[Row]:
+def run(models: list[str], traffics: list[str], clients: list[int], rounds: int = 1) -> list[Row]:
     with contextlib.ExitStack() as stack:
         on_url = stack.enter_context(serve())
         off_url = stack.enter_context(serve(env=BATCHING_OFF))
@@ -269,7 +306,7 @@ def run(models: list[str], traffics: list[str], clients: list[int]) -> list[Row]
         off = stack.enter_context(httpx.Client(base_url=off_url, timeout=600, limits=limits))
         warm_up(on, models)
         warm_up(off, models)
-        return measure(on, off, models, traffics, clients)
+        return measure(on, off, models, traffics, clients, rounds)
 
 
 def main() -> None:
@@ -277,6 +314,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=list(MODELS), help="repeatable")
     parser.add_argument("--traffic", action="append", choices=["identical", "mix"])
     parser.add_argument("--clients", default="1,4,8,16", help="closed-loop client counts")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements per figure (median)")
     args = parser.parse_args()
     from models.build import build_tiny
     from settings import Settings
@@ -286,6 +324,7 @@ def main() -> None:
         args.model or list(MODELS),
         args.traffic or ["identical", "mix"],
         [int(count) for count in args.clients.split(",")],
+        args.rounds,
     )
 
 

@@ -3,17 +3,25 @@
 #
 #   container/build.sh cpu|gpu IMAGE
 #
-# cpu: container/Containerfile on the Bento's src, from BASE_IMAGE; where BASE_IMAGE cannot be
-#      pulled, from the Debian base container/debian_base.sh makes (DEBIAN_BASE, cached in
-#      IMAGE_CACHE). Its smoke stage (container/smoke.py) must pass before IMAGE is tagged.
-# gpu: the Dockerfile BentoML generates from bentofile.yaml + Dockerfile.template (the CUDA base).
-#
-# Both pass the building machine's pip settings into the build's install steps only
-# (container/pip_settings.py). Settings, from the environment (the Makefile sets them):
+# Both variants build container/Containerfile on the Bento's src, from BASE_IMAGE; where
+# BASE_IMAGE cannot be pulled, from the Debian base container/debian_base.sh makes (DEBIAN_BASE,
+# cached in IMAGE_CACHE). cpu: stages `image`, then `smoke`; gpu: `gpu-image` (torch's CUDA
+# build, onnxruntime-gpu), then `gpu-smoke`. The smoke stage (container/smoke.py) must pass
+# before IMAGE is tagged. Both pass the building machine's pip settings into the build's install
+# steps only (container/pip_settings.py). Settings, from the environment (the Makefile sets them):
 # ENGINE (podman|docker), PYTHON (the venv's), BASE_IMAGE, DEBIAN_BASE, IMAGE_CACHE.
 set -euo pipefail
 variant=${1:?cpu or gpu} image=${2:?image name:tag}
 cd "$(dirname "$0")/.."
+case $variant in
+# The stages of container/Containerfile: the smoke stage to pass, the image to tag.
+cpu) smoke_target=smoke image_target=image ;;
+gpu) smoke_target=gpu-smoke image_target=gpu-image ;;
+*)
+    echo "image: unknown variant $variant (cpu or gpu)" >&2
+    exit 2
+    ;;
+esac
 : "${ENGINE:=podman}" "${PYTHON:=.venv/bin/python}" "${IMAGE_CACHE:=$HOME/.cache/depthid}"
 : "${BASE_IMAGE:=docker.io/library/python:3.11-slim-bookworm}"
 : "${DEBIAN_BASE:=localhost/depthid-base:bookworm}"
@@ -40,38 +48,30 @@ pip_out=$("$PYTHON" container/pip_settings.py "$work/pip" --engine "$ENGINE")
 mapfile -t pip_args <<<"$pip_out"
 say "pip settings passed to the build: ${pip_args[*]}"
 
-if [ "$variant" = cpu ]; then
-    base=$BASE_IMAGE
-    if ! "$ENGINE" image inspect "$base" >/dev/null 2>&1 &&
-        ! timeout 120 "$ENGINE" pull -q "$base" >/dev/null 2>&1; then
-        say "$base cannot be pulled here: building on $DEBIAN_BASE from Debian packages"
-        container/debian_base.sh "$ENGINE" "$DEBIAN_BASE" "$IMAGE_CACHE"
-        base=$DEBIAN_BASE
-    fi
-    # The build context: the Bento's files and the smoke script, nothing else.
-    mkdir "$work/context"
-    cp -a "$bento/src" "$work/context/src"
-    cp container/smoke.py "$work/context/smoke.py"
-    build=("${engine_build[@]}" -f container/Containerfile --build-arg "BASE_IMAGE=$base"
-        "${pip_args[@]}")
-    smoke_image=localhost/depthid-smoke:$$
-    say "building on $base, then the smoke stage (the server answering all four models)"
-    "${build[@]}" --target smoke -t "$smoke_image" "$work/context"
-    # Every stage up to `image` is cached by now: this only tags it.
-    previous=$("$ENGINE" image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
-    "${build[@]}" --target image -t "$image" "$work/context" >/dev/null
-    "$ENGINE" rmi "$smoke_image" >/dev/null
-    # The image this one replaces (an older code layer), so rebuilds do not fill the disk; its
-    # layers that the new image shares stay.
-    if [ -n "$previous" ] && [ "$previous" != "$("$ENGINE" image inspect "$image" --format '{{.Id}}')" ]; then
-        "$ENGINE" rmi "$previous" >/dev/null 2>&1 || true
-    fi
-elif [ "$variant" = gpu ]; then
-    say "building the Bento's Dockerfile (its base: $(sed -n 's/^FROM \(\S*\).*/\1/p' "$bento/env/docker/Dockerfile" | head -n1))"
-    "${engine_build[@]}" -f "$bento/env/docker/Dockerfile" "${pip_args[@]}" -t "$image" "$bento"
-else
-    echo "image: unknown variant $variant (cpu or gpu)" >&2
-    exit 2
+base=$BASE_IMAGE
+if ! "$ENGINE" image inspect "$base" >/dev/null 2>&1 &&
+    ! timeout 120 "$ENGINE" pull -q "$base" >/dev/null 2>&1; then
+    say "$base cannot be pulled here: building on $DEBIAN_BASE from Debian packages"
+    container/debian_base.sh "$ENGINE" "$DEBIAN_BASE" "$IMAGE_CACHE"
+    base=$DEBIAN_BASE
+fi
+# The build context: the Bento's files and the build's two scripts, nothing else.
+mkdir "$work/context"
+cp -a "$bento/src" "$work/context/src"
+cp container/install_packages.py container/smoke.py "$work/context/"
+build=("${engine_build[@]}" -f container/Containerfile --build-arg "BASE_IMAGE=$base"
+    "${pip_args[@]}")
+smoke_image=localhost/depthid-smoke:$$
+say "building $image_target on $base, then $smoke_target (the server answering all four models)"
+"${build[@]}" --target "$smoke_target" -t "$smoke_image" "$work/context"
+# Every stage up to the image's is cached by now: this only tags it.
+previous=$("$ENGINE" image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)
+"${build[@]}" --target "$image_target" -t "$image" "$work/context" >/dev/null
+"$ENGINE" rmi "$smoke_image" >/dev/null
+# The image this one replaces (an older code layer), so rebuilds do not fill the disk; its
+# layers that the new image shares stay.
+if [ -n "$previous" ] && [ "$previous" != "$("$ENGINE" image inspect "$image" --format '{{.Id}}')" ]; then
+    "$ENGINE" rmi "$previous" >/dev/null 2>&1 || true
 fi
 
 size=$("$ENGINE" image inspect "$image" --format '{{.Size}}')

@@ -8,8 +8,6 @@ later sources winning, as pip reads them) to one pip.conf, and prints the engine
 carry it into the build's RUN steps only:
 
 - `--secret id=pip.conf,src=<the file>`: the Containerfile mounts it for the install step;
-- `--secret id=uv.env,src=<the file>`: the same settings as uv's variables, for the GPU image,
-  whose install steps (Dockerfile.template, after BentoML's) run uv, which reads no pip.conf;
 - `--volume <path>:<path>:ro` for every local path the settings name (the certificate bundle,
   find-links folders, `file://` indexes with the files they link to, constraint files), so the
   same settings work unchanged inside the build.
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,31 +48,6 @@ def read_settings() -> dict[str, dict[str, str]]:
         section = "global" if section == ":env:" else section
         sections.setdefault(section, {})[key] = ast.literal_eval(value)
     return sections
-
-
-# pip's settings that uv has a variable for: (variable, how uv separates several values).
-UV_VARIABLES = {
-    "index-url": ("UV_DEFAULT_INDEX", " "),
-    "extra-index-url": ("UV_INDEX", " "),
-    "find-links": ("UV_FIND_LINKS", ","),
-    "constraint": ("UV_CONSTRAINT", " "),
-    "cert": ("SSL_CERT_FILE", " "),
-    "trusted-host": ("UV_INSECURE_HOST", " "),
-    "default-timeout": ("UV_HTTP_TIMEOUT", " "),
-}
-
-
-def uv_environment(sections: dict[str, dict[str, str]]) -> dict[str, str]:
-    """The settings pip's install would use, as uv's variables."""
-    merged = {**sections.get("global", {}), **sections.get("install", {})}
-    env = {}
-    for key, (variable, separator) in UV_VARIABLES.items():
-        if key in merged:
-            env[variable] = separator.join(merged[key].split())
-    if "UV_INDEX" in env:
-        # pip takes the best version from every index; uv, by default, the first index's.
-        env["UV_INDEX_STRATEGY"] = "unsafe-best-match"
-    return env
 
 
 def local_paths(key: str, value: str) -> list[Path]:
@@ -111,12 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             for section, items in sections.items()
         )
     )
-    uv_env = args.out_dir / "uv.env"
-    uv_env.write_text(
-        "".join(
-            f"{name}={shlex.quote(value)}\n" for name, value in uv_environment(sections).items()
-        )
-    )
     mounts = sorted(
         {
             path
@@ -138,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print(f"--secret=id=pip.conf,src={conf.resolve()}")
-    print(f"--secret=id=uv.env,src={uv_env.resolve()}")
     for path in mounts:
         print(f"--volume={path}:{path}:ro")
     return 0

@@ -9,6 +9,13 @@ type, a decodable image of the tiny profile's size) and stops the server. A buil
 a port, so the command's `--host` and `--port` are replaced by 127.0.0.1 and a free port.
 
     python smoke.py -- bentoml serve service:Gateway --host 0.0.0.0 --port 3000
+    python smoke.py --cuda 13.0 -- bentoml serve ...   # the GPU image's smoke stage
+
+`--cuda VERSION` (the GPU image) first checks what a build without a GPU can see of its CUDA: torch
+is a CUDA build of VERSION's major, onnxruntime offers its CUDA execution provider, every library
+their shared objects link is in the image but the driver's (which the GPU node's container
+runtime mounts), and triton's C launcher (torch.compile on the GPU) compiles; the server then
+runs on the CPU all the same (CUDA's torch runs there too).
 
 Only the standard library and Pillow (one of the image's packages): the image has no test tools.
 """
@@ -24,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +53,9 @@ MANIFEST_ENV = {
     "HF_HUB_OFFLINE": "1",
 }
 WRITABLE = ("/tmp", "/var/lib/bentoml")
+# The GPU driver's libraries, which the container runtime mounts on a GPU node (NVIDIA's
+# container toolkit, NVIDIA_DRIVER_CAPABILITIES=compute): not in the image.
+DRIVER_LIBRARIES = {"libcuda.so.1"}
 # Where a read-only root would refuse a write that this build's file system lets the user make
 # (its home, /var/tmp): the smoke fails if the server wrote there.
 READ_ONLY_IN_K8S = ("/home", "/app", "/etc", "/opt", "/var")
@@ -125,6 +136,60 @@ def v1_requests() -> dict[str, tuple[dict, str]]:
     }
 
 
+def check_cuda_build(cuda: str) -> list[str]:
+    """What the GPU image's torch and onnxruntime say of CUDA, one line each; raises unless torch
+    is built for `cuda`'s major and onnxruntime lists its CUDA provider. Neither needs a GPU."""
+    import onnxruntime
+    import torch
+
+    major = cuda.split(".")[0]
+    if torch.version.cuda is None or torch.version.cuda.split(".")[0] != major:
+        raise AssertionError(f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, "
+                             f"not {major}")  # fmt: skip
+    providers = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        raise AssertionError(f"onnxruntime {onnxruntime.__version__} offers {providers}: no CUDA")
+    cudnn = torch.backends.cudnn.version()  # loads cuDNN's library: no GPU needed
+    libraries = [
+        *Path(torch.__file__).parent.glob("lib/*.so*"),
+        *Path(onnxruntime.__file__).parent.glob("capi/*.so"),
+    ]
+    missing = {
+        f"{library.name}: {line.split()[0]}"
+        for library in libraries
+        for line in subprocess.run(
+            ["ldd", str(library)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        if "not found" in line and line.split()[0] not in DRIVER_LIBRARIES
+    }
+    if missing:
+        raise AssertionError(f"libraries not in the image: {sorted(missing)}")
+    return [
+        f"torch {torch.__version__}: CUDA {torch.version.cuda}, cuDNN {cudnn}",
+        f"onnxruntime {onnxruntime.__version__}: {', '.join(providers)}",
+        f"{len(libraries)} libraries of torch and onnxruntime: all they link is in the image "
+        f"but {', '.join(sorted(DRIVER_LIBRARIES))}",
+        compile_triton_launcher(),
+    ]
+
+
+def compile_triton_launcher() -> str:
+    """Compiles triton's C launcher as triton does at torch.compile's first GPU kernel (the C
+    compiler, Python's headers, CUDA's from the wheel), without linking the driver."""
+    import triton.backends.nvidia
+
+    backend = Path(triton.backends.nvidia.__file__).parent
+    python_headers = sysconfig.get_paths()["include"]
+    out = Path("/tmp/smoke-triton-launcher.o")
+    command = ["gcc", "-c", "-fPIC", "-O3", str(backend / "driver.c"), "-o", str(out),
+               f"-I{backend / 'include'}", f"-I{python_headers}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"triton's launcher does not compile: {result.stderr[-2000:]}")
+    out.unlink()
+    return "triton's launcher compiles (gcc, Python's headers): torch.compile can run"
+
+
 def written_outside_writable(since: float) -> list[str]:
     """What the server wrote outside the manifests' writable paths since `since`."""
     found = []
@@ -196,8 +261,13 @@ def run_v2(base: str) -> str:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv:
-        raise SystemExit("usage: smoke.py -- ENTRY COMMAND...")
-    entry = argv[argv.index("--") + 1 :]
+        raise SystemExit("usage: smoke.py [--cuda VERSION] -- ENTRY COMMAND...")
+    options, entry = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    if options:
+        if options[0] != "--cuda" or len(options) != 2:
+            raise SystemExit(f"smoke: unknown options {options} (only --cuda VERSION)")
+        for line in check_cuda_build(options[1]):
+            print(f"smoke: {line}", flush=True)
     if os.getuid() == 0:
         raise SystemExit("smoke: runs as the image's user, not root (USER in the Containerfile)")
     for path in WRITABLE:

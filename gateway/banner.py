@@ -76,9 +76,14 @@ async def announce_when_ready(
     started = last_progress = time.monotonic()
     try:
         while True:
-            clients = sorted(set(runners().values()), key=lambda client: client.name)
+            known = set(runners().values())
+            # A runner that may scale to zero has no replica to wait for: not part of "ready".
+            clients = sorted(
+                (client for client in known if not client.waits_for_ready),
+                key=lambda client: client.name,
+            )
             ready = await asyncio.gather(*(client.is_ready() for client in clients))
-            if clients and all(ready):
+            if known and all(ready):
                 logger.info(ready_banner(settings, keys))
                 return
             if time.monotonic() - last_progress >= PROGRESS_EVERY_S:

@@ -24,6 +24,11 @@ Recorded by the runners' schedulers (runners/scheduler.py), in the runner proces
 - depthid_runner_batch_size{runner}                histogram samples per pipeline call
 - depthid_runner_abandoned_samples_total{runner, stage} counter samples nobody waited for any
   more, dropped from the queue (stage "queued") or stopped mid-call ("running")
+Cold start and scale from zero:
+- depthid_waiting_for_runner{model}                gauge     requests waiting for a runner with no
+  ready replica (scale_to_zero_runners): what KEDA wakes a runner scaled to zero on
+- depthid_runner_start_seconds{runner, phase}      gauge     a runner's time to ready by phase
+  (runners/startup.py): read, build, to_device, accelerations, warmup, and the total
 
 `route` is "v1", "v2" or "other" (docs, schema, unknown paths); `model` is one of the served
 models or "" (routes without one, unknown names: a caller cannot grow the label set).
@@ -136,6 +141,22 @@ METRICS: dict[str, MetricSpec] = {
         "runner's queue (stage queued) or stopped mid-call (stage running)",
         ("runner", "stage"),
     ),
+    "depthid_waiting_for_runner": MetricSpec(
+        "Gauge",
+        "Requests (v1, and v2 jobs in hand) waiting for a runner that has no ready replica: "
+        "scaled to zero or starting",
+        ("model",),
+        # Each Gateway process counts its own waiters: the total is the sum over the live ones.
+        (("multiprocess_mode", "livesum"),),
+    ),
+    "depthid_runner_start_seconds": MetricSpec(
+        "Gauge",
+        "How long a runner process took from the start of its loading to ready, by phase "
+        "(read, build, to_device, accelerations, warmup, total)",
+        ("runner", "phase"),
+        # One value per runner process; the slowest live one is the runner's.
+        (("multiprocess_mode", "livemax"),),
+    ),
     "depthid_jobs_given_up": MetricSpec(
         "Counter",
         "v2 jobs ended FAILED because they were taken DEPTHID_JOB_MAX_ATTEMPTS times without "
@@ -200,6 +221,7 @@ def expose_known_series(models: list[str]) -> None:
             "depthid_queue_wait_seconds",
             "depthid_batch_size",
             "depthid_credits_refused",
+            "depthid_waiting_for_runner",
             "depthid_jobs_given_up",
         ):
             _metric(name).labels(model=model)
@@ -286,3 +308,15 @@ def observe_runner_call(runner: str, waits: list[float], samples: int) -> None:
     for seconds in waits:
         wait.observe(seconds)
     _metric("depthid_runner_batch_size").labels(runner=runner).observe(samples)
+
+
+def track_waiting_for_runner(model: str, delta: int) -> None:
+    """+n when requests of `model` start waiting for a runner with no ready replica, -n when
+    one is ready (or they give up)."""
+    _metric("depthid_waiting_for_runner").labels(model=model).inc(delta)
+
+
+def set_runner_start_seconds(runner: str, phases: dict[str, float]) -> None:
+    """`runner`'s time to ready, seconds per phase (and "total"), once it is ready."""
+    for phase, seconds in phases.items():
+        _metric("depthid_runner_start_seconds").labels(runner=runner, phase=phase).set(seconds)

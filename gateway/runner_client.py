@@ -12,6 +12,13 @@ After a transport failure (the runner died or is restarting) the runner is *susp
 calls first ask its readiness route (bounded by READY_PROBE_TIMEOUT_S) and answer 502 at once
 while it is not ready, instead of queueing on a socket that nobody serves until the restart is
 done (up to the deadline). The first ready answer clears it.
+
+A runner that may scale to zero (`waits_for_ready`, settings.scale_to_zero_runners) is instead
+waited for: a call that finds no ready replica (a transport failure, or suspect and not ready)
+asks its readiness every READY_POLL_S until it is ready, then sends the jobs, all within the
+request's one deadline; meanwhile the requests are counted in depthid_waiting_for_runner, the
+gauge KEDA wakes the runner on. No replica ready by the deadline is still a 502 (the runner was
+unreachable), a generation that then runs past it a 504.
 """
 
 from __future__ import annotations
@@ -41,6 +48,13 @@ CancelCall = Callable[[list[str]], Awaitable[Any]]
 # it stays inside that probe's 5 s timeout (k8s/base/gateway.yaml) and a hung runner reads
 # "not ready" rather than failing the probe.
 READY_PROBE_TIMEOUT_S = 3.0
+# How often a call waiting for a runner with no ready replica asks its readiness again: a small
+# part of a cold start (seconds to minutes), and one cheap request per waiting call.
+READY_POLL_S = 1.0
+
+
+class _Unreachable(Exception):
+    """The runner could not be reached (raised from the transport failure)."""
 
 
 class RunnerClient:
@@ -51,25 +65,30 @@ class RunnerClient:
         deadline_s: float,
         ready: ReadyCall | None = None,
         cancel: CancelCall | None = None,
+        waits_for_ready: bool = False,
     ) -> None:
+        """`waits_for_ready`: the runner may have no replica (scaled to zero); calls wait for
+        one up to their deadline instead of answering 502 at once (module docstring)."""
         self.name = name
         self._call = call
         self._ready = ready
         self._cancel = cancel
         self.deadline_s = deadline_s
+        self.waits_for_ready = waits_for_ready
         self._cancelling: set[asyncio.Task] = set()  # strong references to fire-and-forget
         self._suspect = False  # a transport failure since the last ready answer
 
-    async def is_ready(self) -> bool:
+    async def is_ready(self, quiet: bool = False) -> bool:
         """Whether the runner answers its readiness route (models loaded), within a bound:
-        an unreachable or hung runner is simply not ready."""
+        an unreachable or hung runner is simply not ready (logged unless `quiet`)."""
         if self._ready is None:
             return True
         try:
             async with asyncio.timeout(READY_PROBE_TIMEOUT_S):
                 return await self._ready()
         except Exception as exc:
-            logger.info("runner %s not ready: %s", self.name, type(exc).__name__)
+            if not quiet:
+                logger.info("runner %s not ready: %s", self.name, type(exc).__name__)
             return False
 
     async def generate(self, jobs: list[Any], *, model: str) -> list[Any]:
@@ -85,7 +104,7 @@ class RunnerClient:
             for row in split_jobs(jobs)
         ]
         try:
-            results = merge_jobs(jobs, await self._send(rows, token))
+            results = merge_jobs(jobs, await self._send(rows, token, deadline, model))
         finally:
             metrics.track_in_flight(model, -len(jobs))
         seconds = time.perf_counter() - started
@@ -94,15 +113,52 @@ class RunnerClient:
             metrics.observe_batch_size(model, result.batch_size)
         return results
 
-    async def _send(self, jobs: list[Any], token: str) -> list[Any]:
-        if self._suspect:
-            if not await self.is_ready():
-                raise ApiError(502, f"the {self.name} model runner is unreachable or restarting")
-            self._suspect = False
+    async def _send(self, jobs: list[Any], token: str, deadline: float, model: str) -> list[Any]:
+        """Send `jobs` once the runner is ready to take them (or refuse, as the module docstring
+        says), then map the answer onto the contract; `deadline` is wall-clock (time.time())."""
+        while True:
+            if self._suspect:
+                if self.waits_for_ready:
+                    await self._wait_until_ready(deadline, model, len(jobs))
+                elif not await self.is_ready():
+                    raise ApiError(
+                        502, f"the {self.name} model runner is unreachable or restarting"
+                    )
+                self._suspect = False
+            try:
+                return await self._send_once(jobs, token, deadline)
+            except _Unreachable as exc:
+                logger.warning("runner %s unreachable: %s", self.name, exc.__cause__)
+                self._suspect = True
+                if not self.waits_for_ready:
+                    raise ApiError(502, f"the {self.name} model runner is unreachable") from exc
+                # Scaled to zero or starting: the loop waits for a ready replica, then resends.
+
+    async def _wait_until_ready(self, deadline: float, model: str, requests: int) -> None:
+        """Return once the runner answers ready; 502 when it is not by `deadline`. Meanwhile
+        the requests count in depthid_waiting_for_runner."""
+        metrics.track_waiting_for_runner(model, requests)
+        logger.info("runner %s has no ready replica: waiting for one", self.name)
+        try:
+            # Quiet: one line when the wait starts and one when it ends, not one per probe.
+            while not await self.is_ready(quiet=True):
+                left = deadline - time.time()
+                if left <= READY_POLL_S:
+                    raise ApiError(
+                        502,
+                        f"the {self.name} model runner is unreachable: no replica became ready "
+                        f"within the deadline of {self.deadline_s:g} seconds",
+                    )
+                await asyncio.sleep(READY_POLL_S)
+            logger.info("runner %s ready: sending the requests that waited for it", self.name)
+        finally:
+            metrics.track_waiting_for_runner(model, -requests)
+
+    async def _send_once(self, jobs: list[Any], token: str, deadline: float) -> list[Any]:
         try:
             # The runner's log lines about this call name its requests (log_format.py).
             with request_ids_sent(joined_request_ids(jobs)):
-                async with asyncio.timeout(self.deadline_s):
+                async with asyncio.timeout(max(0.0, deadline - time.time())):
                     return await self._call(jobs)
         except asyncio.CancelledError:
             self._cancel_in_runner(token)  # the caller went away
@@ -120,9 +176,7 @@ class RunnerClient:
         ) as exc:
             # Transport failures only (aiohttp to a local runner, httpx to one by URL): BentoML
             # turns the runner's HTTP answers into BentoMLException, handled below.
-            logger.warning("runner %s unreachable: %s", self.name, exc)
-            self._suspect = True
-            raise ApiError(502, f"the {self.name} model runner is unreachable") from exc
+            raise _Unreachable from exc
         except BentoMLException as exc:
             status = int(getattr(exc, "error_code", 500))
             if status == 503:

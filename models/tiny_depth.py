@@ -6,7 +6,7 @@ tiny config and seeded random weights, plus an image processor configured like D
 small target size so that CPU runs are fast. It loads with the same calls as the real one:
 
     AutoModelForDepthEstimation.from_pretrained(dir)
-    AutoImageProcessor.from_pretrained(dir)
+    DPTImageProcessorPil.from_pretrained(dir)
 
 The configs here are the real architecture's structure at toy widths: a copy kept on purpose of
 benchmarks/real_configs.py (docs/architecture.md, "Copies kept on purpose"); a change of
@@ -68,8 +68,8 @@ def build_depth_estimator(dest: Path) -> None:
     model = DepthAnythingForDepthEstimation(config)
 
     # The PIL flavour: the default (torchvision) flavour needs torchvision, which we do not
-    # install. Both save "image_processor_type": "DPTImageProcessor", exactly like the real one,
-    # and AutoImageProcessor picks whichever flavour is available when loading.
+    # install. Both save "image_processor_type": "DPTImageProcessor", exactly like the real one;
+    # runners/depth.py loads the PIL flavour by name, wherever torchvision is installed or not.
     processor = DPTImageProcessorPil(
         do_resize=True,
         size={"height": PROCESSOR_SIZE, "width": PROCESSOR_SIZE},

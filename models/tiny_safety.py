@@ -6,7 +6,7 @@ normalise to [-1, 1]), here with a tiny config and a small input size. It loads 
 calls as the real one:
 
     AutoModelForImageClassification.from_pretrained(dir)
-    AutoImageProcessor.from_pretrained(dir)
+    ViTImageProcessorPil.from_pretrained(dir)
 
 Its weights are random, so its score is a real but meaningless function of the image. Like a real
 classifier shown ordinary pictures, it leans to `normal`: the classifier's bias starts the `nsfw`

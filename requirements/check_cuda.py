@@ -15,8 +15,9 @@ installed CUDA wheel declares it needs, before anything runs:
     python requirements/check_cuda.py                                # torch and onnxruntime agree
 
 Exit status 0 when every source names one CUDA major (the image's, when given), else 1 with one
-line per disagreement. The Dockerfile runs it after the installs; `make install` on a CUDA host
-runs it without `--image-cuda`.
+line per disagreement. The GPU image runs it after its installs (container/install_packages.py)
+and again in its smoke stage, with the Containerfile's CUDA_VERSION; `make install` on a CUDA
+host runs it without `--image-cuda`.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForDepthEstimation,
     BaseImageProcessor,
+    DPTImageProcessorPil,
     PreTrainedModel,
 )
 
@@ -32,7 +32,10 @@ class DepthEstimator:
     def from_pretrained(
         cls, model_dir: Path, device: torch.device, dtype: torch.dtype
     ) -> DepthEstimator:
-        processor = AutoImageProcessor.from_pretrained(model_dir)
+        # The PIL processor by name (Depth Anything's is DPT's): AutoImageProcessor takes the
+        # torchvision one wherever torchvision is installed (the GPU machine has it), which
+        # resizes unlike the PIL one the tests run, and transformers 5.17 refuses it without.
+        processor = DPTImageProcessorPil.from_pretrained(model_dir)
         config = AutoConfig.from_pretrained(model_dir)
         if getattr(config, "max_depth", 1) is None:
             # Relative-depth hub configs store "max_depth": null, which the head multiplies its

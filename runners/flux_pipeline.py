@@ -16,7 +16,7 @@ import torch
 from diffusers import FluxControlPipeline
 from PIL import Image
 
-from models.store import require_model
+from models.store import require_model, runner_models
 from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure
 from runners import deadlines
 from runners.acceleration import (
@@ -35,6 +35,7 @@ from runners.encoding import encode_image
 from runners.preparation import Preparations
 from runners.prompt_filter import PromptFilter
 from runners.safety import SafetyChecker
+from runners.startup import StartupTimer, load_placement
 from runners.upsampler import Upsampler, make_upsampler
 from settings import Settings
 
@@ -92,6 +93,7 @@ class FluxDepthPipeline:
     def from_store(cls, settings: Settings) -> FluxDepthPipeline:
         """The runner from the model store's weights, as settings say."""
         # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
+        timer = StartupTimer("flux_depth")
         device = pick_device(settings)
         set_cpu_threads(settings, device)
         # bf16 on GPU: FLUX.1 was trained in it, and fp16 overflows in its activations.
@@ -100,31 +102,40 @@ class FluxDepthPipeline:
         flux_dir = require_model(settings, "flux-depth-dev")
         depth_dir = require_model(settings, "depth-estimator")
         safety_dir = require_model(settings, "safety-checker")
+        timer.read_weights(settings, runner_models(settings, "flux_depth"))
 
-        pipe = FluxControlPipeline.from_pretrained(flux_dir, dtype=dtype)
-        placed = place_on_device(accelerations, pipe, device)
-        accelerated = accelerate(
-            accelerations,
-            {"transformer": pipe.transformer, "vae": pipe.vae},
-            compiled=("transformer",),
-        )
-        accelerated.update(placed)
-        guard_finite_decode(pipe.vae, "flux_depth")
+        with timer.phase("build"):
+            placement = load_placement(accelerations, device)
+            pipe = FluxControlPipeline.from_pretrained(flux_dir, dtype=dtype, **placement)
+            depth = DepthEstimator.from_pretrained(depth_dir, device, dtype)
+            safety = SafetyChecker.from_pretrained(
+                safety_dir, device, dtype, thresholds=settings.safety_thresholds
+            )
+            upsampler = make_upsampler(settings, device, dtype)
+        with timer.phase("to_device"):
+            placed = place_on_device(accelerations, pipe, device)
+        with timer.phase("accelerations"):
+            accelerated = accelerate(
+                accelerations,
+                {"transformer": pipe.transformer, "vae": pipe.vae},
+                compiled=("transformer",),
+            )
+            accelerated.update(placed)
+            guard_finite_decode(pipe.vae, "flux_depth")
         pipeline = cls(
             pipe=pipe,
-            depth=DepthEstimator.from_pretrained(depth_dir, device, dtype),
-            safety=SafetyChecker.from_pretrained(
-                safety_dir, device, dtype, thresholds=settings.safety_thresholds
-            ),
+            depth=depth,
+            safety=safety,
             prompt_filter=PromptFilter.from_file(settings.blocked_terms_file),
-            upsampler=make_upsampler(settings, device, dtype),
+            upsampler=upsampler,
             device=device,
             max_batch_size=settings.flux_max_batch_size,
             text_tokens=settings.flux_text_tokens(),
         )
         if accelerations.warmup:
             side = settings.long_side(SERVED_MODEL)
-            accelerated["warmup"] = warm_up(lambda: pipeline._warm_up(side))
+            with timer.phase("warmup"):
+                accelerated["warmup"] = warm_up(lambda: pipeline._warm_up(side))
         log_accelerations("flux_depth", accelerations, accelerated)
         logger.info(
             "flux_depth loaded: profile=%s device=%s dtype=%s terms=%d upsampler=%s",
@@ -134,6 +145,7 @@ class FluxDepthPipeline:
             len(pipeline.prompt_filter.terms),
             type(pipeline.upsampler).__name__,
         )
+        timer.ready()
         return pipeline
 
     def _warm_up(self, side: int) -> None:

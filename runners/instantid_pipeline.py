@@ -26,7 +26,7 @@ from models.manifest import (
     INSTANTID_IP_ADAPTER_FILE,
     weights_variant,
 )
-from models.store import require_model
+from models.store import require_model, runner_models
 from protocol.jobs import GenerationResult, InstantIDJob, JobFailure
 from runners import deadlines
 from runners.acceleration import (
@@ -46,6 +46,7 @@ from runners.faces import DetectedFace, FaceAnalyzer, draw_keypoints, face_regio
 from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
 from runners.preparation import Preparations
+from runners.startup import StartupTimer, load_placement
 from runners.text_padding import mask_text_attention
 from settings import Settings
 
@@ -104,79 +105,98 @@ class InstantIDPipelines:
     def from_store(cls, settings: Settings) -> InstantIDPipelines:
         """The runner from the model store's weights (profile, fp16 files), as settings say."""
         # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
+        timer = StartupTimer("instantid")
         device = pick_device(settings)
         accelerations = resolve_accelerations(settings, device, gpu_dtype=torch.float16)
         dtype = accelerations.dtype
         set_cpu_threads(settings, device)
         instantid_dir = require_model(settings, "instantid")
-        vae = AutoencoderKL.from_pretrained(require_model(settings, "sdxl-vae"), torch_dtype=dtype)
-        base = StableDiffusionXLPipeline.from_pretrained(
-            require_model(settings, "sdxl-base"),
-            vae=vae,
-            torch_dtype=dtype,
-            variant=weights_variant(settings.profile, "sdxl-base"),
-        )
-        # diffusers reads InstantID's ip-adapter.bin; no CLIP image encoder: the face embedding
-        # comes from insightface.
-        base.load_ip_adapter(
-            str(instantid_dir),
-            subfolder="",
-            weight_name=INSTANTID_IP_ADAPTER_FILE,
-            image_encoder_folder=None,
-        )
-        face_projection = use_per_call_scale(base.unet)
-        placed = place_on_device(accelerations, base, device)
-        # Detached from the UNet (use_per_call_scale) and small: on the device at all times.
-        face_projection.to(device, dtype)
+        timer.read_weights(settings, runner_models(settings, "instantid"))
+        with timer.phase("build"):
+            placement = load_placement(accelerations, device)
+            vae = AutoencoderKL.from_pretrained(
+                require_model(settings, "sdxl-vae"), torch_dtype=dtype, **placement
+            )
+            base = StableDiffusionXLPipeline.from_pretrained(
+                require_model(settings, "sdxl-base"),
+                vae=vae,
+                torch_dtype=dtype,
+                variant=weights_variant(settings.profile, "sdxl-base"),
+                **placement,
+            )
+            # diffusers reads InstantID's ip-adapter.bin; no CLIP image encoder: the face
+            # embedding comes from insightface.
+            base.load_ip_adapter(
+                str(instantid_dir),
+                subfolder="",
+                weight_name=INSTANTID_IP_ADAPTER_FILE,
+                image_encoder_folder=None,
+            )
+            face_projection = use_per_call_scale(base.unet)
+            identitynet = ControlNetModel.from_pretrained(
+                instantid_dir,
+                subfolder=INSTANTID_IDENTITYNET_FOLDER,
+                torch_dtype=dtype,
+                **placement,
+            )
+            depth_controlnet = ControlNetModel.from_pretrained(
+                require_model(settings, "sdxl-controlnet-depth"),
+                torch_dtype=dtype,
+                variant=weights_variant(settings.profile, "sdxl-controlnet-depth"),
+                **placement,
+            )
+            depth = DepthEstimator.from_pretrained(
+                require_model(settings, "depth-estimator"), device, dtype
+            )
+            faces = FaceAnalyzer(
+                require_model(settings, "face-analysis"), use_cuda=device.type == "cuda"
+            )
+        with timer.phase("to_device"):
+            placed = place_on_device(accelerations, base, device)
+            # Detached from the UNet (use_per_call_scale) and small: on the device at all times.
+            face_projection.to(device, dtype)
+            identitynet.to(device)
+            depth_controlnet.to(device)
         components = {
             name: module
             for name, module in base.components.items()
             if name not in ("image_encoder", "feature_extractor")
         }
-        identitynet = ControlNetModel.from_pretrained(
-            instantid_dir, subfolder=INSTANTID_IDENTITYNET_FOLDER, torch_dtype=dtype
-        ).to(device)
-        depth_controlnet = ControlNetModel.from_pretrained(
-            require_model(settings, "sdxl-controlnet-depth"),
-            torch_dtype=dtype,
-            variant=weights_variant(settings.profile, "sdxl-controlnet-depth"),
-        ).to(device)
-        accelerated = accelerate(
-            accelerations,
-            {
-                "unet": base.unet,
-                "identitynet": identitynet,
-                "depth_controlnet": depth_controlnet,
-                "vae": vae,
-            },
-            compiled=("unet", "identitynet", "depth_controlnet"),
-        )
-        accelerated.update(placed)
-        guard_finite_decode(vae, "instantid")
+        with timer.phase("accelerations"):
+            accelerated = accelerate(
+                accelerations,
+                {
+                    "unet": base.unet,
+                    "identitynet": identitynet,
+                    "depth_controlnet": depth_controlnet,
+                    "vae": vae,
+                },
+                compiled=("unet", "identitynet", "depth_controlnet"),
+            )
+            accelerated.update(placed)
+            guard_finite_decode(vae, "instantid")
         pipelines = cls(
             components=components,
             face_projection=face_projection,
             identitynet=identitynet,
             depth_controlnet=depth_controlnet,
-            depth=DepthEstimator.from_pretrained(
-                require_model(settings, "depth-estimator"), device, dtype
-            ),
-            faces=FaceAnalyzer(
-                require_model(settings, "face-analysis"), use_cuda=device.type == "cuda"
-            ),
+            depth=depth,
+            faces=faces,
             device=device,
             max_batch_size=settings.instantid_max_batch_size,
             face_region_padding=settings.face_region_padding,
         )
         if accelerations.warmup:
             side = settings.long_side(SERVED_MODEL)
-            accelerated["warmup"] = warm_up(lambda: pipelines._warm_up(side))
+            with timer.phase("warmup"):
+                accelerated["warmup"] = warm_up(lambda: pipelines._warm_up(side))
         log_accelerations(
             "instantid", accelerations, accelerated, faces=pipelines.faces.providers[0]
         )
         logger.info(
             "instantid loaded: profile=%s device=%s dtype=%s", settings.profile, device, dtype
         )
+        timer.ready()
         return pipelines
 
     def _warm_up(self, side: int) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageClassification,
     BaseImageProcessor,
     PreTrainedModel,
+    ViTImageProcessorPil,
 )
 
 UNSAFE_LABEL = "nsfw"
@@ -61,7 +61,8 @@ class SafetyChecker:
         dtype: torch.dtype,
         thresholds: Sequence[float],
     ) -> SafetyChecker:
-        processor = AutoImageProcessor.from_pretrained(model_dir)
+        # The PIL processor by name, as runners/depth.py does (the classifier is a ViT).
+        processor = ViTImageProcessorPil.from_pretrained(model_dir)
         model = AutoModelForImageClassification.from_pretrained(model_dir, dtype=dtype)
         return cls(processor, model.to(device), thresholds)
 

@@ -22,7 +22,7 @@ from diffusers import (
 from PIL import Image
 
 from models.manifest import weights_variant
-from models.store import require_model
+from models.store import require_model, runner_models
 from protocol.jobs import GenerationResult, SD15DepthJob
 from runners import deadlines
 from runners.acceleration import (
@@ -41,6 +41,7 @@ from runners.encoding import encode_image
 from runners.preparation import Preparations
 from runners.prompt_weighting import encode_sd15
 from runners.schedulers import make_scheduler
+from runners.startup import StartupTimer, load_placement
 from runners.text_padding import mask_text_attention, pad_texts, padding_masked
 from settings import Settings
 
@@ -86,48 +87,59 @@ class SD15DepthPipelines:
     def from_store(cls, settings: Settings) -> SD15DepthPipelines:
         """The runner from the model store's weights (profile, fp16 files), as settings say."""
         # Start-up only (load, accelerate, warm up): a caller with parts of its own does its own.
+        timer = StartupTimer("sd15_depth")
         device = pick_device(settings)
         set_cpu_threads(settings, device)
         accelerations = resolve_accelerations(settings, device, gpu_dtype=torch.float16)
         dtype = accelerations.dtype
+        timer.read_weights(settings, runner_models(settings, "sd15_depth"))
         base_dir = require_model(settings, "sd15-base")
         controlnet_dir = require_model(settings, "sd15-controlnet-depth")
         depth_dir = require_model(settings, "depth-estimator")
 
-        controlnet = ControlNetModel.from_pretrained(
-            controlnet_dir,
-            torch_dtype=dtype,
-            variant=weights_variant(settings.profile, "sd15-controlnet-depth"),
-        )
-        base = StableDiffusionControlNetPipeline.from_pretrained(
-            base_dir,
-            controlnet=controlnet,
-            safety_checker=None,
-            requires_safety_checker=False,
-            torch_dtype=dtype,
-            variant=weights_variant(settings.profile, "sd15-base"),
-        )
-        placed = place_on_device(accelerations, base, device)
-        accelerated = accelerate(
-            accelerations,
-            {"unet": base.unet, "controlnet": controlnet, "vae": base.vae},
-            compiled=("unet", "controlnet"),
-        )
-        accelerated.update(placed)
-        guard_finite_decode(base.vae, "sd15_depth")
+        with timer.phase("build"):
+            placement = load_placement(accelerations, device)
+            controlnet = ControlNetModel.from_pretrained(
+                controlnet_dir,
+                torch_dtype=dtype,
+                variant=weights_variant(settings.profile, "sd15-controlnet-depth"),
+                **placement,
+            )
+            base = StableDiffusionControlNetPipeline.from_pretrained(
+                base_dir,
+                controlnet=controlnet,
+                safety_checker=None,
+                requires_safety_checker=False,
+                torch_dtype=dtype,
+                variant=weights_variant(settings.profile, "sd15-base"),
+                **placement,
+            )
+            depth = DepthEstimator.from_pretrained(depth_dir, device, dtype)
+        with timer.phase("to_device"):
+            placed = place_on_device(accelerations, base, device)
+        with timer.phase("accelerations"):
+            accelerated = accelerate(
+                accelerations,
+                {"unet": base.unet, "controlnet": controlnet, "vae": base.vae},
+                compiled=("unet", "controlnet"),
+            )
+            accelerated.update(placed)
+            guard_finite_decode(base.vae, "sd15_depth")
         pipelines = cls(
             components=base.components,
-            depth=DepthEstimator.from_pretrained(depth_dir, device, dtype),
+            depth=depth,
             device=device,
             max_batch_size=settings.sd15_max_batch_size,
         )
         if accelerations.warmup:
             side = settings.long_side(SERVED_MODEL)
-            accelerated["warmup"] = warm_up(lambda: pipelines._warm_up(side))
+            with timer.phase("warmup"):
+                accelerated["warmup"] = warm_up(lambda: pipelines._warm_up(side))
         log_accelerations("sd15_depth", accelerations, accelerated)
         logger.info(
             "sd15_depth loaded: profile=%s device=%s dtype=%s", settings.profile, device, dtype
         )
+        timer.ready()
         return pipelines
 
     def _warm_up(self, side: int) -> None:

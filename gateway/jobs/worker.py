@@ -71,8 +71,13 @@ MID_CALL_DISCONNECTS = (
 
 def died_mid_call(error: ApiError) -> bool:
     """Whether a runner's 502 came from a connection that dropped while the runner held the
-    job (gateway/runner_client.py keeps the transport error as the cause)."""
-    return isinstance(error.__cause__, MID_CALL_DISCONNECTS)
+    job (gateway/runner_client.py keeps the transport error in the chain of causes)."""
+    cause = error.__cause__
+    while cause is not None:
+        if isinstance(cause, MID_CALL_DISCONNECTS):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 class JobWorker:

@@ -1,8 +1,8 @@
 """requirements/check_cuda.py, the GPU image's build check, against wheel metadata laid out as
 pip installs it: the Requires-Dist lines and build info below are copied from the real wheels
 (onnxruntime-gpu 1.31.1 and torch 2.13.0 from PyPI; torch 2.13.0+cu128's CUDA 12.8 pins as
-PyTorch's index lists them), so a match passes and the issue's mismatch (a CUDA 12.8 image with
-CUDA 13 wheels) fails the build. `make install` takes the GPU path on a CUDA host only."""
+PyTorch's index lists them), so a match passes and a mismatch (CUDA 13 wheels checked against
+CUDA 12.8) fails the build. `make install` takes the GPU path on a CUDA host only."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import yaml
+from packaging.specifiers import SpecifierSet
 
 from settings import PROJECT_ROOT
 
@@ -138,15 +139,16 @@ def test_a_cpu_torch_or_a_leftover_cpu_onnxruntime_fails(tmp_path):
     assert "onnxruntime (CPU) is installed beside onnxruntime-gpu" in both.stderr
 
 
-def test_requirements_gpu_txt_pins_the_base_images_cuda_major():
-    """The pins the image installs name the major the base image provides (the wheels themselves
-    are checked at build time, above)."""
-    base = yaml.safe_load((PROJECT_ROOT / "bentofile.yaml").read_text())["docker"]["base_image"]
-    image_major = re.match(r"docker\.io/nvidia/cuda:(\d+)\.", base).group(1)
+def test_requirements_gpu_txt_pins_pypis_torch_exactly_from_the_package_index():
+    """The same torch as pyproject.toml's, without a local label (not +cpu, not +cuXXX): PyPI's
+    build, which is CUDA 13.0's; no other index (tests/deploy/test_image_gpu.py resolves it)."""
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    (cpu,) = [dep.split("==")[1] for dep in project["dependencies"] if dep.startswith("torch==")]
     gpu_txt = (PROJECT_ROOT / "requirements" / "gpu.txt").read_text()
-    (cu,) = re.findall(r"^torch==[\d.]+\+cu(\d+)$", gpu_txt, re.MULTILINE)
-    assert cu[:-1] == image_major
-    assert f"download.pytorch.org/whl/cu{cu}" in gpu_txt
+    assert re.findall(r"^torch(\S+)$", gpu_txt, re.MULTILINE) == [f"==={cpu}"]
+    assert not re.findall(r"^-", gpu_txt, re.MULTILINE)  # no index or option of its own
+    assert SpecifierSet(f"==={cpu}").contains(cpu)
+    assert not SpecifierSet(f"==={cpu}").contains(f"{cpu}+cpu")
 
 
 def make_install_commands(env: dict[str, str], *args: str) -> str:

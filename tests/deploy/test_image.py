@@ -60,7 +60,8 @@ def gateway(docs: list[dict]) -> dict:
 
 
 def containerfile_cmd() -> list[str]:
-    (cmd,) = re.findall(r"^CMD (\[.*\])$", CONTAINERFILE, re.MULTILINE)
+    """The images' entry command: the CPU and the GPU image have the same."""
+    (cmd,) = set(re.findall(r"^CMD (\[.*\])$", CONTAINERFILE, re.MULTILINE))
     return json.loads(cmd)
 
 
@@ -157,7 +158,6 @@ def test_pip_settings_pass_local_folders_read_only_and_the_config_as_a_secret(tm
     conf = tmp_path / "out" / "pip.conf"
     assert set(result.stdout.splitlines()) == {
         f"--secret=id=pip.conf,src={conf}",
-        f"--secret=id=uv.env,src={conf.parent / 'uv.env'}",
         f"--volume={wheels}:{wheels}:ro",
         # a local index's pages link to the files beside `simple/`
         f"--volume={index.parent}:{index.parent}:ro",
@@ -245,37 +245,11 @@ def test_the_overlays_run_the_images_make_builds():
 
 
 def test_dependencies_come_before_the_code_and_tiny_models_only_in_the_cpu_image():
-    deps = CONTAINERFILE.index("pip install --no-cache-dir")
+    """(The GPU image's stages: tests/deploy/test_image_gpu.py.)"""
+    deps = CONTAINERFILE.index("install_packages.py cpu")
     code = CONTAINERFILE.index("COPY src/ ")
     assert CONTAINERFILE.index("COPY src/pyproject.toml") < deps < code
     assert code < CONTAINERFILE.index("python -m models.build")
-    template = (PROJECT_ROOT / "Dockerfile.template").read_text()
-    assert "models.build" not in template  # the GPU image's weights come from the volume
-
-
-def test_pip_settings_give_uv_the_same_indexes_links_and_certificate(tmp_path):
-    """The GPU image installs with uv (BentoML's), which reads no pip.conf."""
-    wheels, cert = tmp_path / "wheels", tmp_path / "ca.pem"
-    wheels.mkdir()
-    cert.write_text("-----BEGIN CERTIFICATE-----\n")
-    result = pip_settings(
-        tmp_path / "out",
-        "podman",
-        {
-            "PIP_FIND_LINKS": str(wheels),
-            "PIP_EXTRA_INDEX_URL": "https://a.example/simple https://b.example/simple",
-            "PIP_CERT": str(cert),
-        },
-    )
-    assert result.returncode == 0, result.stderr
-    assert f"--secret=id=uv.env,src={tmp_path / 'out' / 'uv.env'}" in result.stdout.splitlines()
-    lines = set((tmp_path / "out" / "uv.env").read_text().splitlines())
-    assert lines == {
-        f"UV_FIND_LINKS={wheels}",
-        "UV_INDEX='https://a.example/simple https://b.example/simple'",
-        f"SSL_CERT_FILE={cert}",
-        "UV_INDEX_STRATEGY=unsafe-best-match",  # pip's choice across indexes
-    }
 
 
 def test_the_smoke_stops_waiting_when_a_service_fails_to_start(tmp_path):

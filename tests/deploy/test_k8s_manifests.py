@@ -659,7 +659,42 @@ def test_each_runner_scales_on_its_own_models_queue_and_in_flight(rendered, over
                 external = metric["external"]["metric"]
                 models_of = selector_models(external.get("selector", {}))
                 read.setdefault(external["name"], set()).update(models_of)
-        assert read == {"depthid_queue_depth": models, "depthid_in_flight": models}, name
+        expected = {"depthid_queue_depth": models, "depthid_in_flight": models}
+        if name in scaled_to_zero(docs):  # woken by the requests waiting for it
+            expected["depthid_waiting_for_runner"] = models
+        assert read == expected, name
+
+
+# The runner Deployment each scale_to_zero_runners name stands for.
+RUNNER_DEPLOYMENTS = {
+    "sd15_depth": "depthid-runner-sd15-depth",
+    "flux_depth": "depthid-runner-flux-depth",
+    "instantid": "depthid-runner-instantid",
+}
+
+
+def scaled_to_zero(docs: list[dict[str, Any]]) -> set[str]:
+    """The runner Deployments the Gateway's settings say may scale to zero."""
+    (gateway,) = [w for w in workloads(docs) if pod_labels(w).get(COMPONENT) == "gateway"]
+    env = environment(pod_spec(gateway)["containers"][0], docs)
+    names = Settings(scale_to_zero_runners=env.get("DEPTHID_SCALE_TO_ZERO_RUNNERS", ""))
+    return {RUNNER_DEPLOYMENTS[name] for name in names.scale_to_zero_runners}
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_a_runner_scales_to_zero_exactly_when_the_gateway_waits_for_it(rendered, overlay):
+    """minReplicaCount 0 only for the runners the Gateway waits for (else a request for one at
+    zero would answer 502 at once and never wake it), and each of those is woken by its own
+    models' waiting requests."""
+    docs = rendered[overlay]
+    at_zero = {
+        d["spec"]["scaleTargetRef"]["name"]
+        for d in docs
+        if d["kind"] == "ScaledObject" and d["spec"].get("minReplicaCount", 1) == 0
+    }
+    assert at_zero == scaled_to_zero(docs)
+    if overlay == "gpu-scale-to-zero":
+        assert at_zero == {"depthid-runner-flux-depth"}
 
 
 def test_the_service_monitor_keeps_exactly_the_route_templates(rendered):

@@ -1,0 +1,165 @@
+"""Time to ready of each runner at `full`, by phase, from a cold disk; the disk's own speed.
+
+    python -m benchmarks.cold_start [--store DIR] [--runner NAME ...] [--no-write]
+
+1. Writes a `full` store laid out as a pull lays it (models/full_store.py, random weights) into
+   DIR (default .models/cold-start): real-size files for what fits a small machine (SD1.5 with
+   its ControlNet, the depth estimator, the safety classifier, the SDXL VAE: `REAL_SIZE`), the
+   `ci` scale for the rest (SDXL, InstantID, Flux and its T5-XXL, which at real size do not fit
+   the host memory of a CPU-only machine).
+2. Measures the disk's cold sequential read speed: the page cache dropped, the largest weight
+   file read once in 16 MB reads.
+3. Starts each runner's `from_store` in a fresh process, the page cache dropped first, with and
+   without the read-ahead (DEPTHID_WEIGHTS_READ_THREADS), and prints its phases
+   (runners/startup.py), the read phase as a fraction of the disk's speed, and the process's
+   peak host memory against the runner's weights as they sit in memory.
+
+Dropping the page cache needs root (`/proc/sys/vm/drop_caches`); without it the reads are warm
+and the lines say so. On the CPU the warm-up runs at DEPTHID_OUTPUT_LONG_SIDE=64 (a GPU runner
+warms up at the contract's size). Timings are this machine's: rerun on the target's disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from models.full_store import write_full_store
+from models.manifest import CHECKPOINTS
+from models.store import runner_models
+from models.weights import weight_files
+from settings import PROJECT_ROOT, RUNNERS, Settings
+
+REAL_SIZE = ("sd15-base", "sd15-controlnet-depth", "depth-estimator", "safety-checker", "sdxl-vae")
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+READ_BYTES = 16 * 1024 * 1024
+
+# Run in a fresh process per runner: loads it, prints its phases, peak memory and weights.
+CHILD = """
+import gc, json, resource, sys, torch
+from prometheus_client import REGISTRY
+from settings import get_settings
+runner = sys.argv[1]
+module, cls = {
+    "sd15_depth": ("runners.sd15_pipeline", "SD15DepthPipelines"),
+    "flux_depth": ("runners.flux_pipeline", "FluxDepthPipeline"),
+    "instantid": ("runners.instantid_pipeline", "InstantIDPipelines"),
+}[runner]
+loaded = getattr(__import__(module, fromlist=[cls]), cls).from_store(get_settings())
+phases = {
+    s.labels["phase"]: s.value
+    for family in REGISTRY.collect() if family.name == "depthid_runner_start_seconds"
+    for s in family.samples
+}
+seen, held = set(), 0
+for obj in gc.get_objects():
+    if isinstance(obj, torch.nn.Module):
+        for tensor in [*obj.parameters(recurse=False), *obj.buffers(recurse=False)]:
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                held += tensor.numel() * tensor.element_size()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("RESULT " + json.dumps({"phases": phases, "peak": peak, "weights_in_memory": held}))
+"""
+
+
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only); False where it is not permitted."""
+    try:
+        os.sync()
+        DROP_CACHES.write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def cold_read_speed(path: Path) -> tuple[float, bool]:
+    """Bytes per second of one sequential read of `path` from a dropped cache, and whether the
+    cache could be dropped."""
+    cold = drop_page_cache()
+    buffer = bytearray(READ_BYTES)
+    started = time.perf_counter()
+    with path.open("rb", buffering=0) as file:
+        while file.readinto(buffer):
+            pass
+    return path.stat().st_size / (time.perf_counter() - started), cold
+
+
+def load_runner(runner: str, store: Path, read_threads: int) -> dict:
+    """One runner's from_store in a fresh process, from a dropped cache."""
+    cold = drop_page_cache()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "DEPTHID_PROFILE": "full",
+        "DEPTHID_MODEL_STORE": str(store),
+        "DEPTHID_DEVICE": "cpu",
+        "DEPTHID_OUTPUT_LONG_SIDE": "64",
+        "DEPTHID_WARMUP": "on",
+        "DEPTHID_WEIGHTS_READ_THREADS": str(read_threads),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, runner],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{runner} failed to load:\n{done.stderr[-3000:]}")
+    return {**json.loads(lines[-1].removeprefix("RESULT ")), "cold": cold}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cold_start", description=__doc__)
+    parser.add_argument("--store", type=Path, default=PROJECT_ROOT / ".models" / "cold-start")
+    parser.add_argument("--runner", action="append", choices=RUNNERS, help="repeatable")
+    parser.add_argument("--no-write", action="store_true", help="use the store as it is")
+    parser.add_argument("--threads", type=int, default=4, help="read-ahead threads")
+    args = parser.parse_args(argv)
+    runners = args.runner or list(RUNNERS)
+
+    if not args.no_write:
+        write_full_store(args.store, "real", names=REAL_SIZE)
+        others = [name for name in CHECKPOINTS if name not in REAL_SIZE]
+        write_full_store(args.store, "ci", names=others)
+    settings = Settings(profile="full", model_store=args.store)
+
+    largest = weight_files([settings.profile_store()])[0]
+    disk, cold = cold_read_speed(largest)
+    print(
+        f"disk: {disk / 1e9:.2f} GB/s sequential ({'cold' if cold else 'WARM: cache not dropped'}"
+        f", {largest.stat().st_size / 1e9:.2f} GB, {largest.relative_to(args.store)})"
+    )
+    for runner in runners:
+        files = weight_files(settings.profile_store() / n for n in runner_models(settings, runner))
+        on_disk = sum(path.stat().st_size for path in files)
+        for threads in (args.threads, 0):
+            result = load_runner(runner, args.store, threads)
+            phases = result["phases"]
+            read_s = phases["read"] if threads else phases["build"]
+            what = "read phase" if threads else "build (reads as it loads)"
+            fraction = on_disk / read_s / disk if read_s else 0.0
+            print(
+                f"{runner} ({on_disk / 1e9:.2f} GB on disk, read-ahead {threads or 'off'}"
+                f"{'' if result['cold'] else ', WARM'}): ready in {phases['total']:.1f} s = "
+                + ", ".join(f"{p} {phases[p]:.1f}" for p in phases if p != "total")
+            )
+            print(
+                f"  {what}: {on_disk / read_s / 1e9:.2f} GB/s = {fraction:.0%} of the disk; "
+                f"peak host memory {result['peak'] / 1e9:.2f} GB = "
+                f"{result['peak'] / result['weights_in_memory']:.2f}x the weights in memory "
+                f"({result['weights_in_memory'] / 1e9:.2f} GB)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
