@@ -72,6 +72,12 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         '"v2 job stores").',
     ),
     (
+        "Webhooks",
+        "webhook_secret",
+        'A v2 submit\'s `webhook` (docs/api.md, "Webhooks"): signed deliveries, retried with '
+        "backoff for a bounded time, apart from the job workers.",
+    ),
+    (
         "API keys, credits and per-key limits",
         "api_keys_file",
         "docs/api-keys.md. Per-key defaults are overridable per key in the keys file.",
@@ -301,6 +307,19 @@ class Settings(BaseSettings):
         description="v2 jobs one Gateway process runs at once: at least the runners' max batch "
         "size (8), so v2 jobs can fill a batch.",
     )
+    job_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="A v2 job taken this many times without ending (its runner or Gateway "
+        "died while running it, each time) ends `FAILED` instead of being taken again.",
+    )
+    job_result_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A finished job whose outcome cannot be written (Redis unreachable past "
+        "`redis_retry_s`) keeps it and tries again this long, rather than dropping it and "
+        "generating the job again.",
+    )
     job_visibility_timeout_s: float = Field(
         default=30.0,
         gt=0,
@@ -316,10 +335,48 @@ class Settings(BaseSettings):
         description="On shutdown, how long jobs in hand may finish before they are handed back "
         "to the queue.",
     )
+    idempotency_retention_s: float = Field(
+        default=3600.0,
+        ge=1,
+        description="How long a generation request's `Idempotency-Key` is remembered: the "
+        "same key and body within it answer as the first did, charged once.",
+    )
     public_base_url: str | None = Field(
         default=None,
         description="Prefix of the `status_url`, `response_url` and output links v2 answers "
         "with (behind a proxy or load balancer); unset: the request's own.",
+    )
+
+    # --- Webhooks -------------------------------------------------------------------------
+    webhook_secret: str | None = Field(
+        default=None,
+        description="The Standard Webhooks signing secret (`whsec_` and base64) of webhooks "
+        "while API keys are off; with keys, each key's own `webhook_secret` signs (the keys "
+        "CLI makes one). Unset with keys off: a submit naming a `webhook` answers 400.",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="One delivery attempt (every redirect included) may take this long; "
+        "past it, it failed and is retried.",
+    )
+    webhook_backoff_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wait before the first retry of a failed delivery; each next retry waits "
+        "twice as long, up to 10 minutes.",
+    )
+    webhook_retry_for_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="A delivery still failing this long after its first attempt is given up "
+        "(its job's status says so). Bounded by `job_retention_s` too: the job goes then.",
+    )
+    webhook_workers: int = Field(
+        default=4,
+        ge=1,
+        description="Deliveries one Gateway process makes at once, apart from its job workers "
+        "(a slow receiver never holds a generation).",
     )
 
     # --- API keys, credits and per-key limits ---------------------------------------------

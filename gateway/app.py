@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bentoml._internal import server as bentoml_server
@@ -29,6 +32,7 @@ from gateway.http.errors import ApiError, validation_to_api_error
 from gateway.http.middleware import RequestContextMiddleware
 from gateway.http.openapi import install as install_openapi
 from gateway.http.openapi import profile_description
+from gateway.idempotency import Idempotency, make_idempotency_store
 from gateway.jobs import routes as v2
 from gateway.jobs.redis_store import RedisJobStore
 from gateway.jobs.store import JobStore, MemoryJobStore
@@ -39,6 +43,7 @@ from gateway.schemas.registry import MODEL_SPECS
 from gateway.tenancy.api_keys import describe_keys, load_key_ring
 from gateway.tenancy.credits import Credits, make_ledger
 from gateway.tenancy.rate_limits import RateLimits, make_limit_store
+from gateway.webhooks import WebhookDeliverer
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,16 +82,42 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_finished=functools.partial(v2.on_job_finished, app.state),
     )
     worker.start()
+    # SIGTERM stops the taking of jobs at once and starts the grace, not only once the server
+    # has drained its connections (which can take as long as a v1 generation).
+    _on_stop_signal(worker.begin_stop)
+    # Apart from the job workers: a slow or dead receiver never holds a generation.
+    deliverer = WebhookDeliverer(app.state.job_store, settings, lambda: app.state.api_keys)
+    deliverer.start()
     keys = None if app.state.api_keys is None else len(app.state.api_keys)
     banner = asyncio.create_task(announce_when_ready(lambda: app.state.runners, settings, keys))
     try:
         yield
     finally:
         banner.cancel()
+        await deliverer.stop()
         await worker.stop(settings.shutdown_grace_s)
         await app.state.job_store.close()
         await app.state.credits.close()
         await app.state.rate_limits.close()
+        await app.state.idempotency.store.close()
+
+
+def _on_stop_signal(callback: Callable[[], None]) -> None:
+    """Call `callback` on the event loop when the process gets SIGTERM or SIGINT, then let the
+    server's own handler (uvicorn's, installed before the app starts) do what it does."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only (an app in a test client's thread)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue  # the default or ignored: no server of ours is running the app
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(callback)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = None) -> FastAPI:
@@ -105,6 +136,7 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
     app.state.api_keys = load_key_ring(settings)  # None: keys off
     app.state.credits = Credits(make_ledger(settings))
     app.state.rate_limits = RateLimits(make_limit_store(settings), settings)
+    app.state.idempotency = Idempotency(make_idempotency_store(settings), settings)
     app.include_router(v1.router)
     app.include_router(v2.router)
     _add_error_handlers(app)

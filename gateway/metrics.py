@@ -14,6 +14,10 @@ Metric names (all prefixed `depthid_`):
 - depthid_batch_size{model}                        histogram samples per runner call
 - depthid_credits_refused_total{model}             counter   406 answers
 - depthid_rate_limited_total{reason}               counter   429 answers (rate|concurrency|queue)
+- depthid_jobs_given_up_total{model}               counter   v2 jobs FAILED after
+  DEPTHID_JOB_MAX_ATTEMPTS takes without ending
+- depthid_webhook_deliveries_total{outcome}        counter   webhook delivery attempts:
+  delivered, retrying (failed, tried again later), given_up (failed for good)
 Recorded by the runners' schedulers (runners/scheduler.py), in the runner processes:
 - depthid_runner_queue_depth{runner}               gauge     samples waiting in the runner's queue
 - depthid_runner_queue_wait_seconds{runner}        histogram a sample's wait in that queue
@@ -153,6 +157,18 @@ METRICS: dict[str, MetricSpec] = {
         # One value per runner process; the slowest live one is the runner's.
         (("multiprocess_mode", "livemax"),),
     ),
+    "depthid_jobs_given_up": MetricSpec(
+        "Counter",
+        "v2 jobs ended FAILED because they were taken DEPTHID_JOB_MAX_ATTEMPTS times without "
+        "ending (their runner or Gateway died each time)",
+        ("model",),
+    ),
+    "depthid_webhook_deliveries": MetricSpec(
+        "Counter",
+        "Webhook delivery attempts by outcome: delivered, retrying (failed; tried again after "
+        "a backoff) or given_up (failed for good: out of time, or a refused address)",
+        ("outcome",),
+    ),
 }
 
 
@@ -160,6 +176,7 @@ METRICS: dict[str, MetricSpec] = {
 # and route starts with are those the error ratio reads (success and server error).
 RATE_LIMIT_REASONS = ("rate", "concurrency", "queue")
 ABANDONED_STAGES = ("queued", "running")
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "given_up")
 GENERATION_ROUTES = ("v1", "v2")
 INITIAL_CODES = ("200", "500")
 
@@ -205,10 +222,13 @@ def expose_known_series(models: list[str]) -> None:
             "depthid_batch_size",
             "depthid_credits_refused",
             "depthid_waiting_for_runner",
+            "depthid_jobs_given_up",
         ):
             _metric(name).labels(model=model)
     for reason in RATE_LIMIT_REASONS:
         _metric("depthid_rate_limited").labels(reason=reason)
+    for outcome in WEBHOOK_OUTCOMES:
+        _metric("depthid_webhook_deliveries").labels(outcome=outcome)
 
 
 def observe_request(model: str, route: str, code: int, seconds: float) -> None:
@@ -250,6 +270,16 @@ def count_credits_refused(model: str) -> None:
 def count_rate_limited(reason: str) -> None:
     """A request refused with 429: reason is "rate", "concurrency" or "queue"."""
     _metric("depthid_rate_limited").labels(reason=reason).inc()
+
+
+def count_job_given_up(model: str) -> None:
+    """A v2 job ended FAILED after DEPTHID_JOB_MAX_ATTEMPTS takes without ending."""
+    _metric("depthid_jobs_given_up").labels(model=model).inc()
+
+
+def count_webhook_delivery(outcome: str) -> None:
+    """One webhook delivery attempt: "delivered", "retrying" or "given_up"."""
+    _metric("depthid_webhook_deliveries").labels(outcome=outcome).inc()
 
 
 def set_runner_queue_depth(runner: str, samples: int) -> None:

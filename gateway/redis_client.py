@@ -15,7 +15,9 @@ Every caller's scripts are written to tolerate that where it matters (a job fini
 credit spend retried this way is the one window left, and it needs a kill at that instant.
 
 Past the retry budget the error reaches the route, which answers 503 with `Retry-After`
-(gateway/app.py).
+(gateway/app.py), and Redis is *known to be down* (`Outage`): from then on every command of every
+client of that URL in this process is tried once, not retried, so each request answers 503 at
+once instead of waiting out the retries again; the first command that succeeds ends it.
 """
 
 from __future__ import annotations
@@ -54,19 +56,86 @@ def retries_for(budget_s: float) -> int:
     return retries
 
 
+class Outage:
+    """Whether the Redis of one URL is known to be down in this process: a command ran out of
+    retries, and none has succeeded since. Shared by every client and connection of the URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.known = False
+
+    def __deepcopy__(self, memo: dict) -> Outage:
+        return self  # redis-py deep-copies a retry into each connection: keep this one shared
+
+    def begin(self, error: Exception) -> None:
+        if not self.known:
+            logger.warning(
+                "Redis unreachable past its retries (%s): requests answer 503 at once until a "
+                "command succeeds",
+                error,
+            )
+        self.known = True
+
+    def end(self) -> None:
+        if self.known:
+            logger.info("Redis reachable again")
+        self.known = False
+
+
+_outages: dict[str, Outage] = {}
+
+
+def outage_of(url: str) -> Outage:
+    return _outages.setdefault(url, Outage(url))
+
+
+class OutageAwareRetry(Retry):
+    """redis-py's retry, except while the Redis is known to be down: then one try, so a request
+    answers at once. A command that runs out of retries starts the outage; one that succeeds
+    ends it."""
+
+    def __init__(self, outage: Outage, retries: int) -> None:
+        super().__init__(
+            ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
+            retries,
+            supported_errors=RETRIED_ERRORS,
+        )
+        self.outage = outage
+
+    async def call_with_retry(  # type: ignore[override]
+        self,
+        do: Callable[[], Awaitable[object]],
+        fail: Callable[..., Awaitable[object]],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> object:
+        if self.outage.known:
+            try:
+                result = await do()
+            except self._supported_errors as error:
+                await (fail(error, 1) if with_failure_count else fail(error))
+                raise
+        else:
+            try:
+                result = await super().call_with_retry(
+                    do, fail, is_retryable=is_retryable, with_failure_count=with_failure_count
+                )
+            except self._supported_errors as error:
+                self.outage.begin(error)
+                raise
+        self.outage.end()
+        return result
+
+
 def connect(url: str, retry_s: float = DEFAULT_REDIS_RETRY_S) -> redis.Redis:
     """A client for `url` whose commands ride out a Redis restart of up to `retry_s` seconds
-    (the `DEPTHID_REDIS_RETRY_S` setting)."""
+    (the `DEPTHID_REDIS_RETRY_S` setting), and answer at once while it is known to be down."""
     return redis.Redis.from_url(
         url,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        retry=Retry(
-            ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
-            retries_for(retry_s),
-            supported_errors=RETRIED_ERRORS,
-        ),
+        retry=OutageAwareRetry(outage_of(url), retries_for(retry_s)),
         retry_on_error=list(RETRIED_ERRORS),
     )
 

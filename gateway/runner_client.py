@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import httpx
 from bentoml.exceptions import BentoMLException
 
 from gateway import metrics
@@ -167,9 +168,14 @@ class RunnerClient:
             raise ApiError(
                 504, f"generation exceeded its deadline of {self.deadline_s:g} seconds"
             ) from exc
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            # Transport failures only: BentoML turns the runner's HTTP answers into
-            # BentoMLException, handled below.
+        except (
+            aiohttp.ClientError,
+            httpx.NetworkError,
+            httpx.RemoteProtocolError,
+            ConnectionError,
+        ) as exc:
+            # Transport failures only (aiohttp to a local runner, httpx to one by URL): BentoML
+            # turns the runner's HTTP answers into BentoMLException, handled below.
             raise _Unreachable from exc
         except BentoMLException as exc:
             status = int(getattr(exc, "error_code", 500))
@@ -180,6 +186,11 @@ class RunnerClient:
                 raise ApiError(504, "generation exceeded the runner's deadline") from exc
             logger.error("runner %s failed (%s): %s", self.name, status, exc)
             raise ApiError(500, "internal error while generating") from exc
+
+    async def settle_cancels(self) -> None:
+        """Wait for the cancels sent so far (each bounded by READY_PROBE_TIMEOUT_S): a process
+        that stops must not end before they are delivered."""
+        await asyncio.gather(*self._cancelling, return_exceptions=True)
 
     def _cancel_in_runner(self, token: str) -> None:
         """Tell the runner nobody waits for `token`'s jobs, without waiting for its answer."""

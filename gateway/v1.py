@@ -32,6 +32,7 @@ FluxAdmitted = admitted_to(flux_depth.MODEL)
 
 DISCONNECT_POLL_S = 0.25  # how often a generation checks that its caller is still there
 CLIENT_GONE = 499  # the caller closed the connection (nginx's code; nobody reads the answer)
+IDEMPOTENT_PENDING_MARGIN_S = 60.0  # beyond the generation deadline: image fetches, the queue
 T = TypeVar("T")
 
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -54,7 +55,27 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant) -> Response:
     """The caller is admitted (key, model, request rate: gateway/tenancy/admission.py) and
-    `body` valid; now a concurrency slot, the images decoded into a job, the credits, the runner."""
+    `body` valid; with an `Idempotency-Key` the first answer may be sent again instead
+    (gateway/idempotency.py); else on to `_generate`."""
+    state = request.app.state
+    # A claim outlives its request only when its Gateway dies: then it expires after this.
+    pending_ttl_s = state.settings.generation_timeout_s + IDEMPOTENT_PENDING_MARGIN_S
+    claim = await state.idempotency.begin(request, tenant, pending_ttl_s=pending_ttl_s)
+    if isinstance(claim, Response):
+        return claim
+    try:
+        response = await _generate(request, model, body, tenant)
+    except BaseException:
+        if claim is not None:
+            await asyncio.shield(claim.release())
+        raise
+    if claim is not None:
+        await claim.finish(response)
+    return response
+
+
+async def _generate(request: Request, model: str, body: BaseModel, tenant: Tenant) -> Response:
+    """A concurrency slot, the images decoded into a job, the credits, the runner."""
     spec = MODEL_SPECS[model]
     state = request.app.state
     async with state.rate_limits.in_flight(tenant):  # 429: too many jobs at once

@@ -72,7 +72,10 @@ V1_BASE64_SCHEMA: dict[str, Any] = {
         "metrics": _METRICS,
     },
 }
-_STATUS = {"type": "string", "enum": ["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]}
+_STATUS = {
+    "type": "string",
+    "enum": ["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"],
+}
 V2_STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["request_id", "status"],
@@ -135,11 +138,25 @@ _FAILED_422 = {
 }
 V2_SUBMIT_OK = {"description": "Queued.", "content": _json(V2_SUBMITTED_SCHEMA)}
 V2_STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "QUEUED, PROCESSING or COMPLETED.", "content": _json(V2_STATUS_SCHEMA)},
+    200: {
+        "description": "QUEUED, PROCESSING, COMPLETED or CANCELLED.",
+        "content": _json(V2_STATUS_SCHEMA),
+    },
     422: _FAILED_422,
 }
+V2_CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Cancelled: the status body, status CANCELLED; the credits are given back.",
+        "content": _json(V2_STATUS_SCHEMA),
+    },
+    404: {"description": "Unknown or expired request id, or another API key's."},
+    409: {"description": "The request has already ended (COMPLETED, FAILED or CANCELLED)."},
+}
 V2_RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The final body.", "content": _json(V2_RESULT_SCHEMA)},
+    200: {
+        "description": "The final body (a CANCELLED job's: its status body).",
+        "content": _json({"anyOf": [V2_RESULT_SCHEMA, V2_STATUS_SCHEMA]}),
+    },
     202: {"description": "Not done yet: the status body.", "content": _json(V2_STATUS_SCHEMA)},
     422: _FAILED_422,
 }

@@ -7,6 +7,9 @@ Keys (all under `depthid:`):
                  with its images, megabytes) in a field of their own, deleted when it finishes
   lease:<id>     the owning worker's id, expiring after the visibility timeout unless renewed
   img:<id>:<t>:<n>  image n of the attempt `t` that completed the job
+  webhooks       sorted set of due webhook deliveries, "<id>|<event>" -> due time (epoch s);
+                 a taken one is leased by pushing its time past the lease
+  webhook-attempts:<id>  list of the job's delivery attempts (JSON), expiring with the job
 
 The scripts touch keys derived from the job id, so this targets a single Redis (or a cluster
 with every key in one hash slot), not a sharded cluster.
@@ -22,13 +25,38 @@ import asyncio
 import json
 import time
 
-from gateway.jobs.store import JobRecord, QueueFull
+from gateway.jobs.store import (
+    MAX_WEBHOOK_ATTEMPTS_KEPT,
+    WEBHOOK_EVENTS,
+    JobRecord,
+    QueueFull,
+    Status,
+    delivery_member,
+)
 from gateway.redis_client import connect
 from settings import DEFAULT_REDIS_RETRY_S
 
 PREFIX = "depthid:"
 QUEUE = PREFIX + "queue"
 PROCESSING = PREFIX + "processing"
+
+WEBHOOKS = PREFIX + "webhooks"
+
+# Schedules the delivery of a terminal event (the status, lower case) in the same script as the
+# terminal write, when the job asked for it: a Gateway that dies right after the write leaves
+# the delivery due, for any replica to make.
+_SCHEDULE_WEBHOOK = """
+local function schedule_webhook(job_key, webhooks, id, event, now)
+  local record = cjson.decode(redis.call('HGET', job_key, 'record'))
+  if type(record['webhook']) ~= 'string' then return end
+  for _, wanted in ipairs(record['webhook_events']) do
+    if wanted == event then
+      redis.call('ZADD', webhooks, now, id .. '|' .. event)
+      redis.call('HSET', job_key, 'webhook:' .. event, 'pending')
+    end
+  end
+end
+"""
 
 # Atomic bound check + enqueue.
 _SUBMIT = """
@@ -45,30 +73,44 @@ _TAKE = """
 local id = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
 if not id then return false end
 local status = redis.call('HGET', ARGV[4] .. id, 'status')
-if (not status) or status == 'COMPLETED' or status == 'FAILED' then
-  -- Finished (by a worker presumed dead) or expired meanwhile: never run it again.
+if (not status) or status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELLED' then
+  -- Finished (by a worker presumed dead), cancelled or expired meanwhile: never run it again.
   redis.call('LREM', KEYS[2], 0, id)
   return 'skip'
 end
 redis.call('SET', ARGV[3] .. id, ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', ARGV[4] .. id, 'status', 'PROCESSING', 'started_at', ARGV[5])
-redis.call('HINCRBY', ARGV[4] .. id, 'attempts', 1)
-return id
+local attempts = redis.call('HINCRBY', ARGV[4] .. id, 'attempts', 1)
+-- Everything the worker needs, in the same answer: a second read could fail (Redis gone right
+-- after the take) and leave the job taken by nobody until its lease lapsed, one attempt spent.
+local fields = redis.call('HMGET', ARGV[4] .. id, 'record', 'payload')
+return {id, fields[1], fields[2] or '', attempts}
 """
 
 # Renew only one's own lease.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if owner then return 0 end
+-- The lease lapsed under a live worker (Redis was unreachable longer than the visibility
+-- timeout): take it back while the job is still taken, i.e. not requeued or finished meanwhile.
+if redis.call('HGET', KEYS[2], 'status') == 'PROCESSING'
+   and redis.call('LPOS', KEYS[3], ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
 
 # Write the terminal state once: a job already COMPLETED or FAILED is left as it is. A finished
 # job keeps only its result: its inputs go.
-_FINISH = """
+_FINISH = (
+    _SCHEDULE_WEBHOOK
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if (not status) or status == 'COMPLETED' or status == 'FAILED' then return 0 end
+if (not status) or status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELLED' then
+  return 0
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4],
            'n_images', ARGV[6], 'images_token', ARGV[7], 'error', ARGV[8])
 redis.call('HDEL', KEYS[1], 'payload')
@@ -76,6 +118,62 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LREM', KEYS[4], 0, ARGV[1])  -- requeued meanwhile: it must not run again
 redis.call('DEL', KEYS[3])
+schedule_webhook(KEYS[1], KEYS[5], ARGV[1], string.lower(ARGV[2]), ARGV[4])
+return 1
+"""
+)
+
+# Cancel a job not yet terminal: the terminal write of _FINISH (once), answering the status
+# the job had before ('' when unknown); a terminal job answers its status, untouched.
+_CANCEL = (
+    _SCHEDULE_WEBHOOK
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, ''} end
+if status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELLED' then
+  return {0, status}
+end
+redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'result', ARGV[2], 'finished_at', ARGV[3],
+           'n_images', 0, 'error', '')
+redis.call('HDEL', KEYS[1], 'payload')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('LREM', KEYS[4], 0, ARGV[1])
+redis.call('DEL', KEYS[3])
+schedule_webhook(KEYS[1], KEYS[5], ARGV[1], 'cancelled', ARGV[3])
+return {1, status}
+"""
+)
+
+# Take the most overdue delivery and lease it: its due time moves past the lease.
+_TAKE_DELIVERY = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if #due == 0 then return false end
+redis.call('ZADD', KEYS[1], ARGV[2], due[1])
+return due[1]
+"""
+
+# Schedule a delivery (ARGV: member, due, event) of a job that still exists.
+_ENQUEUE_DELIVERY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'webhook:' .. ARGV[3], 'pending')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+# Record an attempt (ARGV: member, event, attempt JSON, state, retry at or '', kept, ttl s):
+# on the job while it exists; the delivery due again at `retry at`, else done with.
+_RECORD_DELIVERY = """
+if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'webhook:' .. ARGV[2], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
 return 1
 """
 
@@ -124,14 +222,27 @@ return flat
 # status polls, and deleted when the job finishes.
 _STATIC_FIELDS = (
     "id", "model", "as_base64", "media_type", "base_url", "submitted_at", "owner",
-    "credits_charged",
+    "credits_charged", "webhook", "webhook_events",
 )  # fmt: skip
 
 
 # Every field of the job hash but the payload: what a status or result poll reads.
 _STATE_FIELDS = (
     "record", "status", "attempts", "started_at", "finished_at", "error", "result", "n_images",
+    *(f"webhook:{event}" for event in WEBHOOK_EVENTS),
 )  # fmt: skip
+
+
+def _taken_record(taken: list, started_at: float) -> JobRecord:
+    """The JobRecord of what _TAKE answers: [id, record JSON, payload, attempts]."""
+    _, static, payload, attempts = taken
+    fields = json.loads(static)
+    fields.pop("payload", None)  # a job submitted before inputs had their own field
+    record = JobRecord(**fields, payload=payload.decode() or json.loads(static).get("payload", ""))
+    record.status = "PROCESSING"
+    record.started_at = started_at
+    record.attempts = int(attempts)
+    return record
 
 
 def _job_key(job_id: str) -> str:
@@ -140,6 +251,10 @@ def _job_key(job_id: str) -> str:
 
 def _lease_key(job_id: str) -> str:
     return f"{PREFIX}lease:{job_id}"
+
+
+def _webhook_attempts_key(job_id: str) -> str:
+    return f"{PREFIX}webhook-attempts:{job_id}"
 
 
 def _image_key(job_id: str, token: str, index: int) -> str:
@@ -166,6 +281,10 @@ class RedisJobStore:
         self._renew = self.client.register_script(_RENEW)
         self._finish = self.client.register_script(_FINISH)
         self._release = self.client.register_script(_RELEASE)
+        self._cancel = self.client.register_script(_CANCEL)
+        self._take_delivery = self.client.register_script(_TAKE_DELIVERY)
+        self._enqueue_delivery = self.client.register_script(_ENQUEUE_DELIVERY)
+        self._record_delivery = self.client.register_script(_RECORD_DELIVERY)
         self._requeue = self.client.register_script(_REQUEUE)
         self._depth_by_model = self.client.register_script(_DEPTH_BY_MODEL)
 
@@ -179,36 +298,28 @@ class RedisJobStore:
     async def take(self, worker_id: str, timeout_s: float) -> JobRecord | None:
         deadline = time.monotonic() + timeout_s
         while True:
-            job_id = await self._take(
+            started_at = time.time()
+            taken = await self._take(
                 keys=[QUEUE, PROCESSING],
                 args=[
                     worker_id,
                     self.visibility_ms,
                     PREFIX + "lease:",
                     PREFIX + "job:",
-                    time.time(),
+                    started_at,
                 ],
             )
-            if job_id == b"skip":
+            if taken == b"skip":
                 continue
-            if job_id:
-                return await self._with_payload(await self.get(job_id.decode()))
+            if taken:
+                return _taken_record(taken, started_at)
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(self.poll_s)
 
-    async def _with_payload(self, record: JobRecord | None) -> JobRecord | None:
-        """`record` with its inputs, for the worker that took it."""
-        if record is not None:
-            payload = await self.client.hget(_job_key(record.id), "payload")
-            if payload is not None:
-                record.payload = payload.decode()
-        return record
-
     async def renew(self, job_id: str, worker_id: str) -> bool:
-        return bool(
-            await self._renew(keys=[_lease_key(job_id)], args=[worker_id, self.visibility_ms])
-        )
+        keys = [_lease_key(job_id), _job_key(job_id), PROCESSING]
+        return bool(await self._renew(keys=keys, args=[worker_id, self.visibility_ms, job_id]))
 
     async def complete(
         self, job_id: str, worker_id: str, images: list[bytes], result: dict
@@ -227,12 +338,24 @@ class RedisJobStore:
     async def _finish_job(
         self, job_id: str, status: str, result: dict, n_images: int, token: str, error: str
     ) -> bool:
-        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE]
+        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE, WEBHOOKS]
         args = [
             job_id, status, json.dumps(result), time.time(), self.retention_s, n_images, token,
             error,
         ]  # fmt: skip
         return bool(await self._finish(keys=keys, args=args))
+
+    async def cancel(self, job_id: str) -> tuple[bool, Status | None]:
+        keys = [_job_key(job_id), PROCESSING, _lease_key(job_id), QUEUE, WEBHOOKS]
+        body = json.dumps({"request_id": job_id, "status": "CANCELLED"})
+        done, status = await self._cancel(
+            keys=keys, args=[job_id, body, time.time(), self.retention_s]
+        )
+        return bool(done), (status.decode() or None)  # type: ignore[return-value]
+
+    async def status(self, job_id: str) -> Status | None:
+        status = await self.client.hget(_job_key(job_id), "status")
+        return status.decode() if status else None  # type: ignore[return-value]
 
     async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
         keys = [_lease_key(job_id), PROCESSING, QUEUE, _job_key(job_id)]
@@ -264,7 +387,39 @@ class RedisJobStore:
         record.error = value.get("error") or None
         record.result = json.loads(value["result"]) if "result" in value else None
         record.n_images = int(value.get("n_images", 0))
+        record.webhook_deliveries = {
+            event: value[f"webhook:{event}"]
+            for event in WEBHOOK_EVENTS
+            if f"webhook:{event}" in value
+        }
+        if record.webhook:
+            attempts = await self.client.lrange(_webhook_attempts_key(job_id), 0, -1)
+            record.webhook_attempts = [json.loads(attempt) for attempt in attempts]
         return record
+
+    async def enqueue_delivery(self, job_id: str, event: str) -> None:
+        member = delivery_member(job_id, event)
+        await self._enqueue_delivery(
+            keys=[_job_key(job_id), WEBHOOKS], args=[member, time.time(), event]
+        )
+
+    async def take_delivery(self, lease_s: float) -> tuple[str, str] | None:
+        now = time.time()
+        member = await self._take_delivery(keys=[WEBHOOKS], args=[now, now + lease_s])
+        if not member:
+            return None
+        job_id, event = member.decode().split("|")
+        return job_id, event
+
+    async def record_delivery(
+        self, job_id: str, event: str, attempt: dict, state: str, retry_at: float | None
+    ) -> None:
+        keys = [_job_key(job_id), WEBHOOKS, _webhook_attempts_key(job_id)]
+        args = [
+            delivery_member(job_id, event), event, json.dumps(attempt), state,
+            "" if retry_at is None else retry_at, MAX_WEBHOOK_ATTEMPTS_KEPT, self.retention_s,
+        ]  # fmt: skip
+        await self._record_delivery(keys=keys, args=args)
 
     async def get_image(self, job_id: str, index: int) -> bytes | None:
         fields = await self.client.hmget(_job_key(job_id), ["status", "images_token", "n_images"])

@@ -14,8 +14,10 @@ from fastapi.datastructures import State
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from gateway import webhooks
 from gateway.http.errors import ApiError, validation_to_api_error
 from gateway.http.openapi import (
+    V2_CANCEL_RESPONSES,
     V2_MODEL,
     V2_OUTPUT_RESPONSES,
     V2_RESULT_RESPONSES,
@@ -23,7 +25,7 @@ from gateway.http.openapi import (
     V2_SUBMIT_BODY,
     V2_SUBMIT_OK,
 )
-from gateway.jobs.store import JobRecord, JobStore, QueueFull, Status
+from gateway.jobs.store import TERMINAL, JobRecord, JobStore, QueueFull, Status
 from gateway.responses import v2_result_headers
 from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
 from gateway.schemas.registry import MODEL_SPECS, ModelSpec
@@ -32,6 +34,10 @@ from gateway.tenancy.api_keys import Authenticated, Tenant
 from gateway.tenancy.rate_limits import too_many
 
 router = APIRouter(prefix="/v2", tags=["v2 (asynchronous)"])
+# A submit's Idempotency-Key claim expires this long after a Gateway died submitting; a second
+# submit with the key waits for the first's answer up to the image fetch timeout and this.
+IDEMPOTENT_PENDING_TTL_S = 120.0
+IDEMPOTENT_WAIT_MARGIN_S = 5.0
 
 
 def _store(request: Request) -> JobStore:
@@ -46,7 +52,7 @@ def _spec(request: Request, model: str) -> ModelSpec:
     return spec
 
 
-async def _parse(request: Request, schema: type[BaseModel]) -> BaseModel:
+async def _parse(request: Request, schema: type[BaseModel]) -> tuple[dict, BaseModel]:
     raw = await request.body()
     if not raw:
         raise ApiError(400, "a JSON object body is required")
@@ -55,7 +61,7 @@ async def _parse(request: Request, schema: type[BaseModel]) -> BaseModel:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"malformed JSON body: {exc}") from exc
     try:
-        return schema.model_validate(data)
+        return data, schema.model_validate(data)
     except ValidationError as exc:
         raise validation_to_api_error(exc.errors()) from exc
 
@@ -82,10 +88,11 @@ async def _enqueue(request: Request, record: JobRecord) -> None:
 
 
 async def on_job_finished(state: State, record: JobRecord, status: Status) -> None:
-    """The worker calls this once per job, when its write made the job terminal: the job's
-    concurrency slot is freed, and a FAILED job's credits are given back."""
+    """Called once per job, by whoever's write made the job terminal (the worker, or the cancel
+    route): the job's concurrency slot is freed, and a FAILED or CANCELLED job's credits are
+    given back."""
     await state.rate_limits.release_job(record.owner, record.id)
-    if status == "FAILED":
+    if status in ("FAILED", "CANCELLED"):
         await state.credits.refund(record.owner, record.credits_charged)
 
 
@@ -93,6 +100,8 @@ def _status_body(record: JobRecord) -> dict:
     body = {"request_id": record.id, "status": record.status}
     if record.status == "FAILED":
         body["error"] = record.error or "generation failed"
+    if record.webhook:
+        body["webhook"] = webhooks.status_details(record)
     return body
 
 
@@ -113,10 +122,36 @@ def _status_body(record: JobRecord) -> dict:
     },
     openapi_extra=V2_SUBMIT_BODY,
 )
-async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> JSONResponse:
+async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> Response:
     spec = _spec(request, model)
-    body = await _parse(request, spec.request)
+    data, body = await _parse(request, spec.request)
     state = request.app.state
+    # With an Idempotency-Key, the first submit's answer again (the same request id); a second
+    # submit racing the first waits a moment for it (gateway/idempotency.py).
+    claim = await state.idempotency.begin(
+        request,
+        tenant,
+        pending_ttl_s=IDEMPOTENT_PENDING_TTL_S,
+        wait_s=state.settings.url_fetch_timeout_s + IDEMPOTENT_WAIT_MARGIN_S,
+    )
+    if isinstance(claim, Response):
+        return claim
+    try:
+        response = await _submit(request, spec, model, data, body, tenant)
+    except BaseException:
+        if claim is not None:
+            await asyncio.shield(claim.release())
+        raise
+    if claim is not None:
+        await claim.finish(response)
+    return response
+
+
+async def _submit(
+    request: Request, spec: ModelSpec, model: str, data: dict, body: BaseModel, tenant: Tenant
+) -> JSONResponse:
+    state = request.app.state
+    webhook, webhook_events = await webhooks.webhook_of(data, tenant, state.settings)  # 400
     job_id = uuid.uuid4().hex
     base_url = _base_url(request)
     # The job keeps its slot and its charge until it finishes (on_job_finished); whatever fails
@@ -133,6 +168,8 @@ async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> JSONRes
             base_url=base_url,
             submitted_at=time.time(),
             owner=tenant.name,
+            webhook=webhook,
+            webhook_events=webhook_events,
         )
         async with state.credits.charge(tenant, model, spec.credit_cost(body)) as charge:  # 406
             record.credits_charged = charge.amount
@@ -143,7 +180,9 @@ async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> JSONRes
         "response_url": f"{base_url}/v2/requests/{job_id}",
         "status": "QUEUED",
     }
-    ignored = ignored_fields(request, spec.request)
+    ignored = [
+        name for name in ignored_fields(request, spec.request) if name not in webhooks.SUBMIT_FIELDS
+    ]
     if ignored:
         answer["ignored_fields"] = ignored
     return JSONResponse(answer, headers={**charge.headers(), **ignored_fields_headers(ignored)})
@@ -165,12 +204,14 @@ async def status(request_id: str, request: Request, tenant: Authenticated) -> JS
 )
 async def result(request_id: str, request: Request, tenant: Authenticated) -> JSONResponse:
     record = await _record(request, request_id, tenant)
-    if record.status not in ("COMPLETED", "FAILED"):
+    if record.status not in TERMINAL:
         return JSONResponse(_status_body(record), status_code=202)
     headers = await request.app.state.credits.remaining_headers(tenant)
     if record.status == "COMPLETED" and record.result is not None:
         headers.update(v2_result_headers(record.result))
         return JSONResponse(record.result, headers=headers)
+    if record.status == "CANCELLED":
+        return JSONResponse(_status_body(record), headers=headers)
     return JSONResponse(record.result or _status_body(record), status_code=422, headers=headers)
 
 
@@ -186,3 +227,22 @@ async def output(request_id: str, index: int, request: Request, tenant: Authenti
     if image is None:
         raise ApiError(404, f"request '{request_id}' has no output {index}")
     return Response(image, media_type=record.media_type)
+
+
+@router.post(
+    "/requests/{request_id}/cancel",
+    summary="Cancel a queued or running request",
+    responses=V2_CANCEL_RESPONSES,
+)
+async def cancel(request_id: str, request: Request, tenant: Authenticated) -> JSONResponse:
+    """A queued job ends CANCELLED at once; a running one too, and its worker (on whichever
+    replica) stops the runner's work at its next step. Its credits are given back."""
+    record = await _record(request, request_id, tenant)
+    cancelled, status = await _store(request).cancel(request_id)
+    if status is None:  # expired between the two reads
+        raise ApiError(404, f"no request '{request_id}' (unknown, or its result has expired)")
+    if not cancelled:
+        raise ApiError(409, f"request '{request_id}' has already ended: {status}")
+    await on_job_finished(request.app.state, record, "CANCELLED")
+    headers = await request.app.state.credits.remaining_headers(tenant)
+    return JSONResponse({"request_id": request_id, "status": "CANCELLED"}, headers=headers)

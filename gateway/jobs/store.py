@@ -4,8 +4,10 @@
 `RedisJobStore` (gateway/jobs/redis_store.py) is for many Gateway replicas: jobs are shared, a
 job whose worker dies is taken again after the visibility timeout, results are written once.
 
-A job goes QUEUED -> PROCESSING -> COMPLETED | FAILED. Terminal jobs and their images are kept
-for the retention period, then forgotten (the routes answer 404).
+A job goes QUEUED -> PROCESSING -> COMPLETED | FAILED, or to CANCELLED from either of the first
+two (POST /v2/requests/{id}/cancel). Terminal jobs and their images are kept for the retention
+period, then forgotten (the routes answer 404). Every terminal write is made once: the first
+wins, and only its writer settles the job (credits, concurrency slot).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Literal, Protocol
 
 from gateway.tenancy import ANONYMOUS
 
-Status = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
-TERMINAL: tuple[Status, ...] = ("COMPLETED", "FAILED")
+Status = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
+TERMINAL: tuple[Status, ...] = ("COMPLETED", "FAILED", "CANCELLED")
+# What a webhook may be sent for: a worker took the job, or it ended (each status, lower case).
+WEBHOOK_EVENTS = ("started", "completed", "failed", "cancelled")
 
 
 class QueueFull(Exception):
@@ -49,6 +53,12 @@ class JobRecord:
     error: str | None = None
     result: dict | None = None  # the final body, once terminal
     n_images: int = 0
+    # The submit's `webhook` and the events it asked for (gateway/webhooks.py); per event, its
+    # delivery's state ("pending", "delivered", "failed"), and every attempt, oldest first.
+    webhook: str | None = None
+    webhook_events: list[str] = field(default_factory=list)
+    webhook_deliveries: dict[str, str] = field(default_factory=dict)
+    webhook_attempts: list[dict] = field(default_factory=list)
 
 
 class JobStore(Protocol):
@@ -59,7 +69,8 @@ class JobStore(Protocol):
         """The oldest queued job, now PROCESSING and leased to `worker_id`; None if none came."""
 
     async def renew(self, job_id: str, worker_id: str) -> bool:
-        """Extend the lease; False when the job is no longer this worker's."""
+        """Extend the lease (or take it back if it lapsed while the job stayed taken, as in a
+        store outage); False when the job is no longer this worker's."""
 
     async def complete(
         self, job_id: str, worker_id: str, images: list[bytes], result: dict
@@ -68,6 +79,27 @@ class JobStore(Protocol):
 
     async def fail(self, job_id: str, worker_id: str, error: str, result: dict) -> bool:
         """Write the FAILED result once; False (nothing written) if already terminal."""
+
+    async def cancel(self, job_id: str) -> tuple[bool, Status | None]:
+        """End a QUEUED or PROCESSING job CANCELLED (out of the queue, its lease dropped):
+        (True, its status before); else (False, its status: terminal, or None if unknown)."""
+
+    async def status(self, job_id: str) -> Status | None:
+        """The job's status alone (a cheap read: running jobs watch it for a cancel)."""
+
+    async def enqueue_delivery(self, job_id: str, event: str) -> None:
+        """Schedule the delivery of `event` to the job's webhook, now. (A terminal write
+        schedules its event itself, in the same atomic step, when the job asked for it.)"""
+
+    async def take_delivery(self, lease_s: float) -> tuple[str, str] | None:
+        """A due delivery, (job id, event), leased for `lease_s`: if its deliverer dies, it is
+        due again then, for any replica to take."""
+
+    async def record_delivery(
+        self, job_id: str, event: str, attempt: dict, state: str, retry_at: float | None
+    ) -> None:
+        """Record a delivery attempt on the job and the delivery's state; due again at
+        `retry_at` (epoch seconds), or done with when None."""
 
     async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
         """Hand a job in hand back to the queue (graceful shutdown, transient failure).
@@ -98,6 +130,14 @@ class _MemoryJob:
     expires_at: float | None = None
 
 
+# A job's recorded webhook attempts are capped: a receiver down for an hour is tried often.
+MAX_WEBHOOK_ATTEMPTS_KEPT = 50
+
+
+def delivery_member(job_id: str, event: str) -> str:
+    return f"{job_id}|{event}"
+
+
 class MemoryJobStore:
     """In-process store for a single Gateway process (the embedded default)."""
 
@@ -105,6 +145,7 @@ class MemoryJobStore:
         self.max_queued = max_queued
         self.retention_s = retention_s
         self._jobs: dict[str, _MemoryJob] = {}
+        self._deliveries: dict[str, float] = {}  # delivery_member -> due (epoch seconds)
         self._queue: deque[str] = deque()
         self._queued = asyncio.Condition()
 
@@ -154,7 +195,59 @@ class MemoryJobStore:
         job.record.payload = ""  # its inputs are no longer needed: only the result is kept
         job.images = images
         job.expires_at = job.record.finished_at + self.retention_s
+        event = status.lower()
+        if job.record.webhook and event in job.record.webhook_events:
+            self._schedule(job.record, event, time.time())
         return True
+
+    def _schedule(self, record: JobRecord, event: str, due: float) -> None:
+        record.webhook_deliveries[event] = "pending"
+        self._deliveries[delivery_member(record.id, event)] = due
+
+    async def enqueue_delivery(self, job_id: str, event: str) -> None:
+        job = self._live(job_id)
+        if job is not None:
+            self._schedule(job.record, event, time.time())
+
+    async def take_delivery(self, lease_s: float) -> tuple[str, str] | None:
+        now = time.time()
+        due = [(when, member) for member, when in self._deliveries.items() if when <= now]
+        if not due:
+            return None
+        _, member = min(due)
+        self._deliveries[member] = now + lease_s
+        job_id, event = member.split("|")
+        return job_id, event
+
+    async def record_delivery(
+        self, job_id: str, event: str, attempt: dict, state: str, retry_at: float | None
+    ) -> None:
+        member = delivery_member(job_id, event)
+        job = self._live(job_id)
+        if job is None or retry_at is None:
+            self._deliveries.pop(member, None)
+        else:
+            self._deliveries[member] = retry_at
+        if job is not None:
+            job.record.webhook_deliveries[event] = state
+            attempts = [*job.record.webhook_attempts, attempt]
+            job.record.webhook_attempts = attempts[-MAX_WEBHOOK_ATTEMPTS_KEPT:]
+
+    async def cancel(self, job_id: str) -> tuple[bool, Status | None]:
+        job = self._live(job_id)
+        if job is None:
+            return False, None
+        previous = job.record.status
+        body = {"request_id": job_id, "status": "CANCELLED"}
+        if not self._finish(job_id, "CANCELLED", [], body, error=None):
+            return False, previous
+        if job_id in self._queue:
+            self._queue.remove(job_id)
+        return True, previous
+
+    async def status(self, job_id: str) -> Status | None:
+        job = self._live(job_id)
+        return job.record.status if job else None
 
     async def release(self, job_id: str, worker_id: str, ran: bool = True) -> None:
         async with self._queued:

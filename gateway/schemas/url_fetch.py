@@ -94,6 +94,32 @@ async def fetch_image_url(url: str, *, field: str, settings: Settings) -> bytes:
         raise ApiError.bad_field(field, message) from exc
 
 
+async def vet_url(url: str, *, field: str, settings: Settings, action: str = "fetch") -> None:
+    """Raise the guard's ApiError (400 naming `field`) unless `url` is an http(s) URL whose host
+    resolves only to allowed addresses: a URL taken now and used later (a webhook)."""
+    await _vetted_address(_parse_url(url, field), field, settings, action)
+
+
+async def post_vetted(
+    url: str, *, field: str, content: bytes, headers: dict[str, str], settings: Settings
+) -> int:
+    """POST `content` to an http(s) URL through the same guard as image URLs (every hop vetted
+    and pinned to the vetted address; a redirect is followed with the same POST), and return
+    the final answer's status code. Raises the guard's ApiError for a refused address or URL,
+    and httpx's errors for a failed connection or a timeout (the caller bounds the time)."""
+    target = _parse_url(url, field)
+    for _hop in range(settings.url_max_redirects + 1):
+        address = await _vetted_address(target, field, settings, "deliver to")
+        async with _client(settings) as client:
+            request = _pinned_request(client, target, address, "POST", content, headers)
+            response = await client.send(request)
+            if not response.has_redirect_location:
+                return response.status_code
+            target = _redirect_target(target, response, field, "deliver to")
+    message = f"could not deliver to {field}: more than {settings.url_max_redirects} redirects"
+    raise ApiError.bad_field(field, message)
+
+
 async def _fetch(url: str, field: str, settings: Settings) -> bytes:
     target = _parse_url(url, field)
     for _hop in range(settings.url_max_redirects + 1):
@@ -101,7 +127,8 @@ async def _fetch(url: str, field: str, settings: Settings) -> bytes:
         # A fresh client per hop: a pooled connection to the same IP must never be reused
         # for a different host name (its TLS session was verified for the first one).
         async with _client(settings) as client:
-            response = await client.send(_pinned_request(client, target, address), stream=True)
+            request = _pinned_request(client, target, address, "GET", None, REQUEST_HEADERS)
+            response = await client.send(request, stream=True)
             try:
                 if not response.has_redirect_location:
                     return await _read_body(response, field, settings)
@@ -133,19 +160,23 @@ def _check_readable(url: httpx.URL) -> None:
     url.host, url.raw_host.decode("ascii"), url.netloc.decode("ascii")
 
 
-def _redirect_target(current: httpx.URL, response: httpx.Response, field: str) -> httpx.URL:
+def _redirect_target(
+    current: httpx.URL, response: httpx.Response, field: str, action: str = "fetch"
+) -> httpx.URL:
     try:
         target = current.join(response.headers["Location"])
         _check_readable(target)
     except (httpx.InvalidURL, UnicodeError, ValueError):
         target = None
     if target is None or target.scheme not in ALLOWED_SCHEMES or not target.host:
-        message = f"could not fetch {field}: it redirects to an invalid or non-http(s) URL"
+        message = f"could not {action} {field}: it redirects to an invalid or non-http(s) URL"
         raise ApiError.bad_field(field, message)
     return target
 
 
-async def _vetted_address(url: httpx.URL, field: str, settings: Settings) -> str:
+async def _vetted_address(
+    url: httpx.URL, field: str, settings: Settings, action: str = "fetch"
+) -> str:
     """Resolve the URL's host and return an address to connect to, once all are allowed."""
     host = url.raw_host.decode("ascii")
     port = url.port or DEFAULT_PORTS[url.scheme]
@@ -157,10 +188,12 @@ async def _vetted_address(url: httpx.URL, field: str, settings: Settings) -> str
     # sockaddr[0] is the address, for IPv4 and IPv6 alike.
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if not addresses:
-        raise ApiError.bad_field(field, f"could not fetch {field}: the host name does not resolve")
+        message = f"could not {action} {field}: the host name does not resolve"
+        raise ApiError.bad_field(field, message)
     # Every address must pass, not just the first: the host may be tried on any of them.
     if not all(_is_allowed(address, settings) for address in addresses):
-        raise ApiError.bad_field(field, f"could not fetch {field}: the address is not allowed")
+        message = f"could not {action} {field}: the address is not allowed"
+        raise ApiError.bad_field(field, message)
     return str(addresses[0])
 
 
@@ -212,18 +245,29 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _pinned_request(client: httpx.AsyncClient, url: httpx.URL, address: str) -> httpx.Request:
-    """A GET to `address` that the server still sees as a request for `url`.
+def _pinned_request(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    address: str,
+    method: str,
+    content: bytes | None,
+    headers: dict[str, str],
+) -> httpx.Request:
+    """A request to `address` that the server still sees as a request for `url`.
 
     The URL's host is replaced by the vetted IP, so httpx connects there without resolving
     anything; the Host header keeps the original name (and port). For https, httpcore's
     `sni_hostname` request extension makes TLS send the original name as SNI and verify the
     certificate against it, exactly as if the name had been in the URL.
     """
-    headers = {**REQUEST_HEADERS, "Host": url.netloc.decode("ascii")}
+    headers = {**headers, "Host": url.netloc.decode("ascii")}
     extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
     return client.build_request(
-        "GET", url.copy_with(host=address), headers=headers, extensions=extensions
+        method,
+        url.copy_with(host=address),
+        headers=headers,
+        content=content,
+        extensions=extensions,
     )
 
 

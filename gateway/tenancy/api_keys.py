@@ -14,8 +14,12 @@ cannot be brute-forced back into keys, which is all a slow hash buys for guessab
 and a fast hash keeps the check per request at microseconds, a dictionary lookup by hash that
 never compares secrets character by character.
 
+An entry may also hold `webhook_secret` (`whsec_...`): the key's Standard Webhooks signing
+secret, with which the Gateway signs the webhooks of its v2 jobs (gateway/webhooks.py). Unlike
+the key it must be kept as it is, since the Gateway signs with it: the file is a secret.
+
     python -m gateway.tenancy.api_keys new --name team-a [--models M ...] [--credits N]
-prints a new key once, and the entry to add to the file;
+prints a new key and its webhook signing secret once, and the entry to add to the file;
     python -m gateway.tenancy.api_keys add --file keys.json --name team-a [...]
 makes a key and appends its entry to the file (creating it);
     python -m gateway.tenancy.api_keys check --file keys.json
@@ -25,6 +29,7 @@ checks a file by the rules the Gateway starts with.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -49,6 +54,9 @@ KEY_PREFIX = "did_"  # makes a DepthID key recognisable (secret scanners, suppor
 KEY_BYTES = 32  # 256 random bits
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # safe in Redis keys, logs and labels
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# Standard Webhooks' secret format: the prefix, then the base64 of the HMAC key.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_SECRET_MIN_BYTES = 24
 
 # Declares the header in the OpenAPI schema (an "Authorize" button in /docs); the check is ours.
 api_key_header = APIKeyHeader(
@@ -67,6 +75,7 @@ class Tenant:
     credits: int | None  # None: no credit limit (the ledger is not used)
     requests_per_minute: int  # 0: no limit
     concurrent_jobs: int  # 0: no limit
+    webhook_secret: str | None = None  # signs its v2 webhooks (gateway/webhooks.py)
 
 
 # When keys are off: everyone is this tenant, with no credits and no per-key limits.
@@ -90,6 +99,17 @@ class KeyEntry(BaseModel):
     credits: int | None = Field(default=None, ge=0)
     requests_per_minute: int | None = Field(default=None, ge=0)
     concurrent_jobs: int | None = Field(default=None, ge=0)
+    webhook_secret: str | None = None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _signing_secret(cls, value: str | None) -> str | None:
+        if value is not None and not is_webhook_secret(value):
+            raise ValueError(
+                f"must be '{WEBHOOK_SECRET_PREFIX}' and the base64 of at least "
+                f"{WEBHOOK_SECRET_MIN_BYTES} bytes (the keys CLI makes one)"
+            )
+        return value
 
     @field_validator("sha256")
     @classmethod
@@ -128,13 +148,17 @@ def hash_key(key: str) -> str:
 
 
 class KeyRing:
-    """The configured keys, looked up by hash."""
+    """The configured keys, looked up by hash (a request's key) or by name (a job's owner)."""
 
     def __init__(self, tenants_by_hash: dict[str, Tenant]) -> None:
         self._by_hash = tenants_by_hash
+        self._by_name = {tenant.name: tenant for tenant in tenants_by_hash.values()}
 
     def find(self, key: str) -> Tenant | None:
         return self._by_hash.get(hash_key(key))
+
+    def named(self, name: str) -> Tenant | None:
+        return self._by_name.get(name)
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -193,6 +217,7 @@ def tenant_of(entry: KeyEntry, settings: Settings) -> Tenant:
             if entry.concurrent_jobs is not None
             else settings.key_concurrent_jobs
         ),
+        webhook_secret=entry.webhook_secret,
     )
 
 
@@ -245,6 +270,21 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
 
 
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: `whsec_` and the base64 of 32 random bytes."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+
+
+def is_webhook_secret(value: str) -> bool:
+    if not value.startswith(WEBHOOK_SECRET_PREFIX):
+        return False
+    try:
+        raw = base64.b64decode(value.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except ValueError:
+        return False
+    return len(raw) >= WEBHOOK_SECRET_MIN_BYTES
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gateway.tenancy.api_keys",
@@ -267,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return check_file(args.file)
     key = new_key()
+    webhook_secret = new_webhook_secret()
     fields = {
         "name": args.name,
         "sha256": hash_key(key),
+        "webhook_secret": webhook_secret,
         "models": args.models,
         "credits": args.credits,
         "requests_per_minute": args.requests_per_minute,
@@ -290,10 +332,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"API key for '{entry.name}' (shown only now; hand it over, it cannot be recovered):")
         print(key)
+        print(
+            f"Its webhook signing secret (verifies the v2 webhooks its jobs send): {webhook_secret}"
+        )
         print(f"Added to {args.file} ({count} keys). The Gateway reads it at start: restart it.")
         return 0
     print(f"API key for '{entry.name}' (shown only now; hand it over, it cannot be recovered):")
     print(key)
+    print(f"Its webhook signing secret (verifies the v2 webhooks its jobs send): {webhook_secret}")
     print()
     print('Add this entry to the "keys" list of the file DEPTHID_API_KEYS_FILE names:')
     print(json.dumps(entry.model_dump(exclude_none=True)))

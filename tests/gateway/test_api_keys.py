@@ -164,9 +164,12 @@ def test_cli_makes_a_key_that_its_entry_admits(tmp_path):
     lines = out.splitlines()
     key = next(line for line in lines if line.startswith("did_"))
     new_entry = json.loads(next(line for line in lines if line.startswith("{")))
+    # Its webhook signing secret is shown once too, and is in the entry (the Gateway signs).
+    [secret] = [word for line in lines for word in line.split() if word.startswith("whsec_")]
     assert new_entry == {
         "name": "team-a",
         "sha256": hashlib.sha256(key.encode()).hexdigest(),
+        "webhook_secret": secret,
         "models": [SD15],
         "credits": 40,
     }

@@ -14,8 +14,8 @@ def documented_examples(spec: dict) -> list[tuple[str, dict]]:
     """(path, example body) of every POST operation of the document."""
     found = []
     for path, operations in spec["paths"].items():
-        if "post" not in operations:
-            continue
+        if "requestBody" not in operations.get("post", {}):
+            continue  # not a POST, or one without a body (cancel)
         content = operations["post"]["requestBody"]["content"]["application/json"]
         [example] = content["examples"].values()
         found.append((path, example["value"]))

@@ -116,3 +116,25 @@ def test_queue_bound(tmp_path):
 
     with redis_server(tmp_path) as server:
         asyncio.run(scenario(server.url))
+
+
+def test_a_lease_that_lapsed_under_a_live_worker_is_taken_back_unless_requeued(tmp_path):
+    """Redis unreachable longer than the visibility timeout lapses every lease, the live
+    workers' too: a worker's next renewal takes its lease back while its job is still taken;
+    once the reaper has requeued the job, it cannot (the job is another take's now)."""
+
+    async def scenario(url: str) -> None:
+        store = RedisJobStore(url, max_queued=10, retention_s=60, visibility_timeout_s=0.3)
+        await store.submit(record("j"))
+        await store.take("live-worker", timeout_s=1)
+        await asyncio.sleep(0.4)  # the lease lapses (as over an outage)
+        assert await store.renew("j", "live-worker")
+        assert await store.requeue_expired() == 0  # its lease is back: not requeued
+        assert not await store.renew("j", "another-worker")
+        await asyncio.sleep(0.4)
+        assert await store.requeue_expired() == 1
+        assert not await store.renew("j", "live-worker")  # requeued: no longer its job
+        await store.close()
+
+    with redis_server(tmp_path) as server:
+        asyncio.run(scenario(server.url))
