@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -203,6 +204,20 @@ class Claim:
 
     async def release(self) -> None:
         await self._idempotency.store.release(self._scope)
+
+
+async def answer_once(claim: Claim | None, produce: Callable[[], Awaitable[Response]]) -> Response:
+    """`produce()` the answer of a request that holds its key (or has none): stored for a
+    replay when it succeeds, the key given up when it fails or is cancelled."""
+    try:
+        response = await produce()
+    except BaseException:
+        if claim is not None:
+            await asyncio.shield(claim.release())
+        raise
+    if claim is not None:
+        await claim.finish(response)
+    return response
 
 
 class Idempotency:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from gateway.http.errors import ApiError
 from gateway.http.openapi import V1_BASE64_SCHEMA
+from gateway.idempotency import answer_once
 from gateway.responses import v1_response
 from gateway.schemas import flux_depth, insta_depth, instantid, sd15_depth
 from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
@@ -63,15 +64,7 @@ async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant
     claim = await state.idempotency.begin(request, tenant, pending_ttl_s=pending_ttl_s)
     if isinstance(claim, Response):
         return claim
-    try:
-        response = await _generate(request, model, body, tenant)
-    except BaseException:
-        if claim is not None:
-            await asyncio.shield(claim.release())
-        raise
-    if claim is not None:
-        await claim.finish(response)
-    return response
+    return await answer_once(claim, lambda: _generate(request, model, body, tenant))
 
 
 async def _generate(request: Request, model: str, body: BaseModel, tenant: Tenant) -> Response:

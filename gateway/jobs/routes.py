@@ -25,6 +25,7 @@ from gateway.http.openapi import (
     V2_SUBMIT_BODY,
     V2_SUBMIT_OK,
 )
+from gateway.idempotency import answer_once
 from gateway.jobs.store import TERMINAL, JobRecord, JobStore, QueueFull, Status
 from gateway.responses import v2_result_headers
 from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
@@ -136,15 +137,7 @@ async def submit(model: V2_MODEL, request: Request, tenant: Admitted) -> Respons
     )
     if isinstance(claim, Response):
         return claim
-    try:
-        response = await _submit(request, spec, model, data, body, tenant)
-    except BaseException:
-        if claim is not None:
-            await asyncio.shield(claim.release())
-        raise
-    if claim is not None:
-        await claim.finish(response)
-    return response
+    return await answer_once(claim, lambda: _submit(request, spec, model, data, body, tenant))
 
 
 async def _submit(
