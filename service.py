@@ -18,6 +18,7 @@ from gateway.app import create_app
 from gateway.http import connection_guard, route_templates
 from gateway.http.middleware import JsonErrorBodies
 from gateway.runner_client import RunnerClient
+from gateway.serving import Serving
 from log_format import configure_logging
 from models.store import MissingModelError, check_runner_models
 from runners.flux_depth import FluxDepth
@@ -45,7 +46,46 @@ try:
     check_runner_models(settings, _local_runners)
 except MissingModelError as exc:
     sys.exit(f"error: cannot serve profile {settings.profile!r}:\n{exc}")
-app = create_app(settings)
+
+
+def runner_client(name: str, dependency: Any) -> RunnerClient:
+    """A RunnerClient over a BentoML dependency's `generate` and `cancel` APIs."""
+
+    async def generate(jobs: list) -> list:
+        # The async client, so a generation never blocks the Gateway's event loop.
+        return await dependency.get().to_async.call("generate", jobs)
+
+    async def cancel(tokens: list[str]) -> None:
+        await dependency.get().to_async.call("cancel", tokens)
+
+    async def is_ready() -> bool:
+        return await dependency.get().is_ready()
+
+    return RunnerClient(
+        name,
+        generate,
+        settings.generation_timeout_s,
+        ready=is_ready,
+        cancel=cancel,
+        waits_for_ready=name in settings.scale_to_zero_runners,
+    )
+
+
+# The runners the Gateway depends on, each local (started by `bentoml serve service:Gateway`)
+# or by URL. Each client resolves its dependency on its first call, in the served process.
+sd15_runner = bentoml.depends(SD15Depth, url=settings.sd15_runner_url)
+instantid_runner = bentoml.depends(InstantID, url=settings.instantid_runner_url)
+flux_runner = bentoml.depends(FluxDepth, url=settings.flux_runner_url)
+instantid_client = runner_client("instantid", instantid_runner)  # one SDXL base, two models
+app = create_app(
+    settings,
+    runners={
+        "sd1.5-controlnet-depth": runner_client("sd15_depth", sd15_runner),
+        "instantid": instantid_client,
+        "insta-depth": instantid_client,
+        "flux-depth-pro": runner_client("flux_depth", flux_runner),
+    },
+)
 # Request heads that never end close their connection; uvicorn's own 400s answer JSON.
 connection_guard.install(settings.request_head_timeout_s)
 
@@ -60,46 +100,17 @@ connection_guard.install(settings.request_head_timeout_s)
 )
 @bentoml.asgi_app(app, path="/")
 class Gateway:
-    sd15 = bentoml.depends(SD15Depth, url=settings.sd15_runner_url)
-    flux = bentoml.depends(FluxDepth, url=settings.flux_runner_url)
-    instantid = bentoml.depends(InstantID, url=settings.instantid_runner_url)
-
-    def __init__(self) -> None:
-        sd15 = runner_client("sd15_depth", self.sd15)
-        instantid = runner_client("instantid", self.instantid)  # one SDXL base, two models
-        app.state.runners = {
-            "sd1.5-controlnet-depth": sd15,
-            "instantid": instantid,
-            "insta-depth": instantid,
-            "flux-depth-pro": runner_client("flux_depth", self.flux),
-        }
+    sd15 = sd15_runner
+    instantid = instantid_runner
+    flux = flux_runner
 
     async def __is_ready__(self) -> bool:
         """/readyz: ready once every runner answers its own /readyz (models loaded), except
         those that may scale to zero: requests for them wait for a replica (and wake one)."""
-        runners = {r for r in app.state.runners.values() if not r.waits_for_ready}
+        serving: Serving = app.state.serving
+        runners = {r for r in serving.runners.values() if not r.waits_for_ready}
         return all(await asyncio.gather(*(runner.is_ready() for runner in runners)))
 
 
 # The few errors BentoML answers itself, before our app, get the contract's body too.
 Gateway.add_asgi_middleware(JsonErrorBodies)
-
-
-def runner_client(name: str, dependency: Any) -> RunnerClient:
-    """A RunnerClient over a BentoML dependency's `generate` API."""
-
-    async def generate(jobs: list) -> list:
-        # The async client, so a generation never blocks the Gateway's event loop.
-        return await dependency.to_async.call("generate", jobs)
-
-    async def cancel(tokens: list[str]) -> None:
-        await dependency.to_async.call("cancel", tokens)
-
-    return RunnerClient(
-        name,
-        generate,
-        settings.generation_timeout_s,
-        ready=dependency.is_ready,
-        cancel=cancel,
-        waits_for_ready=name in settings.scale_to_zero_runners,
-    )

@@ -1,14 +1,13 @@
 """The HTTP API as a FastAPI app: routes, the contract's error shape, docs.
 
-service.py mounts this app on the BentoML Gateway service and puts one RunnerClient per model
-in `app.state.runners`. Every failure answers `{"error": ...}`: never a list, HTML or a trace.
+service.py builds it with one RunnerClient per served model and mounts it on the BentoML Gateway
+service. Every failure answers `{"error": ...}`: never a list, HTML or a trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import threading
@@ -40,6 +39,7 @@ from gateway.jobs.worker import JobWorker
 from gateway.redis_client import UNAVAILABLE_ERRORS
 from gateway.runner_client import RunnerClient
 from gateway.schemas.registry import MODEL_SPECS
+from gateway.serving import Serving
 from gateway.tenancy.api_keys import describe_keys, load_key_ring
 from gateway.tenancy.credits import Credits, make_ledger
 from gateway.tenancy.rate_limits import RateLimits, make_limit_store
@@ -75,12 +75,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.expose_known_series(list(MODEL_SPECS))
     logger.info(describe_keys(app.state.api_keys, settings))
     app.state.job_store = make_job_store(settings)
-    worker = JobWorker(
-        app.state.job_store,
-        lambda: app.state.runners,
-        settings,
-        on_finished=functools.partial(v2.on_job_finished, app.state),
-    )
+    serving: Serving = app.state.serving
+    worker = JobWorker(app.state.job_store, serving, settings)
     worker.start()
     # SIGTERM stops the taking of jobs at once and starts the grace, not only once the server
     # has drained its connections (which can take as long as a v1 generation).
@@ -89,7 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     deliverer = WebhookDeliverer(app.state.job_store, settings, lambda: app.state.api_keys)
     deliverer.start()
     keys = None if app.state.api_keys is None else len(app.state.api_keys)
-    banner = asyncio.create_task(announce_when_ready(lambda: app.state.runners, settings, keys))
+    banner = asyncio.create_task(announce_when_ready(serving.runners, settings, keys))
     try:
         yield
     finally:
@@ -120,7 +116,8 @@ def _on_stop_signal(callback: Callable[[], None]) -> None:
         signal.signal(sig, handler)
 
 
-def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = None) -> FastAPI:
+def create_app(settings: Settings, runners: dict[str, RunnerClient]) -> FastAPI:
+    """The API of the models in `runners` (model name -> the client of its runner)."""
     app = FastAPI(
         lifespan=lifespan,
         title="DepthID",
@@ -131,13 +128,15 @@ def create_app(settings: Settings, runners: dict[str, RunnerClient] | None = Non
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.runners = runners if runners is not None else {}
     # Here, not in the lifespan, so a bad keys file stops the start; and v1 needs no lifespan.
     app.state.api_keys = load_key_ring(settings)  # None: keys off
     app.state.credits = Credits(make_ledger(settings))
     app.state.rate_limits = RateLimits(make_limit_store(settings), settings)
     app.state.idempotency = Idempotency(make_idempotency_store(settings), settings)
-    app.include_router(v1.router)
+    serving = Serving(settings, runners, app.state.credits, app.state.rate_limits)
+    app.state.serving = serving
+    app.include_router(v1.make_router(serving))
+    app.include_router(v2.make_submit_router(serving))
     app.include_router(v2.router)
     _add_error_handlers(app)
     _add_docs_and_fallback_routes(app)
@@ -205,8 +204,7 @@ def _add_docs_and_fallback_routes(app: FastAPI) -> None:
             )
         parts = path.strip("/").split("/")
         if len(parts) == 2 and parts[0] in ("v1", "v2"):
-            served = ", ".join(sorted(request.app.state.runners)) or "none"
-            raise ApiError(404, f"unknown model '{parts[1]}'; this server serves: {served}")
+            request.app.state.serving.served(parts[1])  # the 404 naming what is served
         raise ApiError(404, f"no route /{path}")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import psutil
 
@@ -65,7 +64,7 @@ def served_url(settings: Settings) -> str:
 
 
 async def announce_when_ready(
-    runners: Callable[[], dict[str, RunnerClient]], settings: Settings, keys: int | None
+    runners: dict[str, RunnerClient], settings: Settings, keys: int | None
 ) -> None:
     """Log the banner once every runner answers ready (the Gateway's lifespan runs this); while
     they load, one line every PROGRESS_EVERY_S naming those not ready yet, in place of the
@@ -76,7 +75,7 @@ async def announce_when_ready(
     started = last_progress = time.monotonic()
     try:
         while True:
-            known = set(runners().values())
+            known = set(runners.values())
             # A runner that may scale to zero has no replica to wait for: not part of "ready".
             clients = sorted(
                 (client for client in known if not client.waits_for_ready),

@@ -37,7 +37,6 @@ from bentoml.exceptions import BentoMLException
 from gateway import metrics
 from gateway.http.errors import ApiError
 from log_format import joined_request_ids, request_ids_sent
-from protocol.samples import merge_jobs, split_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +91,16 @@ class RunnerClient:
             return False
 
     async def generate(self, jobs: list[Any], *, model: str) -> list[Any]:
-        """Run `jobs` of `model`, one result each. Sent as one-sample jobs, so that samples
-        count toward the runner's batch size (runners/batching.py). Records the generation
-        metrics: in flight, time, batch size."""
+        """Run `jobs` of `model`, one result each (the runner cuts them into samples and
+        merges their results: runners/scheduler.py). Records the generation metrics: in
+        flight, time, batch size."""
         metrics.track_in_flight(model, len(jobs))
         started = time.perf_counter()
         token = uuid.uuid4().hex
         deadline = time.time() + self.deadline_s
-        rows = [
-            row.model_copy(update={"deadline": deadline, "token": token})
-            for row in split_jobs(jobs)
-        ]
+        sent = [job.model_copy(update={"deadline": deadline, "token": token}) for job in jobs]
         try:
-            results = merge_jobs(jobs, await self._send(rows, token, deadline, model))
+            results = await self._send(sent, token, deadline, model)
         finally:
             metrics.track_in_flight(model, -len(jobs))
         seconds = time.perf_counter() - started

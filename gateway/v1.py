@@ -1,11 +1,14 @@
-"""v1: synchronous generation. Admit the caller, validate, normalise, charge, call the runner,
-answer with the result."""
+"""v1: synchronous generation. One route per served model, made from its registry entry
+(gateway/schemas/registry.py): admitted and validated, then accepted, run and settled by the
+serving layer (gateway/serving.py) within the request, which answers with the result."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: `v1_route` annotates its endpoint with the
+# model's schema and admission, and FastAPI reads those annotations as objects.
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -13,23 +16,15 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from gateway.http.errors import ApiError
-from gateway.http.openapi import V1_BASE64_SCHEMA
+from gateway.http.parsed_body import ParsedBodyRoute
 from gateway.idempotency import answer_once
-from gateway.responses import v1_response
-from gateway.schemas import flux_depth, insta_depth, instantid, sd15_depth
+from gateway.responses import V1Images, v1_response
 from gateway.schemas.ignored_fields import ignored_fields, ignored_fields_headers
-from gateway.schemas.registry import MODEL_SPECS
+from gateway.schemas.registry import ModelSpec
+from gateway.serving import Serving
 from gateway.tenancy.admission import admitted_to
 from gateway.tenancy.api_keys import Tenant
 from protocol.jobs import JobFailure
-
-router = APIRouter(prefix="/v1", tags=["v1 (synchronous)"])
-
-# Key, model and request rate, checked before the body is validated (401/403/429 before 400).
-SD15Admitted = admitted_to(sd15_depth.MODEL)
-InstantIDAdmitted = admitted_to(instantid.MODEL)
-InstaDepthAdmitted = admitted_to(insta_depth.MODEL)
-FluxAdmitted = admitted_to(flux_depth.MODEL)
 
 DISCONNECT_POLL_S = 0.25  # how often a generation checks that its caller is still there
 CLIENT_GONE = 499  # the caller closed the connection (nginx's code; nobody reads the answer)
@@ -38,10 +33,11 @@ T = TypeVar("T")
 
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
+        "model": V1Images,
         "description": "The image bytes; JSON with base64 images when `base64` is true or "
         "more than one image was asked for. Fields the model does not take are ignored and "
         "named in the `x-ignored-fields` header.",
-        "content": {"image/jpeg": {}, "application/json": {"schema": V1_BASE64_SCHEMA}},
+        "content": {"image/jpeg": {}},
     },
     400: {"description": "Malformed JSON, a bad field, or an undecodable image."},
     401: {"description": "API keys are on and `x-api-key` is missing or unknown."},
@@ -54,36 +50,71 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def generate(request: Request, model: str, body: BaseModel, tenant: Tenant) -> Response:
-    """The caller is admitted (key, model, request rate: gateway/tenancy/admission.py) and
-    `body` valid; with an `Idempotency-Key` the first answer may be sent again instead
-    (gateway/idempotency.py); else on to `_generate`."""
+def make_router(serving: Serving) -> APIRouter:
+    """The v1 routes of the models `serving` serves."""
+    router = APIRouter(prefix="/v1", tags=["v1 (synchronous)"], route_class=ParsedBodyRoute)
+    for model in serving.runners:
+        spec = serving.served(model)
+        router.add_api_route(
+            f"/{model}",
+            v1_route(serving, spec),
+            methods=["POST"],
+            summary=f"{model}: {spec.summary}",
+            operation_id=f"generate_{model.replace('.', '_').replace('-', '_')}",
+            response_class=Response,
+            responses={**IMAGE_RESPONSES, **spec.v1_responses},
+        )
+    return router
+
+
+def v1_route(serving: Serving, spec: ModelSpec) -> Callable[..., Awaitable[Response]]:
+    """The endpoint of `POST /v1/{spec.name}`: its caller admitted (key, model, request rate:
+    gateway/tenancy/admission.py) and its body validated by FastAPI before it runs."""
+    Body = spec.request  # a type: FastAPI reads it from the annotation
+    Admitted = admitted_to(spec.name)
+
+    async def generate_route(body: Body, request: Request, tenant: Admitted) -> Response:
+        return await generate(serving, request, spec, body, tenant)
+
+    return generate_route
+
+
+async def generate(
+    serving: Serving, request: Request, spec: ModelSpec, body: BaseModel, tenant: Tenant
+) -> Response:
+    """With an `Idempotency-Key` the first answer may be sent again instead
+    (gateway/idempotency.py); else accept, run and settle the job."""
     state = request.app.state
     # A claim outlives its request only when its Gateway dies: then it expires after this.
-    pending_ttl_s = state.settings.generation_timeout_s + IDEMPOTENT_PENDING_MARGIN_S
+    pending_ttl_s = serving.settings.generation_timeout_s + IDEMPOTENT_PENDING_MARGIN_S
     claim = await state.idempotency.begin(request, tenant, pending_ttl_s=pending_ttl_s)
     if isinstance(claim, Response):
         return claim
-    return await answer_once(claim, lambda: _generate(request, model, body, tenant))
+    return await answer_once(claim, lambda: _generate(serving, request, spec, body, tenant))
 
 
-async def _generate(request: Request, model: str, body: BaseModel, tenant: Tenant) -> Response:
-    """A concurrency slot, the images decoded into a job, the credits, the runner."""
-    spec = MODEL_SPECS[model]
-    state = request.app.state
-    async with state.rate_limits.in_flight(tenant):  # 429: too many jobs at once
-        job = await spec.to_job(body, request.state.request_id, state.settings)
-        async with state.credits.charge(tenant, model, spec.credit_cost(body)) as charge:  # 406
-            # Whatever fails in here (a failed job, 502, 504, the caller gone...) gives the
-            # credits back.
-            runner = state.runners[model]
-            [result] = await while_connected(request, runner.generate([job], model=model))
-            if result.failure is not None:
-                raise failure_error(result.failure, request.state.request_id)
+async def _generate(
+    serving: Serving, request: Request, spec: ModelSpec, body: BaseModel, tenant: Tenant
+) -> Response:
+    accepting = serving.accept(
+        tenant,
+        spec.name,
+        body,
+        request_id=request.state.request_id,
+        slot_id=uuid.uuid4().hex,  # never the caller's request id: it need not be unique
+        slot_ttl_s=serving.rate_limits.v1_slot_ttl_s,
+    )
+    async with accepting as accepted:
+        # Whatever fails in here (a failed job, 502, 504, the caller gone...) settles the job
+        # as failed: its credits given back.
+        result = await while_connected(request, serving.run(spec.name, accepted.job))
+        if result.failure is not None:
+            raise failure_error(result.failure, request.state.request_id)
+    await serving.settle(tenant.name, accepted.slot_id, accepted.charge.amount, succeeded=True)
     response = v1_response(
         result, as_base64=spec.wants_base64(body), media_type=spec.media_type(body)
     )
-    response.headers.update(charge.headers())
+    response.headers.update(accepted.charge.headers())
     response.headers.update(ignored_fields_headers(ignored_fields(request, spec.request)))
     return response
 
@@ -119,74 +150,3 @@ def failure_error(failure: JobFailure, request_id: str) -> ApiError:
         return ApiError(500, f"{failure.message} (request id {request_id})")
     details = [{"field": failure.field, "message": failure.message}] if failure.field else None
     return ApiError(FAILURE_STATUS[failure.kind], failure.message, details=details)
-
-
-@router.post(
-    "/sd1.5-controlnet-depth",
-    summary="sd1.5-controlnet-depth: SD1.5 guided by the depth map of `image`",
-    response_class=Response,
-    responses=IMAGE_RESPONSES,
-)
-async def sd15_controlnet_depth(
-    body: sd15_depth.SD15DepthRequest, request: Request, tenant: SD15Admitted
-) -> Response:
-    return await generate(request, sd15_depth.MODEL, body, tenant)
-
-
-FACE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **IMAGE_RESPONSES,
-    400: {
-        "description": "Malformed JSON, a bad field, an undecodable image, or no face found in "
-        "`face_image` or `pose_image` (the error names the field)."
-    },
-}
-
-
-@router.post(
-    "/instantid",
-    summary="instantid: SDXL keeping the identity of the largest face in `face_image`",
-    response_class=Response,
-    responses=FACE_RESPONSES,
-)
-async def instantid_route(
-    body: instantid.InstantIDRequest, request: Request, tenant: InstantIDAdmitted
-) -> Response:
-    return await generate(request, instantid.MODEL, body, tenant)
-
-
-@router.post(
-    "/insta-depth",
-    summary="insta-depth: instantid, posed by the face and depth map of `pose_image`",
-    response_class=Response,
-    responses=FACE_RESPONSES,
-)
-async def insta_depth_route(
-    body: insta_depth.InstaDepthRequest, request: Request, tenant: InstaDepthAdmitted
-) -> Response:
-    return await generate(request, insta_depth.MODEL, body, tenant)
-
-
-FLUX_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **IMAGE_RESPONSES,
-    200: {
-        "description": "The image bytes, JPEG or PNG per `output_format`. With "
-        "`prompt_upsampling`, the `x-prompt-used` header holds the prompt used, "
-        "percent-encoded UTF-8. `x-prompt-truncated: true` when the prompt ran past the T5 "
-        "token limit and was cut there. Fields the model does not take are ignored and named in "
-        "the `x-ignored-fields` header.",
-        "content": {"image/jpeg": {}, "image/png": {}},
-    },
-    422: {"description": "The prompt or the generated image was blocked by the safety checks."},
-}
-
-
-@router.post(
-    "/flux-depth-pro",
-    summary="flux-depth-pro: FLUX.1 Depth [dev] guided by the depth map of `control_image`",
-    response_class=Response,
-    responses=FLUX_RESPONSES,
-)
-async def flux_depth_pro(
-    body: flux_depth.FluxDepthRequest, request: Request, tenant: FluxAdmitted
-) -> Response:
-    return await generate(request, flux_depth.MODEL, body, tenant)

@@ -1,7 +1,7 @@
 """Which waiting jobs share one pipeline call, and running a call so that one job never fails
 the others: the rules the runner's scheduler (runners/scheduler.py) applies, written once.
 
-Every job is cut into one-sample rows (sample i seeded with `seed + i`, protocol/samples.py), so
+Every job is cut into one-sample rows (sample i seeded with `seed + i`, runners/samples.py), so
 a request's samples count toward the max batch size and memory stays bounded whoever sends what.
 A call is built from the oldest waiting row plus the waiting rows with the same call key (what a
 pipeline call holds fixed: size, steps, ...), oldest first, at most `max_batch_size` of them.
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.jobs import GenerationResult, JobFailure
-from protocol.samples import Job, merge_jobs, split_jobs
 from runners import deadlines
+from runners.samples import Job, merge_jobs, split_jobs
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from typing import Any
 from gateway import metrics  # torch-free; the runners' series sit beside the Gateway's
 from log_format import requests_of
 from protocol.jobs import GenerationResult
-from protocol.samples import merge_jobs, split_jobs
 from runners import deadlines
 from runners.batching import (
     CallKey,
@@ -39,6 +38,7 @@ from runners.batching import (
     run_call_of,
     take_call,
 )
+from runners.samples import merge_jobs, split_jobs
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import metrics
 from gateway.http.errors import ApiError
 from gateway.http.json_limits import NotJson, check_json_body
-from gateway.schemas.ignored_fields import STATE_KEY as BODY_FIELDS_KEY
+from gateway.http.parsed_body import STATE_KEY as PARSED_BODY_KEY
 from gateway.schemas.registry import MODEL_SPECS
 from log_format import request_id_var
 from settings import Settings
@@ -110,8 +110,9 @@ class RequestContextMiddleware:
 
     async def _check_json(self, scope: Scope, body: bytes) -> None:
         """Every body this API takes is a JSON object: check it (gateway/http/json_limits.py),
-        keep its field names for the routes (gateway/schemas/ignored_fields.py), and let FastAPI
-        read it as JSON whatever Content-Type it came with (`curl -d` sends a form's)."""
+        keep what it parsed to for the routes, which never parse it again
+        (gateway/http/parsed_body.py), and let FastAPI read it as JSON whatever Content-Type it
+        came with (`curl -d` sends a form's)."""
         content_type = _content_type(scope)
         try:
             if len(body) > OFF_LOOP_BODY_BYTES:
@@ -124,8 +125,7 @@ class RequestContextMiddleware:
             if not _is_json(content_type):
                 exc.message += f"; this body was sent as {content_type or 'no Content-Type'}"
             raise
-        if isinstance(data, dict):
-            scope["state"][BODY_FIELDS_KEY] = list(data)
+        scope["state"][PARSED_BODY_KEY] = data
         if not _is_json(content_type):
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope["headers"] = [*headers, (b"content-type", b"application/json")]

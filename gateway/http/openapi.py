@@ -1,9 +1,10 @@
 """The OpenAPI document, held to the contract: every error answer documented with its body.
 
-The routes document what is particular to them (v1.py, v2.py; the answer bodies below). What
-holds for every route is added here, once, to the document FastAPI generates:
+The routes document what is particular to them (gateway/v1.py, gateway/jobs/routes.py), their
+answer bodies as the Pydantic models of gateway/responses.py. What holds for every route is
+added here, once, to the document FastAPI generates:
 
-- every error answer (4xx, 5xx) has the contract's body, `ERROR_SCHEMA`;
+- every error answer (4xx, 5xx) has the contract's body, `ErrorBody`;
 - request validation answers 400, not FastAPI's default 422 `{"detail": [...]}`, so that
   default is dropped (a route's own 422, a blocked or FAILED job, stays);
 - every route can answer 500 (an internal fault); a route with a body or parameters can answer
@@ -15,33 +16,18 @@ tests/e2e/test_fuzz.py holds the served API to this document.
 
 from __future__ import annotations
 
-import copy
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Path
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from gateway.http.examples import request_examples
-from gateway.schemas.registry import MODEL_SPECS
+from gateway.responses import ErrorBody
 from settings import Settings
 
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {"type": "string", "minLength": 1, "description": "What went wrong, in words."},
-        "details": {
-            "type": "array",
-            "description": "Validation: one entry per bad field.",
-            "items": {
-                "type": "object",
-                "required": ["field", "message"],
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-            },
-        },
-    },
-}
-ERROR_REF = {"$ref": "#/components/schemas/Error"}
+ERROR_REF = {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}
 
 GENERIC_ERRORS = {
     400: "Malformed JSON, a bad field or parameter, or an undecodable image.",
@@ -51,145 +37,6 @@ GENERIC_ERRORS = {
     500: "An internal fault; the error names the request id it was logged with.",
 }
 FASTAPI_VALIDATION_REF = "#/components/schemas/HTTPValidationError"
-
-# --- answer bodies, for the routes' `responses` ---------------------------------------------
-
-_METRICS = {
-    "type": "object",
-    "required": ["inference_time"],
-    "properties": {
-        "inference_time": {"type": "number", "description": "The runner's compute, seconds."},
-        "queue_time": {"type": "number", "description": "v2: submit to start, seconds."},
-    },
-}
-V1_BASE64_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["image", "images", "seed", "metrics"],
-    "properties": {
-        "image": {"type": "string", "description": "The first image, base64."},
-        "images": {"type": "array", "items": {"type": "string"}, "description": "All, base64."},
-        "seed": {"type": "integer"},
-        "metrics": _METRICS,
-    },
-}
-_STATUS = {
-    "type": "string",
-    "enum": ["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"],
-}
-V2_STATUS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["request_id", "status"],
-    "properties": {
-        "request_id": {"type": "string"},
-        "status": _STATUS,
-        "error": {"type": "string", "description": "Why it failed (FAILED only)."},
-    },
-}
-V2_FAILED_SCHEMA: dict[str, Any] = {
-    # The status body of a FAILED job: also the contract's error body.
-    "type": "object",
-    "required": ["request_id", "status", "error"],
-    "properties": {
-        "request_id": {"type": "string"},
-        "status": {"type": "string", "enum": ["FAILED"]},
-        "error": {"type": "string", "minLength": 1},
-    },
-}
-V2_SUBMITTED_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["request_id", "status_url", "response_url", "status"],
-    "properties": {
-        "request_id": {"type": "string"},
-        "status_url": {"type": "string", "description": "Absolute URL of the status route."},
-        "response_url": {"type": "string", "description": "Absolute URL of the result route."},
-        "status": {"type": "string", "enum": ["QUEUED"]},
-        "ignored_fields": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "Fields of the body the model does not take (ignored; only present "
-            "when there are some, also in the `x-ignored-fields` header).",
-        },
-    },
-}
-V2_RESULT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["request_id", "status", "output", "seed", "metrics"],
-    "properties": {
-        "request_id": {"type": "string"},
-        "status": {"type": "string", "enum": ["COMPLETED"]},
-        "output": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "Image URLs, or base64 images when the request's `base64` was true.",
-        },
-        "seed": {"type": "integer"},
-        "metrics": {**_METRICS, "required": ["inference_time", "queue_time"]},
-    },
-}
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"application/json": {"schema": schema}}
-
-
-_FAILED_422 = {
-    "description": "The job FAILED; `error` says why.",
-    "content": _json(V2_FAILED_SCHEMA),
-}
-V2_SUBMIT_OK = {"description": "Queued.", "content": _json(V2_SUBMITTED_SCHEMA)}
-V2_STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "QUEUED, PROCESSING, COMPLETED or CANCELLED.",
-        "content": _json(V2_STATUS_SCHEMA),
-    },
-    422: _FAILED_422,
-}
-V2_CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Cancelled: the status body, status CANCELLED; the credits are given back.",
-        "content": _json(V2_STATUS_SCHEMA),
-    },
-    404: {"description": "Unknown or expired request id, or another API key's."},
-    409: {"description": "The request has already ended (COMPLETED, FAILED or CANCELLED)."},
-}
-V2_RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The final body (a CANCELLED job's: its status body).",
-        "content": _json({"anyOf": [V2_RESULT_SCHEMA, V2_STATUS_SCHEMA]}),
-    },
-    202: {"description": "Not done yet: the status body.", "content": _json(V2_STATUS_SCHEMA)},
-    422: _FAILED_422,
-}
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-V2_OUTPUT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The image bytes, in the request's output format.",
-        "content": {"image/jpeg": _BINARY, "image/png": _BINARY},
-    },
-}
-
-
-# POST /v2/{model} reads its body by hand (its schema depends on the model): documented here.
-V2_MODEL = Annotated[
-    str, Path(description="The model to run.", json_schema_extra={"enum": sorted(MODEL_SPECS)})
-]
-V2_SUBMIT_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "The same body as `POST /v1/{model}`.",
-        "content": _json(
-            {
-                "anyOf": [
-                    {"$ref": f"#/components/schemas/{spec.request.__name__}"}
-                    for spec in MODEL_SPECS.values()
-                ]
-            }
-        ),
-    }
-}
-
-
-V2_SUBMIT_PATH = "/v2/{model}"
 
 
 def profile_description(settings: Settings) -> str:
@@ -231,10 +78,9 @@ def contract_openapi(app: FastAPI) -> dict[str, Any]:
     for operations in spec["paths"].values():
         for operation in operations.values():
             _complete_responses(operation)
-    _add_v1_examples(spec)
-    _split_v2_submit(spec)
+    _add_examples(spec)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    schemas["Error"] = ERROR_SCHEMA
+    schemas.update(_component_schemas(ErrorBody))
     # Referenced only by the 422s dropped above.
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
@@ -259,49 +105,22 @@ def _complete_responses(operation: dict[str, Any]) -> None:
         responses.setdefault(str(code), {"description": GENERIC_ERRORS[code]})
     for code, response in responses.items():
         if code[0] in "45" and not response.get("content"):
-            response["content"] = _json(ERROR_REF)
+            response["content"] = {"application/json": {"schema": ERROR_REF}}
 
 
-def _add_v1_examples(spec: dict[str, Any]) -> None:
+def _add_examples(spec: dict[str, Any]) -> None:
+    """Each generation route's body example (/docs offers it in "Try it out")."""
     for model, example in request_examples().items():
-        operation = spec["paths"].get(f"/v1/{model}", {}).get("post")
-        if operation is not None:
-            operation["requestBody"]["content"]["application/json"]["examples"] = {model: example}
+        for route in ("v1", "v2"):
+            operation = spec["paths"].get(f"/{route}/{model}", {}).get("post")
+            if operation is not None:
+                content = operation["requestBody"]["content"]["application/json"]
+                content["examples"] = {model: example}
 
 
-def _split_v2_submit(spec: dict[str, Any]) -> None:
-    """`POST /v2/{model}` is one route whose body depends on the model: documented as one
-    operation per model (`POST /v2/sd1.5-controlnet-depth`, ...), each with its model's schema
-    and example, so /docs offers the right body for each. The route itself serves them all."""
-    paths = spec["paths"]
-    if V2_SUBMIT_PATH not in paths:
-        return
-    generic = paths[V2_SUBMIT_PATH]["post"]
-    per_model = {}
-    for model, model_spec in MODEL_SPECS.items():
-        operation = copy.deepcopy(generic)
-        operation["summary"] = f"{model}: submit; poll status_url, then fetch response_url"
-        operation["operationId"] = f"submit_{model.replace('.', '_').replace('-', '_')}"
-        parameters = [p for p in operation.get("parameters", []) if p["name"] != "model"]
-        if parameters:
-            operation["parameters"] = parameters
-        else:
-            operation.pop("parameters", None)
-        content: dict[str, Any] = {
-            "schema": {"$ref": f"#/components/schemas/{model_spec.request.__name__}"}
-        }
-        example = request_examples().get(model)
-        if example is not None:
-            content["examples"] = {model: example}
-        operation["requestBody"] = {
-            "required": True,
-            "description": f"The same body as `POST /v1/{model}`.",
-            "content": {"application/json": content},
-        }
-        per_model[f"/v2/{model}"] = {"post": operation}
-    # In the generic route's place, so /docs lists them where it was.
-    spec["paths"] = {
-        name: item
-        for path, value in paths.items()
-        for name, item in (per_model.items() if path == V2_SUBMIT_PATH else [(path, value)])
-    }
+def _component_schemas(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema and those it refers to, as the document's components."""
+    _, top = models_json_schema(
+        [(model, "serialization")], ref_template="#/components/schemas/{model}"
+    )
+    return top["$defs"]

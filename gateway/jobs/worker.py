@@ -1,4 +1,5 @@
-"""The v2 worker: takes queued jobs, calls the same runner API as v1, stores the outcome.
+"""The v2 worker: takes queued jobs, runs and settles them through the same serving layer as v1
+(gateway/serving.py), stores the outcome.
 
 Each Gateway process runs `settings.job_workers` take-loops, one reaper and one loop that
 reports the queue depth (gateway/metrics.py). While a job is in hand its lease is renewed; on
@@ -25,8 +26,9 @@ from gateway import metrics
 from gateway.http.errors import ApiError
 from gateway.jobs.store import JobRecord, JobStore, Status
 from gateway.redis_client import UNAVAILABLE_ERRORS
-from gateway.runner_client import RunnerClient
+from gateway.responses import V2Failed, output_url, v2_completed_body
 from gateway.schemas.registry import MODEL_SPECS
+from gateway.serving import Serving
 from log_format import request_id_var
 from protocol.jobs import GenerationResult
 from settings import Settings
@@ -44,9 +46,6 @@ OUTCOME_RETRY_PAUSE_S = 1.0
 # Of the shutdown grace, kept for handing back the jobs still in hand (the store writes, the
 # runners' cancels: READY_PROBE_TIMEOUT_S each): jobs run until the grace less this.
 HANDBACK_RESERVE_S = 4.0  # between tries of a job's outcome while the store is unreachable
-
-# Called once per job, by the worker whose write made it terminal (credits, concurrency slot).
-JobFinished = Callable[[JobRecord, Status], Awaitable[None]]
 
 
 class _HandBack(Exception):
@@ -84,14 +83,12 @@ class JobWorker:
     def __init__(
         self,
         store: JobStore,
-        runners: Callable[[], dict[str, RunnerClient]],
+        serving: Serving,
         settings: Settings,
-        on_finished: JobFinished | None = None,
     ) -> None:
         self.store = store
-        self.runners = runners
+        self.serving = serving
         self.settings = settings
-        self.on_finished = on_finished
         # Unique per process and start, so a lease names exactly one live worker.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stopping = asyncio.Event()
@@ -151,7 +148,7 @@ class JobWorker:
             await asyncio.wait(set(self._writing), timeout=HANDBACK_RESERVE_S)
         # The runners' cancels of the jobs handed back, sent before the process ends: without
         # them a runner by URL (it does not stop with this Gateway) would go on with them.
-        clients = {id(client): client for client in self.runners().values()}
+        clients = {id(client): client for client in self.serving.runners.values()}
         await asyncio.gather(*(client.settle_cancels() for client in clients.values()))
         logger.info("v2 worker %s stopped", self.worker_id)
 
@@ -320,13 +317,11 @@ class JobWorker:
         """Run the job; while its runner is unreachable (restarting, rolling update), keep the
         job in hand and try again, up to the generation deadline."""
         spec = MODEL_SPECS[record.model]
-        runner = self.runners()[record.model]
         job = await asyncio.to_thread(spec.job.model_validate_json, record.payload)
         give_up_at = time.monotonic() + self.settings.generation_timeout_s
         while True:
             try:
-                [result] = await runner.generate([job], model=record.model)
-                return result
+                return await self.serving.run(record.model, job)
             except ApiError as exc:
                 if exc.status == 502 and self._stopping.is_set():
                     # The runner refused it while this replica stops (its runners stop with it):
@@ -340,7 +335,7 @@ class JobWorker:
                 await asyncio.sleep(RETRY_DELAY_S)
 
     async def _fail(self, record: JobRecord, error: str) -> None:
-        body = {"request_id": record.id, "status": "FAILED", "error": error}
+        body = V2Failed(request_id=record.id, status="FAILED", error=error).body()
         # Only the write that made the job FAILED reports it: a refund happens exactly once,
         # even when a presumed-dead worker on another replica fails the same job too.
         if await self._write_outcome(
@@ -363,10 +358,12 @@ class JobWorker:
         await self._fail(record, error)
 
     async def _finished(self, record: JobRecord, status: Status) -> None:
-        if self.on_finished is None:
-            return
+        """Called once per job, by the worker whose write made it terminal: its slot freed, a
+        FAILED job's credits given back."""
         try:
-            await self.on_finished(record, status)
+            await self.serving.settle(
+                record.owner, record.id, record.credits_charged, succeeded=status == "COMPLETED"
+            )
         except Exception:
             logger.exception("job %s: could not settle its credits and slot", record.id)
 
@@ -410,22 +407,6 @@ def completed_body(record: JobRecord, result: GenerationResult) -> dict:
     if record.as_base64:
         output = [base64.b64encode(image).decode("ascii") for image in result.images]
     else:
-        output = [
-            f"{record.base_url}/v2/requests/{record.id}/output/{index}"
-            for index in range(len(result.images))
-        ]
+        output = [output_url(record.base_url, record.id, i) for i in range(len(result.images))]
     queue_time = (record.started_at or record.submitted_at) - record.submitted_at
-    body = {
-        "request_id": record.id,
-        "status": "COMPLETED",
-        "output": output,
-        "seed": result.seed,
-        "metrics": {"inference_time": result.inference_time, "queue_time": queue_time},
-    }
-    # What v1 says in x-prompt-used / x-prompt-truncated; the v2 result answers both in its
-    # body and in the same headers (gateway/responses.py).
-    if result.prompt_used is not None:
-        body["prompt_used"] = result.prompt_used
-    if result.prompt_truncated:
-        body["prompt_truncated"] = True
-    return body
+    return v2_completed_body(record.id, result, output, queue_time)

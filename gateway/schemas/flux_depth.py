@@ -19,6 +19,18 @@ from settings import Settings
 MODEL = "flux-depth-pro"
 SIZE_MULTIPLE = 16  # Flux's VAE downsamples by 8, then the transformer packs 2x2 patches
 DEFAULT_SEED = 96522  # the hosted endpoint's default: fixed, not random
+# What /docs says of its v1 answers beside what every model's say (gateway/v1.py).
+V1_RESPONSES = {
+    200: {
+        "description": "The image bytes, JPEG or PNG per `output_format`. With "
+        "`prompt_upsampling`, the `x-prompt-used` header holds the prompt used, "
+        "percent-encoded UTF-8. `x-prompt-truncated: true` when the prompt ran past the T5 "
+        "token limit and was cut there. Fields the model does not take are ignored and named in "
+        "the `x-ignored-fields` header.",
+        "content": {"image/jpeg": {}, "image/png": {}},
+    },
+    422: {"description": "The prompt or the generated image was blocked by the safety checks."},
+}
 
 # output_format -> (the runner's encoder format, the answer's content type)
 OUTPUT_FORMATS: dict[str, tuple[OutputFormat, str]] = {

@@ -2,8 +2,8 @@
 but named in the `x-ignored-fields` header (and in the v2 submit answer), so a misspelt field
 (`num_steps` for `num_inference_steps`) does not pass silently with the default in its place.
 
-The middleware parses every JSON body once (gateway/http/json_limits.py) and keeps its top-level
-field names in the request's state; the routes compare them with their schema here.
+The middleware parses every JSON body once (gateway/http/parsed_body.py); the routes compare its
+top-level field names with their schema here.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from urllib.parse import quote
 from fastapi import Request
 from pydantic import BaseModel
 
+from gateway.http.parsed_body import parsed_body
+
 HEADER = "x-ignored-fields"
-# Where the middleware leaves the body's top-level field names (request.state.body_fields).
-STATE_KEY = "body_fields"
 # The header names fields up to this length, then says how many more there are: a body may
 # hold thousands of unknown fields, and a header line must stay short.
 MAX_HEADER_CHARS = 1024
@@ -23,7 +23,8 @@ MAX_HEADER_CHARS = 1024
 
 def ignored_fields(request: Request, schema: type[BaseModel]) -> list[str]:
     """The body's top-level fields that `schema` does not have, in the body's order."""
-    fields = getattr(request.state, STATE_KEY, None) or []
+    body = parsed_body(request)
+    fields = list(body) if isinstance(body, dict) else []
     return [name for name in fields if name not in schema.model_fields]
 
 

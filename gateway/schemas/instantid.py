@@ -15,6 +15,13 @@ from settings import Settings
 
 MODEL = "instantid"
 SIZE_MULTIPLE = 64  # the contract: SDXL output sides are multiples of 64
+# What /docs says of its v1 answers beside what every model's say (gateway/v1.py).
+V1_RESPONSES = {
+    400: {
+        "description": "Malformed JSON, a bad field, an undecodable image, or no face found in "
+        "`face_image` or `pose_image` (the error names the field)."
+    },
+}
 
 
 class InstantIDRequest(RequestSchema):

@@ -1,5 +1,7 @@
 """What the Gateway knows of each model: its request schema, how a request becomes a runner
-job, what its images are and what it costs. v2 routes and the v2 worker look models up here.
+job, what its images are, what it costs and how /docs describes it. The v1 and v2 routes are
+made from these entries (gateway/v1.py, gateway/jobs/routes.py), and the serving layer and the
+v2 worker look models up here.
 
 Credits (when a key has them, see gateway/tenancy/credits.py): a request costs
 ``samples × steps × credits_per_step``. One credit is one denoising step of one image of
@@ -10,7 +12,7 @@ transformer at 1024 px). Recalibrate them from `depthid_generation_seconds` on y
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,7 +32,10 @@ class ModelSpec:
     to_job: ToJob
     media_type: Callable[[Any], str]  # content type of the images, given the request
     credits_per_step: int  # the price of one denoising step of one image
+    summary: str  # the routes' one line in /docs
     steps_field: str = "num_inference_steps"  # the request field holding the step count
+    # What /docs says of the v1 answers where this model differs from the others (gateway/v1.py).
+    v1_responses: dict[int | str, dict[str, Any]] = field(default_factory=dict)
 
     def credit_cost(self, body: BaseModel) -> int:
         """Credits this request costs: samples × steps × credits_per_step."""
@@ -54,6 +59,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         to_job=sd15_depth.to_job,
         media_type=jpeg,
         credits_per_step=1,
+        summary="SD1.5 guided by the depth map of `image`",
     ),
     instantid.MODEL: ModelSpec(
         name=instantid.MODEL,
@@ -62,6 +68,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         to_job=instantid.to_job,
         media_type=jpeg,
         credits_per_step=4,
+        summary="SDXL keeping the identity of the largest face in `face_image`",
+        v1_responses=instantid.V1_RESPONSES,
     ),
     insta_depth.MODEL: ModelSpec(
         name=insta_depth.MODEL,
@@ -70,6 +78,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         to_job=insta_depth.to_job,
         media_type=jpeg,
         credits_per_step=5,
+        summary="instantid, posed by the face and depth map of `pose_image`",
+        v1_responses=instantid.V1_RESPONSES,
     ),
     flux_depth.MODEL: ModelSpec(
         name=flux_depth.MODEL,
@@ -78,6 +88,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         to_job=flux_depth.to_job,
         media_type=flux_depth.media_type,
         credits_per_step=16,
+        summary="FLUX.1 Depth [dev] guided by the depth map of `control_image`",
         steps_field="steps",
+        v1_responses=flux_depth.V1_RESPONSES,
     ),
 }

@@ -3,9 +3,10 @@
 A key with `credits` in the keys file may spend that many in all; the ledger counts what each
 key has spent, so raising a key's `credits` tops it up. A request costs
 `ModelSpec.credit_cost` (gateway/schemas/registry.py). It is charged after the request is validated
-and before any runner work; a generation that fails gives its charge back (v1: as it answers;
-v2: when the job is FAILED, by the one worker whose write made it so). A key without `credits`
-(and every caller when keys are off) is never charged and gets no `x-remaining-credits`.
+and before any runner work; a generation that fails gives its charge back (gateway/serving.py:
+v1 as it answers; v2 when the job is FAILED or CANCELLED, by the one write that made it so).
+A key without `credits` (and every caller when keys are off) is never charged and gets no
+`x-remaining-credits`.
 
 Two ledgers: in-process memory (one Gateway process; a restart forgets what was spent), and
 Redis when `DEPTHID_JOB_STORE_URL` is set, where one Lua script checks and spends at once, so
@@ -14,9 +15,6 @@ replicas sharing it can never together spend more than a key has.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -124,13 +122,11 @@ class Credits:
     def __init__(self, ledger: CreditLedger) -> None:
         self.ledger = ledger
 
-    @contextlib.asynccontextmanager
-    async def charge(self, tenant: Tenant, model: str, cost: int) -> AsyncIterator[Charge]:
-        """Charge `cost` (406 when the key has less left); if the block raises, refund it, and
-        an ApiError it raises carries the balance after the refund."""
+    async def spend(self, tenant: Tenant, model: str, cost: int) -> Charge:
+        """Charge `cost` (406 when the key has less left); a job that then fails is refunded
+        (gateway/serving.py settles it)."""
         if tenant.credits is None:
-            yield Charge(amount=0, remaining=None)
-            return
+            return Charge(amount=0, remaining=None)
         ok, left = await self.ledger.spend(tenant.name, tenant.credits, cost)
         if not ok:
             metrics.count_credits_refused(model)
@@ -140,17 +136,10 @@ class Credits:
                 f"the key '{tenant.name}' has {max(0, left)} left",
                 headers=remaining_header(left),
             )
-        try:
-            yield Charge(amount=cost, remaining=left)
-        except BaseException as exc:
-            # Shielded: a cancelled request (client gone) still gets its credits back; and
-            # settled: a Redis outage delays the refund, never loses it.
-            await asyncio.shield(self.refund(tenant.name, cost))
-            if isinstance(exc, ApiError):
-                exc.headers = {**(exc.headers or {}), **await self.remaining_headers(tenant)}
-            raise
+        return Charge(amount=cost, remaining=left)
 
     async def refund(self, tenant_name: str, amount: int) -> None:
+        # Settled: a Redis outage delays the refund, never loses it.
         if amount:
             await settle(
                 lambda: self.ledger.refund(tenant_name, amount),

@@ -17,12 +17,9 @@ come from the keys file, else the settings' defaults; 0 means no limit. Keys off
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway import metrics
@@ -185,51 +182,26 @@ class RateLimits:
                 f"requests per minute; retry after {retry_after} s",
             )
 
-    @contextlib.asynccontextmanager
-    async def in_flight(self, tenant: Tenant) -> AsyncIterator[None]:
-        """v1: a concurrency slot (429 when none is free), held while the block runs."""
-        slot_id = uuid.uuid4().hex  # never the caller's request id: it need not be unique
-        acquired = await self._acquire(tenant, slot_id, self.v1_slot_ttl_s)
-        try:
-            yield
-        finally:
-            if acquired:
-                await asyncio.shield(self._release(tenant.name, slot_id))
-
-    @contextlib.asynccontextmanager
-    async def job_slot(self, tenant: Tenant, job_id: str) -> AsyncIterator[None]:
-        """v2: a concurrency slot (429 when none is free) that the job keeps until it finishes
-        (`release_job`); given back here only if the block raises: the job was not queued."""
-        acquired = await self._acquire(tenant, job_id, JOB_SLOT_TTL_S)
-        try:
-            yield
-        except BaseException:
-            if acquired:
-                await asyncio.shield(self._release(tenant.name, job_id))
-            raise
-
-    async def release_job(self, tenant_name: str, job_id: str) -> None:
-        """Free a finished v2 job's slot (nothing happens if it held none)."""
-        await self._release(tenant_name, job_id)
-
-    async def _release(self, tenant_name: str, slot_id: str) -> None:
-        # Settled: a Redis outage delays the release, never leaks the slot.
-        await settle(
-            lambda: self.store.release_slot(tenant_name, slot_id),
-            f"release of a concurrency slot of '{tenant_name}'",
-        )
-
-    async def _acquire(self, tenant: Tenant, slot_id: str, ttl_s: float) -> bool:
-        """True when a slot was taken, False when the key has no concurrency limit."""
+    async def acquire_slot(self, tenant: Tenant, slot_id: str, ttl_s: float) -> None:
+        """Hold one of the key's concurrency slots (429 when none is free) until
+        `release_slot`, or `ttl_s` if its Gateway dies first (gateway/serving.py)."""
         if not tenant.concurrent_jobs:
-            return False
+            return
         if await self.store.acquire_slot(tenant.name, slot_id, tenant.concurrent_jobs, ttl_s):
-            return True
+            return
         raise too_many(
             "concurrency",
             self.concurrency_retry_after_s,
             f"too many jobs at once: this key may have {tenant.concurrent_jobs} running or "
             f"queued; retry after {self.concurrency_retry_after_s} s",
+        )
+
+    async def release_slot(self, tenant_name: str, slot_id: str) -> None:
+        """Free a slot (nothing happens if it held none: a key without a concurrency limit)."""
+        # Settled: a Redis outage delays the release, never leaks the slot.
+        await settle(
+            lambda: self.store.release_slot(tenant_name, slot_id),
+            f"release of a concurrency slot of '{tenant_name}'",
         )
 
     async def close(self) -> None:

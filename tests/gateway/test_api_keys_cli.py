@@ -72,9 +72,9 @@ def test_check_names_the_problem(tmp_path):
 def test_the_gateway_says_at_start_whether_keys_are_on(tmp_path, caplog):
     path = write_keys(tmp_path, entry("team-a"), entry("team-b"))
     caplog.set_level(logging.INFO, logger="gateway.app")
-    with TestClient(create_app(Settings(api_keys_file=path))):
+    with TestClient(create_app(Settings(api_keys_file=path), runners={})):
         pass
-    with TestClient(create_app(Settings())):
+    with TestClient(create_app(Settings(), runners={})):
         pass
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("API keys")]
     assert lines[0] == f"API keys: on, 2 keys ({path})"

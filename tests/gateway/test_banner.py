@@ -51,7 +51,7 @@ def test_the_banner_waits_for_every_runner_and_reports_progress(caplog, monkeypa
         "b": RunnerClient("instantid", RecordingRunner(), 5.0, ready=slow_ready),
     }
     caplog.set_level(logging.INFO)
-    asyncio.run(banner.announce_when_ready(lambda: runners, Settings(), keys=None))
+    asyncio.run(banner.announce_when_ready(runners, Settings(), keys=None))
     messages = [record.getMessage() for record in caplog.records]
     assert messages[-1].startswith("DepthID is ready")
     assert sum(m.startswith("DepthID is ready") for m in messages) == 1

@@ -5,23 +5,21 @@ memory ledger and on Redis shared by two app instances."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import pytest
 import redis
-from fastapi.datastructures import State
 
 from gateway import metrics
-from gateway.jobs import routes as v2
 from gateway.jobs.redis_store import RedisJobStore
 from gateway.jobs.store import JobRecord
 from gateway.jobs.worker import JobWorker
 from gateway.runner_client import RunnerClient
 from gateway.schemas import sd15_depth
 from gateway.schemas.registry import MODEL_SPECS
+from gateway.serving import Serving
 from gateway.tenancy.credits import Credits, RedisCreditLedger
 from gateway.tenancy.rate_limits import MemoryLimitStore, RateLimits
 from protocol.jobs import JobFailure
@@ -230,7 +228,7 @@ def test_a_job_failed_by_two_workers_is_refunded_once(tmp_path, redis_url):
     async def scenario() -> int:
         store = RedisJobStore(redis_url, max_queued=10, retention_s=60, visibility_timeout_s=0.3)
         credits = Credits(RedisCreditLedger(redis_url))
-        state = State({"credits": credits, "rate_limits": RateLimits(MemoryLimitStore(), settings)})
+        rate_limits = RateLimits(MemoryLimitStore(), settings)
         assert (await credits.ledger.spend("team-a", 100, 20)) == (True, 80)  # as submit does
         record = JobRecord(
             id="job-1", model=SD15, payload=await _sd15_payload(), as_base64=False,
@@ -241,8 +239,7 @@ def test_a_job_failed_by_two_workers_is_refunded_once(tmp_path, redis_url):
 
         def make_worker() -> JobWorker:
             runners = {SD15: RunnerClient("sd15", failing, 5)}
-            finished = functools.partial(v2.on_job_finished, state)
-            return JobWorker(store, lambda: runners, settings, on_finished=finished)
+            return JobWorker(store, Serving(settings, runners, credits, rate_limits), settings)
 
         presumed_dead, live = make_worker(), make_worker()
         first = await store.take(presumed_dead.worker_id, timeout_s=1)

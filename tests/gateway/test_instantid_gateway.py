@@ -86,8 +86,8 @@ def test_instantid_fields_reach_the_runner(client, recorder):
     response = client.post(INSTANTID, json=instantid_body(**fields))
     assert response.status_code == 200, response.text
     assert len(response.json()["images"]) == 3
-    # Sent as one-sample jobs, so samples count toward the runner's batch size.
-    assert [(job.samples, job.seed) for job in recorder.jobs] == [(1, 42), (1, 43), (1, 44)]
+    # Sent whole: the runner cuts it into samples (runners/scheduler.py).
+    assert [(job.samples, job.seed) for job in recorder.jobs] == [(3, 42)]
     job = recorder.jobs[0]
     assert (job.num_inference_steps, job.guidance_scale) == (30, 7.5)
     assert (job.identity_strength, job.adapter_strength) == (0.25, 0.5)

@@ -121,13 +121,12 @@ def test_refunds_and_slot_releases_during_a_long_outage_are_settled_when_redis_i
         # Retries for 0.3 s only: the outage outlasts them.
         limits = RateLimits(RedisLimitStore(url, retry_s=0.3), Settings())
         credits = Credits(RedisCreditLedger(url, retry_s=0.3))
-        async with limits.job_slot(tenant, "job-1"):
-            pass  # queued: the job keeps its slot
+        await limits.acquire_slot(tenant, "job-1", ttl_s=60)  # queued: the job keeps its slot
         assert (await credits.ledger.spend("team-a", 100, 30)) == (True, 70)
         server.kill()
         # The job fails while Redis is down: neither its refund nor its release raises...
         await credits.refund("team-a", 30)
-        await limits.release_job("team-a", "job-1")
+        await limits.release_slot("team-a", "job-1")
         # ...and once Redis is back (its AOF kept the charge and the slot), both happen.
         await asyncio.to_thread(server.start)
         deadline = time.monotonic() + 10
@@ -137,8 +136,7 @@ def test_refunds_and_slot_releases_during_a_long_outage_are_settled_when_redis_i
         ):
             await asyncio.sleep(0.1)
         assert await credits.ledger.spent("team-a") == 0
-        async with limits.job_slot(tenant, "job-2"):  # the one slot is free again
-            pass
+        await limits.acquire_slot(tenant, "job-2", ttl_s=60)  # the one slot is free again
         await limits.close()
         await credits.close()
 

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure, SD15DepthJob
-from protocol.samples import merge_results, split_samples
 from runners.batching import run_batched
+from runners.samples import merge_results, split_samples
 from tests.support import jobs as shared_jobs
 from tests.support.face_images import face_picture, payload_face, payload_pose
 from tests.support.helpers import scene_image

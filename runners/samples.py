@@ -1,7 +1,6 @@
 """A job of n samples as n one-sample jobs (sample i seeded with `seed + i`), and their results
-as one again. The Gateway splits before calling a runner, because BentoML's batch size counts
-list items; the runners split again what they receive (the same functions), so a request's
-samples count toward the batch whoever sends it."""
+as one again: done once, by the runner's scheduler (runners/scheduler.py), so that each sample
+counts toward the batch size; the Gateway sends whole jobs."""
 
 from __future__ import annotations
 
