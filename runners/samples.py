@@ -34,6 +34,7 @@ def merge_results(job: Any, parts: list[GenerationResult]) -> GenerationResult:
         inference_time=max(part.inference_time for part in parts),
         failure=failed.failure if failed else None,
         prompt_used=parts[0].prompt_used,
+        prompt_truncated=parts[0].prompt_truncated,
         batch_size=max(part.batch_size for part in parts),
     )
 
