@@ -117,24 +117,27 @@ def test_a_runner_answers_without_rebuilding_its_json_schema(module, service, mo
     assert response.media_type == "application/json"
 
 
-def test_the_gateway_sends_one_sample_jobs_and_merges_their_results():
-    from gateway.runner_client import RunnerClient
+def test_the_runner_cuts_a_whole_job_into_samples_and_merges_their_results():
+    """The Gateway sends whole jobs; the runner's scheduler is the one place that cuts them
+    into one-sample rows (each counts toward the batch size) and merges their results."""
+    from runners.scheduler import Scheduler
 
-    sent: list[list[SD15DepthJob]] = []
+    calls: list[list[SD15DepthJob]] = []
 
-    async def call(jobs):
-        sent.append(jobs)
+    def run_call(rows):
+        calls.append(rows)
         return [
-            GenerationResult(request_id=j.request_id, images=[b"%d" % j.seed], seed=j.seed,
-                             inference_time=0.5, batch_size=len(jobs))
-            for j in jobs
+            GenerationResult(request_id=r.request_id, images=[b"%d" % r.seed], seed=r.seed,
+                             inference_time=0.5, batch_size=len(rows))
+            for r in rows
         ]  # fmt: skip
 
-    client = RunnerClient("sd15_depth", call, deadline_s=5)
-    [result] = asyncio.run(
-        client.generate([sd15_job(samples=4, seed=50)], model="sd1.5-controlnet-depth")
-    )
-    assert [(job.samples, job.seed) for job in sent[0]] == [(1, 50), (1, 51), (1, 52), (1, 53)]
+    scheduler = Scheduler("test", lambda row: "one shape", run_call, max_batch_size=4)
+    try:
+        [result] = asyncio.run(scheduler.submit([sd15_job(samples=4, seed=50)]))
+    finally:
+        scheduler.close()
+    assert [(row.samples, row.seed) for row in calls[0]] == [(1, 50), (1, 51), (1, 52), (1, 53)]
     assert result.images == [b"50", b"51", b"52", b"53"] and result.seed == 50
     assert result.batch_size == 4
 
