@@ -14,9 +14,9 @@ import schemathesis
 
 from gateway.http.examples import request_examples
 from gateway.schemas.registry import MODEL_SPECS
+from gateway.tenancy.api_keys import new_webhook_secret
 from tests.support.api_key_helpers import entry, headers, write_keys
 from tests.support.gateway_client import make_client
-from gateway.tenancy.api_keys import new_webhook_secret
 from tests.support.helpers import RecordingRunner
 from tests.support.webhook_receiver import receiver
 
