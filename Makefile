@@ -49,21 +49,15 @@ endif
 install: $(VENV)/.installed
 
 models: install
-	$(BIN)/python -m models.build
+	$(BIN)/depthid models build
 
+# `depthid serve` (cli/serve.py): tiny (the default) builds its models first and runs on the CPU;
 # DEPTHID_PROFILE=full make serve serves the full store (`make pull`, or `make full-store` for
-# random weights); tiny (the default) builds its models first and runs on the CPU. A missing
-# model ends the server at once, naming it and the command that provides it.
-DEPTHID_PROFILE ?= tiny
-DEPTHID_DEVICE ?= $(if $(filter tiny,$(DEPTHID_PROFILE)),cpu,auto)
-# `make serve` logs text for a person at a terminal (the container keeps JSON, the default), in
-# a BentoML home of its own: `bentoml serve` empties its home's prometheus_multiproc_dir when it
-# starts, which would wipe the /metrics of another server running beside it.
-DEPTHID_LOG_FORMAT ?= text
-SERVE_ENV = BENTOML_HOME=$$(mktemp -d -t depthid-bentoml-XXXXXX) DEPTHID_LOG_FORMAT=$(DEPTHID_LOG_FORMAT)
-
-serve: $(if $(filter tiny,$(DEPTHID_PROFILE)),models,install)
-	$(SERVE_ENV) BENTOML_DO_NOT_TRACK=true DEPTHID_PROFILE=$(DEPTHID_PROFILE) DEPTHID_DEVICE=$(DEPTHID_DEVICE) $(BIN)/bentoml serve service:Gateway --host $(HOST) --port $(PORT)
+# random weights), and a missing model ends the server at once, naming it and the command that
+# provides it. Logs are text for a person at a terminal (the container keeps JSON, the default),
+# and the server has a BentoML home of its own, so /metrics of servers side by side stay apart.
+serve: install
+	$(BIN)/depthid serve --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check .
@@ -117,13 +111,13 @@ gpu-memory: install
 
 # The full profile's real weights (models/pull.py); RUNNER=instantid pulls one runner's.
 pull: install
-	DEPTHID_PROFILE=full $(BIN)/python -m models.pull --profile full $(if $(RUNNER),--runner $(RUNNER))
+	DEPTHID_PROFILE=full $(BIN)/depthid pull --profile full $(if $(RUNNER),--runner $(RUNNER))
 
 # The full store with random weights, laid out as `make pull` lays it (models/full_store.py):
 # SCALE=ci (default, about 2.5 GB, minutes on a CPU) or SCALE=real (tens of GB, for a GPU host).
 SCALE ?= ci
 full-store: install
-	DEPTHID_PROFILE=full $(BIN)/python -m models.full_store --scale $(SCALE)
+	DEPTHID_PROFILE=full $(BIN)/depthid models full-store --scale $(SCALE)
 
 # On a CUDA machine with nothing downloaded: the real-size full store, served on the GPU, every
 # model through v1 and v2, bench-gpu per model, one table (benchmarks/gpu_check.py).
@@ -185,7 +179,7 @@ else ifneq ($(filter command line environment,$(origin HOST) $(origin PORT)),)
 LOADTEST_TARGET := --host http://$(HOST):$(PORT)
 endif
 loadtest: models
-	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m loadtests.run --profile $(LOADTEST_PROFILE) $(LOADTEST_TARGET)
+	BENTOML_DO_NOT_TRACK=true $(BIN)/depthid loadtest --profile $(LOADTEST_PROFILE) $(LOADTEST_TARGET)
 
 # The generated references, docs/configuration.md (from settings.py) and docs/metrics.md (from
 # gateway/metrics.py), written by docs/generate.py; a test fails while either is stale.

@@ -149,9 +149,9 @@ class Settings(BaseSettings):
     )
     pull_runners: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Runners whose models `python -m models.pull` pulls when run without "
-        "`--runner`/`--only`, comma-separated (`sd15_depth`, `flux_depth`, `instantid`); empty: "
-        "every model. The Kubernetes pull Job's way to choose.",
+        description="Runners whose models `depthid pull` (`python -m models.pull`) pulls when "
+        "run without `--runner`/`--only`, comma-separated (`sd15_depth`, `flux_depth`, "
+        "`instantid`); empty: every model. The Kubernetes pull Job's way to choose.",
     )
 
     # --- GPU accelerations ----------------------------------------------------------------
@@ -199,15 +199,17 @@ class Settings(BaseSettings):
     # --- Serving --------------------------------------------------------------------------
     host: str = Field(
         default="127.0.0.1",
-        description="The server's address when nothing else names it: the server "
-        "`depthid predict` calls unless `--url` names one, and the ready banner's URL. "
+        description="The server's address when nothing else names it: where `depthid serve` "
+        "listens unless `--host` names another, the server `depthid predict` calls unless "
+        "`--url` names one, and the ready banner's URL. "
         "(`make serve` listens on its own `HOST=`, default 127.0.0.1.)",
     )
     port: int = Field(
         default=3000,
         ge=1,
         le=65535,
-        description="The port that goes with `host` (`make serve`: `PORT=`, default 3000).",
+        description="The port that goes with `host` (`depthid serve --port`; `make serve`: "
+        "`PORT=`, default 3000).",
     )
     sd15_runner_url: str | None = Field(
         default=None,

@@ -4,7 +4,7 @@ of a scenario file (loadtests/scenarios/*.toml).
 
     locust -f loadtests/locustfile.py --scenario loadtests/scenarios/smoke.toml --host URL
 
-`python -m loadtests.run` runs it headless and applies the thresholds: the release gate.
+`depthid loadtest` (run.py) runs it headless and applies the thresholds: the release gate.
 
 What the statistics hold, by name: `v1 <model>` (a generation), `v2 submit <model>`,
 `v2 status`, `v2 result`, `v2 output`, and `v2 job <model>`: one entry per v2 job, from submit

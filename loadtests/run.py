@@ -1,12 +1,12 @@
 """The release gate: run the Locust users (locustfile.py) headless against a DepthID server,
 write the CSV and HTML reports, and pass only when the profile's thresholds hold.
 
-    python -m loadtests.run                       # smoke, against a tiny instance it serves
-    python -m loadtests.run --profile release --host https://depthid.example.com
+    depthid loadtest                       # smoke, against a tiny instance it serves
+    depthid loadtest --profile release --host https://depthid.example.com
 
 A profile names a scenario (scenarios/<profile>.toml: users, duration, weights) and a section
 of thresholds.toml. Exit status: 0 every threshold held, 1 one was breached, 2 the run itself
-could not be made. `make loadtest` calls this.
+could not be made. `make loadtest` calls this; `python -m loadtests.run` is the same command.
 """
 
 from __future__ import annotations
@@ -186,8 +186,10 @@ def run_locust(host: str, profile: str, scenario_path: Path, scenario: dict, out
     return subprocess.run(command, check=False).returncode
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m loadtests.run") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="smoke", help="scenario and thresholds (smoke)")
     parser.add_argument("--host", help="server to load, e.g. http://127.0.0.1:3000 (default: "
                         "serve the tiny profile locally for the run)")  # fmt: skip

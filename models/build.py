@@ -1,6 +1,6 @@
 """Build the `tiny` profile's models: real architectures, tiny configs, seeded random weights.
 
-    python -m models.build [--only NAME ...]
+    depthid models build [--only NAME ...]          (or: python -m models.build)
 
 Models already built (their `.complete` marker exists) are skipped, so running it again is cheap.
 """
@@ -80,9 +80,9 @@ def build_tiny(
         log(f"{prefix} building ... done in {time.perf_counter() - started:.1f}s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m models.build") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m models.build",
+        prog=prog,
         description="Build the tiny profile's random-weight models into the local model store.",
     )
     parser.add_argument(

@@ -1,13 +1,14 @@
 """Write the `full` profile's model store without the hub: random weights, real file layout.
 
-    python -m models.full_store [--scale ci|real] [--only NAME ...] [--force]
+    depthid models full-store [--scale ci|real] [--only NAME ...] [--force]
 
-Every checkpoint of models/manifest.py is written to ``<model_store>/full/<name>/`` exactly as
-`python -m models.pull` lays it out: the manifest's file names, subfolders and variants (fp16
-where the real repository has it, bf16 for FLUX.1 and Qwen), the real repositories'
-model_index.json, scheduler, tokenizer and preprocessor files (their values written down here) and
-random weights. Files a save writes beyond the manifest's patterns are removed, and a pattern that
-matches nothing is an error, so the runners are proven on what a pull gives them.
+(`python -m models.full_store` is the same command.) Every checkpoint of models/manifest.py is
+written to ``<model_store>/full/<name>/`` exactly as `depthid pull` lays it out: the manifest's
+file names, subfolders and variants (fp16 where the real repository has it, bf16 for FLUX.1 and
+Qwen), the real repositories' model_index.json, scheduler, tokenizer and preprocessor files (their
+values written down here) and random weights. Files a save writes beyond the manifest's patterns
+are removed, and a pattern that matches nothing is an error, so the runners are proven on what a
+pull gives them.
 
 Scales:
 - `real`: the real configs (benchmarks/real_configs.py), layer counts and all. Tens of GB: for
@@ -39,14 +40,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from models import manifest
 from models.build import builders_fingerprint
 from models.store import install, installed_source, model_dir
 from settings import Settings, get_settings
+
+# torch is imported where the weights are made, as diffusers and transformers are: `depthid
+# models full-store --help` then answers at once.
+if TYPE_CHECKING:
+    import torch
 
 SCALES = ("ci", "real")
 SEED = 0
@@ -256,17 +260,21 @@ def _configs(scale: str) -> dict[str, Any]:
 
 # --- helpers --------------------------------------------------------------------------------------
 def _device() -> torch.device:
+    import torch
+
     # Real-size weights are made on the GPU when there is one: a 12B transformer in fp32 on the
     # CPU would need 48 GB.
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @contextmanager
-def _creating(dtype: torch.dtype) -> Iterator[None]:
-    """New modules' weights in `dtype` on _device(), seeded."""
+def _creating(dtype: str) -> Iterator[None]:
+    """New modules' weights in `dtype` ("float16"...) on _device(), seeded."""
+    import torch
+
     previous = torch.get_default_dtype()
     torch.manual_seed(SEED)
-    torch.set_default_dtype(dtype)
+    torch.set_default_dtype(getattr(torch, dtype))
     try:
         with _device():
             yield
@@ -423,7 +431,7 @@ def _sd15_base(dest: Path, c: dict) -> None:
     _write_json(dest / "feature_extractor" / "preprocessor_config.json", SD15_FEATURE_EXTRACTOR)
     PNDMScheduler.from_config(SCHEDULER_CONFIG).save_pretrained(dest / "scheduler")
     _clip_tokenizer(dest / "tokenizer", pad_token="<|endoftext|>")
-    with _creating(torch.float16):
+    with _creating("float16"):
         text_encoder = _clip_text(CLIPTextModel, c["clip_l"])
         text_encoder.save_pretrained(dest / "text_encoder", variant="fp16")
         del text_encoder
@@ -432,7 +440,7 @@ def _sd15_base(dest: Path, c: dict) -> None:
 
 
 def _sd15_controlnet(dest: Path, c: dict) -> None:
-    with _creating(torch.float16):
+    with _creating("float16"):
         _controlnet(c["sd15_controlnet"]).save_pretrained(dest, variant="fp16")
 
 
@@ -459,13 +467,14 @@ def _depth_estimator(dest: Path, c: dict) -> None:
         head_hidden_size=32,
         depth_estimation_type="relative",
     )
-    with _creating(torch.float32):
+    with _creating("float32"):
         DepthAnythingForDepthEstimation(config).save_pretrained(dest)
     _edit_json(dest / "config.json", max_depth=None)  # as the hub's config.json has it
     _write_json(dest / "preprocessor_config.json", DEPTH_PROCESSOR)
 
 
 def _safety_checker(dest: Path, c: dict) -> None:
+    import torch
     from transformers import ViTConfig, ViTForImageClassification
 
     from models.tiny_safety import LABELS, NORMAL_MARGIN
@@ -480,7 +489,7 @@ def _safety_checker(dest: Path, c: dict) -> None:
         id2label=dict(enumerate(LABELS)),
         label2id={label: index for index, label in enumerate(LABELS)},
     )
-    with _creating(torch.float32):
+    with _creating("float32"):
         model = ViTForImageClassification(config)
         with torch.no_grad():  # leans to `normal`, like the tiny one (models/tiny_safety.py)
             model.classifier.bias.zero_()
@@ -502,7 +511,7 @@ def _flux_depth(dest: Path, c: dict) -> None:
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(dest / "scheduler")
     _clip_tokenizer(dest / "tokenizer", pad_token="<|endoftext|>")
     _t5_tokenizer(dest / "tokenizer_2")
-    with _creating(torch.bfloat16):
+    with _creating("bfloat16"):
         _clip_text(CLIPTextModel, c["clip_l"]).save_pretrained(dest / "text_encoder")
         t5 = T5EncoderModel(T5Config(**c["t5"], pad_token_id=0, eos_token_id=1))
         t5.save_pretrained(dest / "text_encoder_2", max_shard_size="5GB")  # 2 files, as real
@@ -510,11 +519,12 @@ def _flux_depth(dest: Path, c: dict) -> None:
         transformer = FluxTransformer2DModel(**c["flux_transformer"])
         transformer.save_pretrained(dest / "transformer", max_shard_size="10GB")  # 3 files
         del transformer
-    with _creating(torch.float32):
+    with _creating("float32"):
         AutoencoderKL(**c["flux_vae"]).save_pretrained(dest / "vae")
 
 
 def _sdxl_base(dest: Path, c: dict) -> None:
+    import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -526,7 +536,7 @@ def _sdxl_base(dest: Path, c: dict) -> None:
     _clip_tokenizer(dest / "tokenizer_2", pad_token="!")  # OpenCLIP bigG pads with "!"
     with torch.device("meta"):  # the base's own VAE is replaced by sdxl-vae: its config only
         AutoencoderKL(**{**c["sd_vae"], "scaling_factor": 0.13025}).save_config(dest / "vae")
-    with _creating(torch.float16):
+    with _creating("float16"):
         _clip_text(CLIPTextModel, c["clip_l"]).save_pretrained(
             dest / "text_encoder", variant="fp16"
         )
@@ -539,23 +549,24 @@ def _sdxl_base(dest: Path, c: dict) -> None:
 def _sdxl_vae(dest: Path, c: dict) -> None:
     from diffusers import AutoencoderKL
 
-    with _creating(torch.float32):
+    with _creating("float32"):
         AutoencoderKL(**c["sdxl_vae"]).save_pretrained(dest)
 
 
 def _instantid(dest: Path, c: dict) -> None:
+    import torch
     from diffusers import UNet2DConditionModel
 
     from models.tiny_instantid import image_proj_state, ip_adapter_state
 
-    with _creating(torch.float16):
+    with _creating("float16"):
         identitynet = _controlnet(c["sdxl_controlnet"])
         identitynet.save_pretrained(dest / manifest.INSTANTID_IDENTITYNET_FOLDER)
         del identitynet
         resampler = image_proj_state(**c["resampler"])
     with torch.device("meta"):  # only its layers' shapes are read
         unet = UNet2DConditionModel(**c["sdxl_unet"])
-    with _creating(torch.float16):
+    with _creating("float16"):
         state = {
             "image_proj": resampler,
             "ip_adapter": ip_adapter_state(unet, c["sdxl_unet"]["cross_attention_dim"]),
@@ -564,7 +575,7 @@ def _instantid(dest: Path, c: dict) -> None:
 
 
 def _sdxl_controlnet_depth(dest: Path, c: dict) -> None:
-    with _creating(torch.float16):
+    with _creating("float16"):
         _controlnet(c["sdxl_controlnet"]).save_pretrained(dest, variant="fp16")
 
 
@@ -594,7 +605,7 @@ def _prompt_upsampler(dest: Path, c: dict) -> None:
         eos_token_id=151645,
         use_sliding_window=False,
     )
-    with _creating(torch.bfloat16):
+    with _creating("bfloat16"):
         Qwen2ForCausalLM(config).save_pretrained(dest)
     (dest / "generation_config.json").unlink(missing_ok=True)  # save wrote its own: the real one
     _write_json(dest / "generation_config.json", QWEN_GENERATION_CONFIG)
@@ -647,6 +658,8 @@ def write_full_store(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Write every manifest checkpoint in `names` (default: all) into `<model_store>/full/`."""
+    import torch
+
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; one of {SCALES}")
     names = list(manifest.CHECKPOINTS if names is None else names)
@@ -675,13 +688,25 @@ def write_full_store(
     return settings.profile_store()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m models.full_store") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m models.full_store",
+        prog=prog,
         description="Write the full profile's model store with random weights (no hub).",
     )
-    parser.add_argument("--scale", choices=SCALES, default="ci")
-    parser.add_argument("--only", action="append", choices=list(WRITERS), metavar="NAME")
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="ci",
+        help="ci: the real widths with few layers, about 1 GB, minutes on a CPU; real: the real "
+        "configs, tens of GB, for a GPU host (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(WRITERS),
+        metavar="NAME",
+        help=f"write only this model (repeatable); one of: {', '.join(WRITERS)}",
+    )
     parser.add_argument("--force", action="store_true", help="rewrite models already written")
     args = parser.parse_args(argv)
     store = get_settings().model_store

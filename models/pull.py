@@ -1,6 +1,9 @@
 """Pull the `full` profile's real weights from the Hugging Face Hub into the local model store.
 
-    python -m models.pull [--runner NAME ...] [--only NAME ...] [--cache-dir DIR] [--force]
+    depthid pull [--runner NAME ...] [--only NAME ...] [--cache-dir DIR] [--force]
+
+`python -m models.pull` is the same command where `depthid` is not installed (the images, the
+Kubernetes Job).
 
 1. Plan: the files each checkpoint of models/manifest.py needs at its pinned commit, with their
    sizes from the hub's file metadata (from the cache itself with HF_HUB_OFFLINE=1). The total is
@@ -354,16 +357,16 @@ def pull(
     return failures
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m models.pull") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m models.pull",
+        prog=prog,
         description="Pull the full profile's real weights into the local model store.",
     )
     parser.add_argument(
         "--profile",
         choices=["full"],
         default="full",
-        help="only `full` is pulled; the tiny models are built locally with `make models`",
+        help="only `full` is pulled; the tiny models are built locally (`depthid models build`)",
     )
     parser.add_argument(
         "--runner",

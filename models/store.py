@@ -1,4 +1,5 @@
-"""Where model weights live: ``<model_store>/<profile>/<name>/``.
+"""Where model weights live: ``<model_store>/<profile>/<name>/``, and what is there
+(`depthid models list`).
 
 A model folder counts as present only when it holds the ``.complete`` marker. The builder and the
 puller fill a temporary folder beside the target, rename it into place and write the marker last,
@@ -7,13 +8,14 @@ so an interrupted build or download never looks complete.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from settings import Settings
+from settings import Settings, get_settings
 
 COMPLETE_MARKER = ".complete"
 
@@ -102,3 +104,41 @@ def install(target: Path, source: str) -> Iterator[Path]:
     finally:
         # Only left over when filling it failed or was interrupted.
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def describe(path: Path) -> str:
+    """One line on the model folder at `path`: complete (its size and source), or why not."""
+    if not path.exists():
+        return "missing"
+    megabytes = sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) / 1e6
+    source = installed_source(path)
+    if source is None:
+        return f"incomplete (no {COMPLETE_MARKER} marker), {megabytes:.1f} MB"
+    return f"complete, {megabytes:.1f} MB, from {source}"
+
+
+def main(argv: list[str] | None = None, prog: str = "depthid models list") -> int:
+    from models.manifest import CHECKPOINTS, TINY_MODELS
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="List each profile's models in the local model store."
+    )
+    parser.add_argument(
+        "--profile", choices=["tiny", "full"], action="append", help="only this profile's"
+    )
+    args = parser.parse_args(argv)
+
+    names = {"tiny": TINY_MODELS, "full": tuple(CHECKPOINTS)}
+    provide = {"tiny": "depthid models build", "full": "depthid pull"}
+    for profile in args.profile or ["tiny", "full"]:
+        settings = get_settings().model_copy(update={"profile": profile})
+        print(f"{profile}: {settings.profile_store()}")
+        complete = 0
+        for name in names[profile]:
+            path = model_dir(settings, name)
+            complete += is_complete(path)
+            print(f"  {name:<24} {describe(path)}")
+        missing = len(names[profile]) - complete
+        hint = f"; `{provide[profile]}` provides the other {missing}" if missing else ""
+        print(f"  {complete} of {len(names[profile])} complete{hint}")
+    return 0

@@ -18,12 +18,13 @@ An entry may also hold `webhook_secret` (`whsec_...`): the key's Standard Webhoo
 secret, with which the Gateway signs the webhooks of its v2 jobs (gateway/webhooks.py). Unlike
 the key it must be kept as it is, since the Gateway signs with it: the file is a secret.
 
-    python -m gateway.tenancy.api_keys new --name team-a [--models M ...] [--credits N]
+    depthid keys new --name team-a [--models M ...] [--credits N]
 prints a new key and its webhook signing secret once, and the entry to add to the file;
-    python -m gateway.tenancy.api_keys add --file keys.json --name team-a [...]
+    depthid keys add --file keys.json --name team-a [...]
 makes a key and appends its entry to the file (creating it);
-    python -m gateway.tenancy.api_keys check --file keys.json
-checks a file by the rules the Gateway starts with.
+    depthid keys check --file keys.json
+checks a file by the rules the Gateway starts with. `python -m gateway.tenancy.api_keys` is the
+same command where `depthid` is not installed (the images).
 """
 
 from __future__ import annotations
@@ -285,9 +286,9 @@ def is_webhook_secret(value: str) -> bool:
     return len(raw) >= WEBHOOK_SECRET_MIN_BYTES
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m gateway.tenancy.api_keys") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.tenancy.api_keys",
+        prog=prog,
         description="Make DepthID API keys; check keys files.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -1,6 +1,6 @@
-"""`depthid predict` (cli.py) against a served tiny instance: it reads files, writes the images,
-prints the seed, shows v2 progress and the server's own error messages. And every /docs example
-answers 200 on the real tiny runners."""
+"""`depthid predict` (cli/predict.py) against a served tiny instance: it reads files, writes the
+images, prints the seed, shows v2 progress and the server's own error messages. And every /docs
+example answers 200 on the real tiny runners."""
 
 from __future__ import annotations
 

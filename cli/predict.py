@@ -1,4 +1,4 @@
-"""`depthid predict`: one generation from the shell, against `make serve` or any DepthID URL.
+"""`depthid predict`: one generation from the shell, against `depthid serve` or any DepthID URL.
 
     depthid predict sd1.5-controlnet-depth -i image=@room.jpg -i prompt="a cosy cabin" -o out.jpg
     depthid predict instantid -i face_image=@me.jpg -i prompt="photo of a man" --async
@@ -36,12 +36,10 @@ class CliError(Exception):
     """What went wrong, for the person at the shell (no trace)."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="depthid", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser("predict", help="run one generation, write the image(s)")
-    predict.add_argument("model", help="sd1.5-controlnet-depth, instantid, insta-depth, ...")
-    predict.add_argument(
+def main(argv: list[str] | None = None, prog: str = "depthid predict") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="sd1.5-controlnet-depth, instantid, insta-depth, ...")
+    parser.add_argument(
         "-i",
         "--input",
         action="append",
@@ -49,23 +47,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="a body field; @path reads a file (images: sent as base64)",
     )
-    predict.add_argument(
+    parser.add_argument(
         "-o", "--output", type=Path, help="where to write the image (default: output.<ext>)"
     )
     settings = get_settings()
-    predict.add_argument(
+    parser.add_argument(
         "--url",
         default=f"http://{settings.host}:{settings.port}",
-        help="the server (default: where `make serve` listens, %(default)s)",
+        help="the server (default: where `depthid serve` listens, %(default)s)",
     )
-    predict.add_argument("--api-key", help="sent as x-api-key, when the server has keys on")
-    predict.add_argument(
+    parser.add_argument("--api-key", help="sent as x-api-key, when the server has keys on")
+    parser.add_argument(
         "--async",
         dest="use_v2",
         action="store_true",
         help="submit to v2 (queued) and show the job's progress",
     )
-    predict.add_argument(
+    parser.add_argument(
         "--timeout", type=float, default=settings.generation_timeout_s + 30, help="seconds"
     )
     args = parser.parse_args(argv)
@@ -223,7 +221,3 @@ def write_images(images: list[bytes], media_type: str, output: Path | None) -> l
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image)
     return paths
-
-
-if __name__ == "__main__":
-    sys.exit(main())
