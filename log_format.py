@@ -12,8 +12,8 @@ Gateway and the runners, like settings.py.
 
 BentoML configures logging in each of its processes before it imports the service, from its
 dict `SERVER_LOGGING_CONFIG`; `configure_logging`, called when the services are imported, puts
-our formatter into that dict and re-applies it, so BentoML's handlers (stdout) keep their place
-and only the format changes.
+our formatter into that dict and re-applies it (compat/bentoml_logging.py), so BentoML's handlers
+(stdout) keep their place and only the format changes.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from bentoml._internal import log as bentoml_log
-from bentoml._internal.context import server_context
+from bentoml import server_context
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
+
+from compat import bentoml_logging
 
 LogFormat = Literal["json", "text"]
 
@@ -83,9 +84,9 @@ def joined_request_ids(jobs: Iterable[Any]) -> str:
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [request_id=%(request_id)s] %(message)s"
-# Our own code logs at INFO (worker start, runner not ready, requeued jobs); libraries keep
-# BentoML's WARNING.
-PROJECT_LOGGERS = ("gateway", "runners", "models")
+# Our own code logs at INFO (worker start, runner not ready, requeued jobs, connections cut off
+# by compat/uvicorn_httptools.py); libraries keep BentoML's WARNING.
+PROJECT_LOGGERS = ("gateway", "runners", "models", "compat")
 
 
 class JsonFormatter(logging.Formatter):
@@ -147,24 +148,8 @@ def configure_logging(log_format: LogFormat) -> None:
     """Use `log_format` on BentoML's server logging: in its config dict (which it applies again
     in processes it starts later) and, in a process where it is already applied, right now.
     Elsewhere (tests, scripts) logging is left as it is."""
-    config = bentoml_log.SERVER_LOGGING_CONFIG
-    config["formatters"]["depthid"] = {"()": FORMATTERS[log_format]}
-    for handler in config["handlers"].values():
-        handler["formatter"] = "depthid"
-    for name in PROJECT_LOGGERS:
-        config["loggers"][name] = {"level": logging.INFO}
-    # Our modules were imported, their loggers made, before this runs: keep them enabled.
-    config["disable_existing_loggers"] = False
-    if _bentoml_server_logging_applied():
+    config = bentoml_logging.use_formatter(FORMATTERS[log_format], PROJECT_LOGGERS)
+    if bentoml_logging.server_logging_applied():
         quiet_libraries()
         logging.config.dictConfig(config)
         logging.captureWarnings(True)  # library warnings become log lines in the same format
-
-
-def _bentoml_server_logging_applied() -> bool:
-    """Whether this process's root logger has BentoML's server handler (its trace filter)."""
-    return any(
-        isinstance(log_filter, bentoml_log.TraceRecordFilter)
-        for handler in logging.getLogger().handlers
-        for log_filter in handler.filters
-    )

@@ -14,9 +14,11 @@ from typing import Any
 
 import bentoml
 
+from compat import bentoml_metrics, uvicorn_httptools
 from gateway.app import create_app
-from gateway.http import connection_guard, route_templates
+from gateway.http.errors import MALFORMED_REQUEST
 from gateway.http.middleware import JsonErrorBodies
+from gateway.http.route_templates import route_template
 from gateway.runner_client import RunnerClient
 from gateway.serving import Serving
 from log_format import configure_logging
@@ -29,7 +31,7 @@ from tracing import tracing_options
 
 settings = get_settings()
 configure_logging(settings.log_format)  # BentoML's logging, our format (log_format.py)
-route_templates.install()  # BentoML's request metrics by route template, not raw path
+bentoml_metrics.install(route_template)  # BentoML's request metrics by route template, not raw path
 
 # The runners started here need their models: end `bentoml serve` now, non-zero, naming what is
 # missing and how to provide it, rather than let BentoML restart a runner that cannot load.
@@ -87,7 +89,7 @@ app = create_app(
     },
 )
 # Request heads that never end close their connection; uvicorn's own 400s answer JSON.
-connection_guard.install(settings.request_head_timeout_s)
+uvicorn_httptools.install(settings.request_head_timeout_s, MALFORMED_REQUEST)
 
 
 @bentoml.service(

@@ -452,7 +452,7 @@ class Settings(BaseSettings):
         gt=0,
         description="A request head (request line and headers) must arrive within this of the "
         "connection opening or of its previous answer, else the connection is closed "
-        "(`gateway/http/connection_guard.py`).",
+        "(`compat/uvicorn_httptools.py`).",
     )
     request_body_timeout_s: float = Field(
         default=120.0,

@@ -5,8 +5,8 @@ would pay.
 
 Each `nn.Linear` of a module whose sizes the fp8 kernels take (multiples of 16) becomes an
 `Fp8Linear`: its weight stored as float8 e4m3 with one scale per tensor, each input quantised
-the same way as it comes, and the product done by `torch._scaled_mm` (PyTorch's fp8 GEMM, in
-2.11 as in 2.13) with the output in the module's dtype. Convolutions stay as they are. The
+the same way as it comes, and the product done by PyTorch's fp8 GEMM (`torch._scaled_mm`,
+compat/torch_fp8.py) with the output in the module's dtype. Convolutions stay as they are. The
 swap can be undone (`Fp8Swap.undo`), so the next row measures the module as it was.
 """
 
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from compat.torch_fp8 import scaled_mm
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
@@ -33,7 +35,7 @@ def fp8_available(device: torch.device) -> str | None:
     try:  # the CPU has a reference kernel in recent PyTorch; ask rather than guess
         one = torch.ones(ALIGN, ALIGN, device=device).to(FP8)
         scale = torch.ones((), device=device)
-        torch._scaled_mm(one, one.t(), scale_a=scale, scale_b=scale, out_dtype=torch.float32)
+        scaled_mm(one, one.t(), scale, scale, torch.float32)
     except (RuntimeError, NotImplementedError) as error:
         return f"torch._scaled_mm does not run here: {str(error).splitlines()[0]}"
     return None
@@ -62,13 +64,7 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         rows_fp8, rows_scale = _quantise(rows)
-        out = torch._scaled_mm(
-            rows_fp8,
-            self.weight_t,
-            scale_a=rows_scale,
-            scale_b=self.weight_scale,
-            out_dtype=self.out_dtype,
-        )
+        out = scaled_mm(rows_fp8, self.weight_t, rows_scale, self.weight_scale, self.out_dtype)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)

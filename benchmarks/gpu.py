@@ -379,7 +379,7 @@ def bench_family(
         for result in results.values():
             result.peak_gib = peak
     del family
-    torch._dynamo.reset()  # compiled code holds on to the modules it was compiled for
+    torch.compiler.reset()  # compiled code holds on to the modules it was compiled for
     gc.collect()
     if args.device.type == "cuda":
         torch.cuda.empty_cache()

@@ -397,7 +397,7 @@ def _free(device: Any) -> None:
 
     import torch
 
-    torch._dynamo.reset()
+    torch.compiler.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -554,6 +554,7 @@ def accelerations_of_family(
 
     from benchmarks import gpu
     from benchmarks.fp8 import apply_fp8
+    from compat import torch_compile
     from runners.acceleration import apply_channels_last, apply_compile, apply_fused_qkv
 
     steps = B_STEPS.get(name) if args.scale == "real" else None
@@ -580,8 +581,8 @@ def accelerations_of_family(
 
     def uncompile() -> None:
         for module in compiled.values():
-            module._compiled_call_impl = None  # what Module.compile set
-        torch._dynamo.reset()
+            torch_compile.uncompile(module)
+        torch.compiler.reset()
 
     rows.measure("sdpa", nothing, nothing)
     rows.measure("channels_last", lambda: apply_channels_last(modules), contiguous)

@@ -12,11 +12,9 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bentoml._internal import server as bentoml_server
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -25,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from compat.bentoml_swagger import SWAGGER_ASSETS
 from gateway import metrics, v1
 from gateway.banner import announce_when_ready
 from gateway.http.errors import ApiError, validation_to_api_error
@@ -51,8 +50,6 @@ logger = logging.getLogger(__name__)
 # Served by BentoML itself, in front of this app.
 SYSTEM_ROUTES = {"/livez", "/healthz", "/readyz", "/metrics"}
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-# BentoML ships Swagger UI's assets; serving them ourselves lets /docs render with no CDN.
-SWAGGER_ASSETS = Path(bentoml_server.__file__).parent / "static_content"
 
 
 def make_job_store(settings: Settings) -> JobStore:

@@ -22,6 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import nn
 
+from compat.diffusers_pipelines import execution_device
 from runners.ip_adapter_attention import MASK_KWARG, SCALE_KWARG
 from runners.prompt_weighting import encode_sdxl
 from runners.text_padding import pad_texts, padding_masked
@@ -75,7 +76,7 @@ def sample(
     """Generate one image per sample. `pipe` must hold a scheduler of its own (it is stepped)."""
     # The device the models run on: the UNet's, or with model CPU offload (the UNet then rests
     # on the CPU) the one the offload hooks move each model to.
-    unet, device, dtype = pipe.unet, pipe._execution_device, pipe.unet.dtype
+    unet, device, dtype = pipe.unet, execution_device(pipe), pipe.unet.dtype
     samples = request.samples
     batch = len(samples)
     # As diffusers: at guidance 1 the unconditional half changes nothing, so it is not run.

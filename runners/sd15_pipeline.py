@@ -21,6 +21,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from compat.diffusers_pipelines import execution_device
 from models.manifest import weights_variant
 from models.store import require_model, runner_models
 from protocol.jobs import GenerationResult, SD15DepthJob
@@ -231,7 +232,7 @@ class SD15DepthPipelines:
                     pipe.text_encoder,
                     row.prompt,
                     row.negative_prompt,
-                    pipe._execution_device,  # with model CPU offload, where the hooks move it
+                    execution_device(pipe),  # with model CPU offload, where the hooks move it
                 )
                 for row in rows
             ]

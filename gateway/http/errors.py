@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any
+
+# The body of the 400 uvicorn answers itself, before any app, for a request its parser refuses
+# (compat/uvicorn_httptools.py).
+MALFORMED_REQUEST = json.dumps({"error": "malformed HTTP request"}).encode()
 
 
 class ApiError(Exception):

@@ -1,19 +1,14 @@
-"""BentoML's own request metrics (`bentoml_service_request_*`), labelled by route template.
+"""The route template of a request path: the `endpoint` label of BentoML's own request metrics
+(`bentoml_service_request_*`).
 
 BentoML labels them with the raw request path, so every v2 request id would add series (its
 status, result and output paths) and every scanner's made-up path too: /metrics would grow with
 traffic. Here the path is turned into its route's template (`/v2/requests/{request_id}`) from
-fixed sets only, so the series are bounded by models, routes and status codes.
-
-`install` swaps BentoML's metrics middleware for `TemplatedTrafficMetrics`, a subclass that
-hands BentoML the template as the path and restores the real path for everything behind it.
-It must run before BentoML builds the Gateway's ASGI app (service.py calls it at import).
+fixed sets only, so the series are bounded by models, routes and status codes. BentoML is made to
+use it by a patch of its metrics middleware (compat/bentoml_metrics.py, installed by service.py).
 """
 
 from __future__ import annotations
-
-from bentoml._internal.server.http import instruments
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.schemas.registry import MODEL_SPECS
 
@@ -26,7 +21,6 @@ FIXED_PATHS = frozenset(
     }
 )  # fmt: skip
 OTHER = "/{other}"  # every path no route serves: one series, however many such paths
-_REAL_PATH = "depthid.real_path"  # where the real path waits in the scope
 
 
 def route_template(path: str) -> str:
@@ -61,28 +55,3 @@ def templates() -> list[str]:
             "/v2/requests/{request_id}/output/{index}",
         }
     )
-
-
-class TemplatedTrafficMetrics(instruments.RunnerTrafficMetricsMiddleware):
-    """BentoML's metrics middleware, seeing each request's route template as its path."""
-
-    def __init__(self, app: ASGIApp, **options: object) -> None:
-        super().__init__(self._with_real_path, **options)
-        self._downstream = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope = {**scope, "path": route_template(scope["path"]), _REAL_PATH: scope["path"]}
-        await super().__call__(scope, receive, send)
-
-    async def _with_real_path(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _REAL_PATH in scope:
-            scope = {**scope, "path": scope[_REAL_PATH]}
-            del scope[_REAL_PATH]
-        await self._downstream(scope, receive, send)
-
-
-def install() -> None:
-    """Make BentoML build its services' metrics middleware from TemplatedTrafficMetrics (its
-    app factory imports the class from `instruments` when it builds the app)."""
-    instruments.RunnerTrafficMetricsMiddleware = TemplatedTrafficMetrics  # type: ignore[misc]
