@@ -45,7 +45,7 @@ def check_json_body(raw: bytes, settings: Settings) -> Any:
     # items; counted before parsing (fast), so a body of millions of tiny items ([0,0,...]) is
     # refused at once instead of being parsed and walked for seconds. Commas inside strings
     # count too: the limit leaves room for prompts of commas.
-    if raw.count(b",") >= settings.max_json_items:
+    if _commas(raw) >= settings.max_json_items:
         raise ApiError(
             400, f"the JSON body holds more than the limit of {settings.max_json_items} items"
         )
@@ -62,6 +62,18 @@ def check_json_body(raw: bytes, settings: Settings) -> Any:
         raise NotJson("a number has too many digits") from None
     _check(data, (), 0, settings)
     return data
+
+
+# bytes.count holds the GIL for all of one call (~8 ms for 20 MB): counted in slices, the event
+# loop (this runs in a thread for a large body) gets the GIL between them.
+COUNT_SLICE_BYTES = 1 << 20
+
+
+def _commas(raw: bytes) -> int:
+    return sum(
+        raw.count(b",", start, start + COUNT_SLICE_BYTES)
+        for start in range(0, len(raw), COUNT_SLICE_BYTES)
+    )
 
 
 def _check(value: Any, path: tuple[str, ...], depth: int, settings: Settings) -> None:

@@ -283,3 +283,10 @@ def test_hostile_inputs_on_every_route_are_never_a_5xx(client, request):
     assert response.status_code < 500, (route, body, response.text)
     if response.status_code >= 400:
         assert_error(response, response.status_code)
+
+
+def test_commas_are_counted_across_slices_of_a_large_body():
+    from gateway.http import json_limits
+
+    raw = b'{"prompt": "' + b"a," * json_limits.COUNT_SLICE_BYTES + b'"}'
+    assert json_limits._commas(raw) == raw.count(b",")

@@ -666,3 +666,28 @@ def test_pillow_bomb_warning_is_refused_where_warnings_are_errors() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         assert_field_error(load_error(b64(data), settings), 413, "pixels")
+
+
+# --- large base64, decoded in slices (the event loop gets the GIL between them) --------------
+
+
+def test_large_base64_decodes_in_slices_exactly_as_at_once():
+    from gateway.schemas import images
+
+    data = random.Random(3).randbytes(images.BASE64_SLICE_CHARS * 2)  # three slices of text
+    text = base64.b64encode(data).decode("ascii")
+    assert images._b64decode_in_slices(text) == base64.b64decode(text, validate=True) == data
+
+
+@pytest.mark.parametrize("where", ["slice end", "middle"])
+def test_large_base64_with_padding_before_its_end_is_refused(where):
+    """Sent whole, `=` before the end is invalid; a slice ending in one must not hide that."""
+    from gateway.schemas import images
+
+    text = base64.b64encode(random.Random(4).randbytes(images.BASE64_SLICE_CHARS * 2)).decode()
+    at = images.BASE64_SLICE_CHARS - 1 if where == "slice end" else len(text) // 2 + 1
+    broken = text[:at] + "=" + text[at + 1 :]
+    with pytest.raises(ValueError):
+        base64.b64decode(broken, validate=True)
+    with pytest.raises(ValueError):
+        images._b64decode_in_slices(broken)
