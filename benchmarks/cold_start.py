@@ -11,8 +11,10 @@
    file read once in 16 MB reads.
 3. Starts each runner's `from_store` in a fresh process, the page cache dropped first, with and
    without the read-ahead (DEPTHID_WEIGHTS_READ_THREADS), and prints its phases
-   (runners/startup.py), the read phase as a fraction of the disk's speed, and the process's
-   peak host memory against the runner's weights as they sit in memory.
+   (runners/startup.py), the read phase as a fraction of the disk's speed, and the host memory
+   loading took: the peak of the process's resident set from the start of loading until the
+   weights are in place (the warm-up is not loading), less its resident set before, against
+   the bytes of the runner's weights as loaded (their dtype: fp32 on the CPU).
 
 Dropping the page cache needs root (`/proc/sys/vm/drop_caches`); without it the reads are warm
 and the lines say so. On the CPU the warm-up runs at DEPTHID_OUTPUT_LONG_SIDE=64 (a GPU runner
@@ -39,10 +41,11 @@ REAL_SIZE = ("sd15-base", "sd15-controlnet-depth", "depth-estimator", "safety-ch
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 READ_BYTES = 16 * 1024 * 1024
 
-# Run in a fresh process per runner: loads it, prints its phases, peak memory and weights.
+# Run in a fresh process per runner: loads it, prints its phases and loading's host memory
+# (runners/startup.py).
 CHILD = """
-import gc, json, resource, sys, torch
-from prometheus_client import REGISTRY
+import json, sys
+from runners.startup import STARTED
 from settings import get_settings
 runner = sys.argv[1]
 module, cls = {
@@ -50,21 +53,14 @@ module, cls = {
     "flux_depth": ("runners.flux_pipeline", "FluxDepthPipeline"),
     "instantid": ("runners.instantid_pipeline", "InstantIDPipelines"),
 }[runner]
-loaded = getattr(__import__(module, fromlist=[cls]), cls).from_store(get_settings())
-phases = {
-    s.labels["phase"]: s.value
-    for family in REGISTRY.collect() if family.name == "depthid_runner_start_seconds"
-    for s in family.samples
-}
-seen, held = set(), 0
-for obj in gc.get_objects():
-    if isinstance(obj, torch.nn.Module):
-        for tensor in [*obj.parameters(recurse=False), *obj.buffers(recurse=False)]:
-            if tensor.data_ptr() not in seen:
-                seen.add(tensor.data_ptr())
-                held += tensor.numel() * tensor.element_size()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("RESULT " + json.dumps({"phases": phases, "peak": peak, "weights_in_memory": held}))
+getattr(__import__(module, fromlist=[cls]), cls).from_store(get_settings())
+timer = STARTED[runner]
+print("RESULT " + json.dumps({
+    "phases": {**timer.seconds, "total": timer.total},
+    "peak_growth": timer.memory.peak_growth,
+    "weights_loaded": timer.memory.weights,
+    "since_process_start": timer.memory.since_process_start,
+}))
 """
 
 
@@ -90,9 +86,12 @@ def cold_read_speed(path: Path) -> tuple[float, bool]:
     return path.stat().st_size / (time.perf_counter() - started), cold
 
 
-def load_runner(runner: str, store: Path, read_threads: int) -> dict:
-    """One runner's from_store in a fresh process, from a dropped cache."""
-    cold = drop_page_cache()
+def load_runner(
+    runner: str, store: Path, read_threads: int, cold: bool = True, warmup: bool = True
+) -> dict:
+    """One runner's from_store on the CPU in a fresh process (from a dropped cache unless not
+    `cold`); its phases and loading's host memory, and whether the cache was dropped."""
+    cold = drop_page_cache() if cold else False
     env = {
         **os.environ,
         "PYTHONPATH": str(PROJECT_ROOT),
@@ -100,7 +99,7 @@ def load_runner(runner: str, store: Path, read_threads: int) -> dict:
         "DEPTHID_MODEL_STORE": str(store),
         "DEPTHID_DEVICE": "cpu",
         "DEPTHID_OUTPUT_LONG_SIDE": "64",
-        "DEPTHID_WARMUP": "on",
+        "DEPTHID_WARMUP": "on" if warmup else "off",
         "DEPTHID_WEIGHTS_READ_THREADS": str(read_threads),
     }
     done = subprocess.run(
@@ -118,7 +117,11 @@ def load_runner(runner: str, store: Path, read_threads: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cold_start", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.cold_start",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--store", type=Path, default=PROJECT_ROOT / ".models" / "cold-start")
     parser.add_argument("--runner", action="append", choices=RUNNERS, help="repeatable")
     parser.add_argument("--no-write", action="store_true", help="use the store as it is")
@@ -152,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'' if result['cold'] else ', WARM'}): ready in {phases['total']:.1f} s = "
                 + ", ".join(f"{p} {phases[p]:.1f}" for p in phases if p != "total")
             )
+            growth, loaded = result["peak_growth"], result["weights_loaded"]
+            since = " (peak since the process started)" if result["since_process_start"] else ""
             print(
                 f"  {what}: {on_disk / read_s / 1e9:.2f} GB/s = {fraction:.0%} of the disk; "
-                f"peak host memory {result['peak'] / 1e9:.2f} GB = "
-                f"{result['peak'] / result['weights_in_memory']:.2f}x the weights in memory "
-                f"({result['weights_in_memory'] / 1e9:.2f} GB)"
+                f"host memory while loading: peak +{growth / 1e9:.2f} GB{since} = "
+                f"{growth / loaded:.2f}x the weights as loaded ({loaded / 1e9:.2f} GB)"
             )
     return 0
 
