@@ -19,6 +19,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from runners.device import load_onto
+
 
 class DepthEstimator:
     def __init__(self, processor: BaseImageProcessor, model: PreTrainedModel) -> None:
@@ -41,8 +43,10 @@ class DepthEstimator:
             # Relative-depth hub configs store "max_depth": null, which the head multiplies its
             # output by; the map is normalised per image below, so any scale will do.
             config.max_depth = 1
-        model = AutoModelForDepthEstimation.from_pretrained(model_dir, config=config, dtype=dtype)
-        return cls(processor, model.to(device))
+        model = AutoModelForDepthEstimation.from_pretrained(
+            model_dir, config=config, dtype=dtype, **load_onto(device)
+        )
+        return cls(processor, model)
 
     @torch.inference_mode()
     def __call__(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -39,3 +39,11 @@ def set_cpu_threads(settings: Settings, device: torch.device) -> None:
     threads = settings.cpu_threads or (1 if settings.profile == "tiny" else None)
     if device.type == "cpu" and threads is not None:
         torch.set_num_threads(threads)
+
+
+def load_onto(device: torch.device) -> dict[str, str]:
+    """`from_pretrained`'s arguments that load a model's weights straight onto `device`: on CUDA
+    each tensor goes from its file to the GPU in its dtype, with no copy of the model in host
+    memory and no `.to()` after (diffusers and transformers both take `device_map`). On the CPU,
+    loading already lands there."""
+    return {"device_map": device.type} if device.type == "cuda" else {}

@@ -13,8 +13,9 @@ import threading
 import time
 
 import torch
-from diffusers import FluxControlPipeline
+from diffusers import AutoencoderKL, FluxControlPipeline, FluxTransformer2DModel
 from PIL import Image
+from transformers import CLIPTextModel, T5EncoderModel
 
 from models.store import require_model, runner_models
 from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure
@@ -35,8 +36,8 @@ from runners.encoding import encode_image
 from runners.preparation import Preparations
 from runners.prompt_filter import PromptFilter
 from runners.safety import SafetyChecker
-from runners.startup import StartupTimer, load_placement
-from runners.upsampler import Upsampler, make_upsampler
+from runners.startup import StartupTimer, load_largest_first, load_placement
+from runners.upsampler import LLMUpsampler, Upsampler, make_upsampler
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -104,16 +105,70 @@ class FluxDepthPipeline:
         safety_dir = require_model(settings, "safety-checker")
         timer.read_weights(settings, runner_models(settings, "flux_depth"))
 
+        upsampler_dir = (
+            require_model(settings, "prompt-upsampler")
+            if "prompt-upsampler" in runner_models(settings, "flux_depth")
+            else None  # the rule-based upsampler: no weights
+        )
+
         with timer.phase("build"):
             placement = load_placement(accelerations, device)
-            pipe = FluxControlPipeline.from_pretrained(flux_dir, dtype=dtype, **placement)
-            depth = DepthEstimator.from_pretrained(depth_dir, device, dtype)
-            safety = SafetyChecker.from_pretrained(
-                safety_dir, device, dtype, thresholds=settings.safety_thresholds
+            # Each model on its own, largest first (runners/startup.py says why), then the
+            # pipeline around them: it reads only the tokenizers' and scheduler's files.
+            models = load_largest_first(
+                {
+                    "transformer": (
+                        flux_dir / "transformer",
+                        lambda: FluxTransformer2DModel.from_pretrained(
+                            flux_dir, subfolder="transformer", torch_dtype=dtype, **placement
+                        ),
+                    ),
+                    "text_encoder_2": (
+                        flux_dir / "text_encoder_2",
+                        lambda: T5EncoderModel.from_pretrained(
+                            flux_dir, subfolder="text_encoder_2", dtype=dtype, **placement
+                        ),
+                    ),
+                    "text_encoder": (
+                        flux_dir / "text_encoder",
+                        lambda: CLIPTextModel.from_pretrained(
+                            flux_dir, subfolder="text_encoder", dtype=dtype, **placement
+                        ),
+                    ),
+                    "vae": (
+                        flux_dir / "vae",
+                        lambda: AutoencoderKL.from_pretrained(
+                            flux_dir, subfolder="vae", torch_dtype=dtype, **placement
+                        ),
+                    ),
+                    "depth": (
+                        depth_dir,
+                        lambda: DepthEstimator.from_pretrained(depth_dir, device, dtype),
+                    ),
+                    "safety": (
+                        safety_dir,
+                        lambda: SafetyChecker.from_pretrained(
+                            safety_dir, device, dtype, thresholds=settings.safety_thresholds
+                        ),
+                    ),
+                    "upsampler": (
+                        upsampler_dir,
+                        lambda: make_upsampler(settings, device, dtype),
+                    ),
+                }
             )
-            upsampler = make_upsampler(settings, device, dtype)
+            depth = models.pop("depth")
+            safety = models.pop("safety")
+            upsampler = models.pop("upsampler")
+            pipe = FluxControlPipeline.from_pretrained(flux_dir, **models)
         with timer.phase("to_device"):
             placed = place_on_device(accelerations, pipe, device)
+        timer.loaded(
+            *pipe.components.values(),
+            depth.model,
+            safety.model,
+            upsampler.model if isinstance(upsampler, LLMUpsampler) else None,
+        )
         with timer.phase("accelerations"):
             accelerated = accelerate(
                 accelerations,

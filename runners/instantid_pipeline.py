@@ -18,8 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLPipeline
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from PIL import Image
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from models.manifest import (
     INSTANTID_IDENTITYNET_FOLDER,
@@ -46,7 +52,7 @@ from runners.faces import DetectedFace, FaceAnalyzer, draw_keypoints, face_regio
 from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
 from runners.preparation import Preparations
-from runners.startup import StartupTimer, load_placement
+from runners.startup import StartupTimer, load_largest_first, load_placement
 from runners.text_padding import mask_text_attention
 from settings import Settings
 
@@ -112,18 +118,82 @@ class InstantIDPipelines:
         set_cpu_threads(settings, device)
         instantid_dir = require_model(settings, "instantid")
         timer.read_weights(settings, runner_models(settings, "instantid"))
+        base_dir = require_model(settings, "sdxl-base")
+        vae_dir = require_model(settings, "sdxl-vae")
+        depth_controlnet_dir = require_model(settings, "sdxl-controlnet-depth")
+        depth_dir = require_model(settings, "depth-estimator")
+        identitynet_dir = instantid_dir / INSTANTID_IDENTITYNET_FOLDER
         with timer.phase("build"):
             placement = load_placement(accelerations, device)
-            vae = AutoencoderKL.from_pretrained(
-                require_model(settings, "sdxl-vae"), torch_dtype=dtype, **placement
+            base_variant = weights_variant(settings.profile, "sdxl-base")
+            # Each model on its own, largest first (runners/startup.py says why), then the
+            # pipeline around them: it reads only the tokenizers' and scheduler's files (the
+            # SDXL base's own VAE is never loaded: sdxl-vae replaces it). The IP-Adapter comes
+            # last: it is loaded into the UNet.
+            models = load_largest_first(
+                {
+                    "unet": (
+                        base_dir / "unet",
+                        lambda: UNet2DConditionModel.from_pretrained(
+                            base_dir,
+                            subfolder="unet",
+                            torch_dtype=dtype,
+                            variant=base_variant,
+                            **placement,
+                        ),
+                    ),
+                    "text_encoder": (
+                        base_dir / "text_encoder",
+                        lambda: CLIPTextModel.from_pretrained(
+                            base_dir,
+                            subfolder="text_encoder",
+                            dtype=dtype,
+                            variant=base_variant,
+                            **placement,
+                        ),
+                    ),
+                    "text_encoder_2": (
+                        base_dir / "text_encoder_2",
+                        lambda: CLIPTextModelWithProjection.from_pretrained(
+                            base_dir,
+                            subfolder="text_encoder_2",
+                            dtype=dtype,
+                            variant=base_variant,
+                            **placement,
+                        ),
+                    ),
+                    "vae": (
+                        vae_dir,
+                        lambda: AutoencoderKL.from_pretrained(
+                            vae_dir, torch_dtype=dtype, **placement
+                        ),
+                    ),
+                    "identitynet": (
+                        identitynet_dir,
+                        lambda: ControlNetModel.from_pretrained(
+                            identitynet_dir, torch_dtype=dtype, **placement
+                        ),
+                    ),
+                    "depth_controlnet": (
+                        depth_controlnet_dir,
+                        lambda: ControlNetModel.from_pretrained(
+                            depth_controlnet_dir,
+                            torch_dtype=dtype,
+                            variant=weights_variant(settings.profile, "sdxl-controlnet-depth"),
+                            **placement,
+                        ),
+                    ),
+                    "depth": (
+                        depth_dir,
+                        lambda: DepthEstimator.from_pretrained(depth_dir, device, dtype),
+                    ),
+                }
             )
-            base = StableDiffusionXLPipeline.from_pretrained(
-                require_model(settings, "sdxl-base"),
-                vae=vae,
-                torch_dtype=dtype,
-                variant=weights_variant(settings.profile, "sdxl-base"),
-                **placement,
-            )
+            identitynet = models.pop("identitynet")
+            depth_controlnet = models.pop("depth_controlnet")
+            depth = models.pop("depth")
+            vae = models["vae"]
+            base = StableDiffusionXLPipeline.from_pretrained(base_dir, **models)
             # diffusers reads InstantID's ip-adapter.bin; no CLIP image encoder: the face
             # embedding comes from insightface.
             base.load_ip_adapter(
@@ -133,21 +203,6 @@ class InstantIDPipelines:
                 image_encoder_folder=None,
             )
             face_projection = use_per_call_scale(base.unet)
-            identitynet = ControlNetModel.from_pretrained(
-                instantid_dir,
-                subfolder=INSTANTID_IDENTITYNET_FOLDER,
-                torch_dtype=dtype,
-                **placement,
-            )
-            depth_controlnet = ControlNetModel.from_pretrained(
-                require_model(settings, "sdxl-controlnet-depth"),
-                torch_dtype=dtype,
-                variant=weights_variant(settings.profile, "sdxl-controlnet-depth"),
-                **placement,
-            )
-            depth = DepthEstimator.from_pretrained(
-                require_model(settings, "depth-estimator"), device, dtype
-            )
             faces = FaceAnalyzer(
                 require_model(settings, "face-analysis"), use_cuda=device.type == "cuda"
             )
@@ -157,6 +212,9 @@ class InstantIDPipelines:
             face_projection.to(device, dtype)
             identitynet.to(device)
             depth_controlnet.to(device)
+        timer.loaded(
+            *base.components.values(), face_projection, identitynet, depth_controlnet, depth.model
+        )
         components = {
             name: module
             for name, module in base.components.items()

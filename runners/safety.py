@@ -20,6 +20,8 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
+from runners.device import load_onto
+
 UNSAFE_LABEL = "nsfw"
 MIN_TOLERANCE = 1
 
@@ -63,8 +65,10 @@ class SafetyChecker:
     ) -> SafetyChecker:
         # The PIL processor by name, as runners/depth.py does (the classifier is a ViT).
         processor = ViTImageProcessorPil.from_pretrained(model_dir)
-        model = AutoModelForImageClassification.from_pretrained(model_dir, dtype=dtype)
-        return cls(processor, model.to(device), thresholds)
+        model = AutoModelForImageClassification.from_pretrained(
+            model_dir, dtype=dtype, **load_onto(device)
+        )
+        return cls(processor, model, thresholds)
 
     @torch.inference_mode()
     def score(self, image: Image.Image) -> float:

@@ -15,11 +15,14 @@ from typing import Any
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     ControlNetModel,
     StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetPipeline,
+    UNet2DConditionModel,
 )
 from PIL import Image
+from transformers import CLIPTextModel
 
 from compat.diffusers_pipelines import execution_device
 from models.manifest import weights_variant
@@ -42,7 +45,7 @@ from runners.encoding import encode_image
 from runners.preparation import Preparations
 from runners.prompt_weighting import encode_sd15
 from runners.schedulers import make_scheduler
-from runners.startup import StartupTimer, load_placement
+from runners.startup import StartupTimer, load_largest_first, load_placement
 from runners.text_padding import mask_text_attention, pad_texts, padding_masked
 from settings import Settings
 
@@ -100,28 +103,67 @@ class SD15DepthPipelines:
 
         with timer.phase("build"):
             placement = load_placement(accelerations, device)
-            controlnet = ControlNetModel.from_pretrained(
-                controlnet_dir,
-                torch_dtype=dtype,
-                variant=weights_variant(settings.profile, "sd15-controlnet-depth"),
-                **placement,
+            base_variant = weights_variant(settings.profile, "sd15-base")
+            # Each model on its own, largest first (runners/startup.py says why), then the
+            # pipeline around them: it reads only the tokenizer's and scheduler's files.
+            models = load_largest_first(
+                {
+                    "unet": (
+                        base_dir / "unet",
+                        lambda: UNet2DConditionModel.from_pretrained(
+                            base_dir,
+                            subfolder="unet",
+                            torch_dtype=dtype,
+                            variant=base_variant,
+                            **placement,
+                        ),
+                    ),
+                    "controlnet": (
+                        controlnet_dir,
+                        lambda: ControlNetModel.from_pretrained(
+                            controlnet_dir,
+                            torch_dtype=dtype,
+                            variant=weights_variant(settings.profile, "sd15-controlnet-depth"),
+                            **placement,
+                        ),
+                    ),
+                    "text_encoder": (
+                        base_dir / "text_encoder",
+                        lambda: CLIPTextModel.from_pretrained(
+                            base_dir,
+                            subfolder="text_encoder",
+                            dtype=dtype,
+                            variant=base_variant,
+                            **placement,
+                        ),
+                    ),
+                    "vae": (
+                        base_dir / "vae",
+                        lambda: AutoencoderKL.from_pretrained(
+                            base_dir,
+                            subfolder="vae",
+                            torch_dtype=dtype,
+                            variant=base_variant,
+                            **placement,
+                        ),
+                    ),
+                    "depth": (
+                        depth_dir,
+                        lambda: DepthEstimator.from_pretrained(depth_dir, device, dtype),
+                    ),
+                }
             )
+            depth = models.pop("depth")
             base = StableDiffusionControlNetPipeline.from_pretrained(
-                base_dir,
-                controlnet=controlnet,
-                safety_checker=None,
-                requires_safety_checker=False,
-                torch_dtype=dtype,
-                variant=weights_variant(settings.profile, "sd15-base"),
-                **placement,
+                base_dir, **models, safety_checker=None, requires_safety_checker=False
             )
-            depth = DepthEstimator.from_pretrained(depth_dir, device, dtype)
         with timer.phase("to_device"):
             placed = place_on_device(accelerations, base, device)
+        timer.loaded(*base.components.values(), depth.model)
         with timer.phase("accelerations"):
             accelerated = accelerate(
                 accelerations,
-                {"unet": base.unet, "controlnet": controlnet, "vae": base.vae},
+                {"unet": base.unet, "controlnet": base.controlnet, "vae": base.vae},
                 compiled=("unet", "controlnet"),
             )
             accelerated.update(placed)

@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 
 from models.store import require_model
+from runners.device import load_onto
 from settings import Settings
 
 # One list per aspect the expander adds; each prompt gets one clause from each list.
@@ -99,8 +100,9 @@ class LLMUpsampler:
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        self.model.to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, **load_onto(device)
+        ).eval()
 
     @torch.inference_mode()
     def __call__(self, prompt: str) -> str:

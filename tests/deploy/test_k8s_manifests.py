@@ -9,10 +9,12 @@ from __future__ import annotations
 import ast
 import base64
 import copy
+import functools
 import json
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from benchmarks.cold_start import PROBE_MARGIN, scaled_time_to_ready, weight_scales
 from gateway.http import route_templates
 from gateway.jobs.redis_store import QUEUE
 from gateway.tenancy.api_keys import KeysFile, hash_key
@@ -47,10 +50,45 @@ API_KEYS_SECRET, API_KEYS_SECRET_KEY = "depthid-api-keys", "api-keys.json"
 # Namespaces whose pods may reach the runners or Redis besides the Gateway: Prometheus scraping
 # the runners' /metrics (components/monitoring), KEDA reading the queue (components/keda).
 ALLOWED_SYSTEM_NAMESPACES = {"monitoring", "keda"}
-# A runner in `full` loads tens of GB of weights before it serves: the startup probe waits this.
-MIN_GPU_STARTUP_S = 600
+# The runner Deployment of each runner (scale_to_zero_runners' names).
+RUNNER_DEPLOYMENTS = {
+    "sd15_depth": "depthid-runner-sd15-depth",
+    "flux_depth": "depthid-runner-flux-depth",
+    "instantid": "depthid-runner-instantid",
+}
+# docs/deploy.md, "Sizing from the time to ready": the measured run (benchmarks/cold_start.py's
+# line for sd15_depth with the read-ahead) every runner's startup probe is derived from.
+DEPLOY_DOC = PROJECT_ROOT / "docs" / "deploy.md"
+MEASURED_RUN = re.compile(
+    r"^sd15_depth \([^)]*read-ahead \d+\): ready in (?P<total>[\d.]+) s = (?P<phases>.+)$",
+    re.MULTILINE,
+)
+# A woken pod's scheduling and container start on a free GPU node with the image on it: what a
+# request after zero waits besides Prometheus, KEDA and the runner's start (docs/deploy.md).
+POD_START_S = 30
+# What the scale-to-zero deadline may round up the wait and generation it covers by.
+DEADLINE_ROUNDING_S = 60
+THRESHOLDS = PROJECT_ROOT / "loadtests" / "thresholds.toml"
 # The key whose hash is in overlays/cpu-tiny/api-keys.example.json (docs/deploy.md prints it).
 EXAMPLE_API_KEY = "did_example_cpu_tiny_only_not_a_secret"
+
+
+@functools.cache
+def measured_run() -> dict[str, float]:
+    """The phases (seconds) and total of the run docs/deploy.md sizes the runners' start by."""
+    match = MEASURED_RUN.search(DEPLOY_DOC.read_text())
+    assert match, "docs/deploy.md quotes no measured sd15_depth run with the read-ahead"
+    parts = (part.split() for part in match["phases"].split(", "))
+    return {**{phase: float(seconds) for phase, seconds in parts}, "total": float(match["total"])}
+
+
+@functools.cache
+def time_to_ready_s() -> dict[str, float]:
+    """Each runner's time to ready at real size, derived from the measured run."""
+    return {
+        runner: scaled_time_to_ready(measured_run(), scale)
+        for runner, scale in weight_scales().items()
+    }
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
@@ -256,10 +294,14 @@ def container_violations(
             yield f"{where}: no writable emptyDir at {path}"
 
 
+def workload_name(workload: dict[str, Any]) -> str:
+    return workload["metadata"]["name"]
+
+
 def workload_violations(
     workload: dict[str, Any], docs: list[dict[str, Any]], gpu: bool
 ) -> Iterator[str]:
-    name = f"{workload['kind']} {workload['metadata']['name']}"
+    name = f"{workload['kind']} {workload_name(workload)}"
     spec = pod_spec(workload)
     for container in all_containers(spec):
         yield from container_violations(f"{name}/{container['name']}", workload, container, docs)
@@ -277,8 +319,15 @@ def workload_violations(
             yield f"{name}: asks for {gpus} nvidia.com/gpu, not 1"
         if not gpu and gpus is not None:
             yield f"{name}: asks for a GPU outside a GPU overlay"
-        if gpu and probe_budget_s(container.get("startupProbe", {})) < MIN_GPU_STARTUP_S:
-            yield f"{name}: startup probe gives model loading less than {MIN_GPU_STARTUP_S}s"
+        if gpu:
+            (runner,) = [r for r, d in RUNNER_DEPLOYMENTS.items() if d == workload_name(workload)]
+            budget = probe_budget_s(container.get("startupProbe", {}))
+            needed = PROBE_MARGIN * time_to_ready_s()[runner]
+            if budget < needed:
+                yield (
+                    f"{name}: startup probe gives loading {budget:g} s, less than {PROBE_MARGIN}x "
+                    f"its time to ready ({needed:.0f} s)"
+                )
     if gpu and not (spec.get("nodeSelector") and spec.get("tolerations")):
         yield f"{name}: no GPU node selector and toleration"
 
@@ -456,6 +505,12 @@ BREAKAGES = {
     "escalation": (
         set_security("StatefulSet", REDIS, "allowPrivilegeEscalation", True),
         f"StatefulSet {REDIS}/redis: allowPrivilegeEscalation",
+    ),
+    "short startup probe": (
+        lambda docs: container_of(docs, "Deployment", FLUX)["startupProbe"].update(
+            failureThreshold=10
+        ),
+        f"Deployment {FLUX}: startup probe gives loading",
     ),
     "short grace": (
         shorten_grace(GATEWAY),
@@ -665,14 +720,6 @@ def test_each_runner_scales_on_its_own_models_queue_and_in_flight(rendered, over
         assert read == expected, name
 
 
-# The runner Deployment each scale_to_zero_runners name stands for.
-RUNNER_DEPLOYMENTS = {
-    "sd15_depth": "depthid-runner-sd15-depth",
-    "flux_depth": "depthid-runner-flux-depth",
-    "instantid": "depthid-runner-instantid",
-}
-
-
 def scaled_to_zero(docs: list[dict[str, Any]]) -> set[str]:
     """The runner Deployments the Gateway's settings say may scale to zero."""
     (gateway,) = [w for w in workloads(docs) if pod_labels(w).get(COMPONENT) == "gateway"]
@@ -712,3 +759,61 @@ def test_the_service_monitor_keeps_exactly_the_route_templates(rendered):
     assert drop_rule.fullmatch("bentoml_service_request_total;/v2/requests/0a1b/status;")
     assert not drop_rule.fullmatch("bentoml_service_request_total;/v2/{model};known")
     assert not drop_rule.fullmatch("depthid_requests_total;;")
+
+
+# --- start-up sized from the measured time to ready ----------------------------------------------
+
+
+def test_the_documented_times_to_ready_are_derived_from_the_measured_run():
+    """docs/deploy.md's table of times to ready and startup probe budgets is what the measured
+    run it quotes gives (benchmarks/cold_start.py's derivation)."""
+    text = DEPLOY_DOC.read_text()
+    for runner, ready in time_to_ready_s().items():
+        row = re.search(rf"^\| {runner} \| [^|]+ \| (\d+) s \| (\d+) s \|", text, re.MULTILINE)
+        assert row, f"docs/deploy.md has no row for {runner}"
+        assert (int(row[1]), int(row[2])) == (round(ready), round(PROBE_MARGIN * ready)), runner
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_each_runner_s_startup_probe_is_sized_from_its_time_to_ready(rendered, overlay):
+    """At least PROBE_MARGIN times the runner's derived time to ready, and within one probe
+    period of it: sized from it, not padded."""
+    for runner, deployment in RUNNER_DEPLOYMENTS.items():
+        probe = container_of(rendered[overlay], "Deployment", deployment)["startupProbe"]
+        needed = PROBE_MARGIN * time_to_ready_s()[runner]
+        budget = probe_budget_s(probe)
+        assert needed <= budget < needed + probe.get("periodSeconds", 10), (runner, budget)
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration such as "15s" or "1m"."""
+    value, unit = re.fullmatch(r"(\d+)([sm])", duration).groups()
+    return float(value) * (60 if unit == "m" else 1)
+
+
+def test_the_scale_to_zero_deadline_covers_a_wake_and_a_generation(rendered):
+    """A request for a runner at zero waits, within its one deadline, for Prometheus to see it
+    (scrape interval), KEDA to act (polling), the pod to start, the runner's whole startup
+    probe budget and one readiness period, then for its generation (the release gate's p95):
+    the deadline covers that sum, rounded up by less than DEADLINE_ROUNDING_S."""
+    docs = rendered["gpu-scale-to-zero"]
+    gateway = container_of(docs, "Deployment", GATEWAY)
+    deadline = setting(environment(gateway, docs), "generation_timeout_s")
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    scrape = seconds(monitor["spec"]["endpoints"][0]["interval"])
+    p95 = tomllib.loads(THRESHOLDS.read_text())["release"]["max_p95_ms_by_model"]
+    at_zero = scaled_to_zero(docs)
+    assert at_zero
+    for deployment in at_zero:
+        runner = container_of(docs, "Deployment", deployment)
+        polling = find(docs, "ScaledObject", deployment)["spec"]["pollingInterval"]
+        generation = max(p95[model] for model in RUNNER_MODELS[deployment]) / 1000
+        needed = (
+            scrape
+            + polling
+            + POD_START_S
+            + probe_budget_s(runner["startupProbe"])
+            + runner["readinessProbe"]["periodSeconds"]
+            + generation
+        )
+        assert needed <= deadline < needed + DEADLINE_ROUNDING_S, (deployment, needed)

@@ -1,16 +1,34 @@
 """runners/startup.py: a runner's time to ready by phase, as one log line and the
-depthid_runner_start_seconds gauge; the weights go straight to a GPU when there is one."""
+depthid_runner_start_seconds gauge; the weights go straight to a GPU when there is one, and
+loading holds little host memory beyond the weights (largest file first)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
+import pytest
 import torch
 from prometheus_client import REGISTRY
 
+from benchmarks.cold_start import load_runner
+from models.full_store import write_full_store
+from models.manifest import RUNNER_MODELS
 from runners.acceleration import resolve_accelerations
-from runners.startup import PHASES, StartupTimer, load_placement
+from runners.device import load_onto
+from runners.startup import (
+    PHASES,
+    StartupTimer,
+    load_largest_first,
+    load_placement,
+    weight_bytes,
+)
 from settings import Settings
+
+# The issue's target for a runner on the CPU: loading's peak host memory (its resident set's
+# growth) at most this many times the bytes of the weights as loaded (docs/models.md, "Loading").
+LOAD_MEMORY_TARGET = 1.2
 
 
 def start_seconds(runner: str, phase: str) -> float | None:
@@ -30,7 +48,7 @@ def test_one_line_names_every_phase_and_the_gauge_has_each(tiny_settings, caplog
     for phase in PHASES:
         assert f"{phase} " in line
         assert start_seconds("sd15_depth", phase) is not None
-    assert "peak host memory" in line and timer.weight_bytes > 0
+    assert "weights on disk" in line and timer.weight_bytes > 0
     total = start_seconds("sd15_depth", "total")
     assert total == sum(start_seconds("sd15_depth", phase) for phase in PHASES)
 
@@ -44,3 +62,63 @@ def test_weights_load_straight_onto_a_gpu_unless_offloaded():
     assert placement("cuda") == {"device_map": "cuda"}
     assert placement("cuda", cpu_offload="on") == {}
     assert placement("cpu") == {}
+    assert load_onto(torch.device("cuda")) == {"device_map": "cuda"}
+    assert load_onto(torch.device("cpu")) == {}
+
+
+def test_loading_memory_is_the_peak_over_the_start_against_the_weights(caplog):
+    timer = StartupTimer("instantid")
+    model = torch.nn.Linear(1024, 1024)
+    tied = torch.nn.Linear(1024, 1024)
+    tied.weight = model.weight  # a tied weight counts once
+    held = [torch.ones(64 * 1024 * 1024, dtype=torch.uint8)]  # 64 MiB, touched: resident
+    memory = timer.loaded(model, tied, "a tokenizer holds no weights")
+    assert memory.weights == weight_bytes([model]) + tied.bias.nbytes
+    assert memory.weights == (1024 * 1024 + 2 * 1024) * 4
+    assert memory.peak_growth >= len(held[0])
+    with caplog.at_level(logging.INFO, logger="runners.startup"):
+        line = timer.ready()
+    assert f"= {memory.ratio:.2f}x the weights as loaded" in line
+
+
+def test_parts_load_largest_first(tmp_path: Path):
+    for name, size in (("small", 10), ("large", 3000), ("middle", 200)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"x" * size)
+        (tmp_path / name / "config.json").write_bytes(b"x" * 5000)  # not a weight file
+    order: list[str] = []
+
+    def loader(name: str):
+        def load() -> str:
+            order.append(name)
+            return name.upper()
+
+        return load
+
+    loaded = load_largest_first(
+        {
+            "small": (tmp_path / "small", loader("small")),
+            "rules": (None, loader("rules")),  # no weights: last
+            "large": (tmp_path / "large", loader("large")),
+            "middle": (tmp_path / "middle", loader("middle")),
+        }
+    )
+    assert order == ["large", "middle", "small", "rules"]
+    assert loaded == {name: name.upper() for name in order}
+
+
+@pytest.mark.slow  # writes 3 GB of weights, then loads them in fp32 in a fresh process
+def test_sd15_at_real_size_loads_within_its_host_memory_target(tmp_path_factory):
+    """sd15_depth from a real-size store laid out as a pull lays it (fp16 files, random
+    weights), on the CPU in fp32: loading's peak host memory stays within the target. Memory,
+    not time: a busy machine does not change it."""
+    store = tmp_path_factory.mktemp("real-store")
+    try:
+        write_full_store(store, "real", names=RUNNER_MODELS["sd15_depth"], log=lambda _: None)
+        result = load_runner("sd15_depth", store, read_threads=4, cold=False, warmup=False)
+    finally:
+        shutil.rmtree(store)  # 3 GB: not left for pytest's kept temporary folders
+    assert not result["since_process_start"]
+    assert result["weights_loaded"] > 5e9  # fp32: twice the 2.95 GB of fp16 files
+    ratio = result["peak_growth"] / result["weights_loaded"]
+    assert ratio <= LOAD_MEMORY_TARGET, f"loading peaked at {ratio:.2f}x the weights"
