@@ -10,6 +10,7 @@ import fnmatch
 import functools
 import inspect
 import io
+import os
 import re
 import tokenize
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from models.manifest import CHECKPOINTS, RUNNER_MODELS
 from settings import PROJECT_ROOT, RUNNERS, Settings
 
 PAGE = (PROJECT_ROOT / "docs" / "adding-a-model.md").read_text()
+TESTS = Path("tests")
 
 
 def table_files(section: str) -> list[str]:
@@ -88,15 +90,16 @@ def model_files(spec: ModelSpec) -> dict[str, set[str]]:
 
 
 def code_files() -> list[str]:
-    """Every code file of the project but the tests: Python, the Makefile, the Containerfile."""
+    """Every code file of the project but the tests: Python, the Makefile, the Containerfile
+    (hidden folders such as .venv and .models, and caches, are not walked)."""
     found = []
-    for path in sorted(PROJECT_ROOT.rglob("*")):
-        relative = path.relative_to(PROJECT_ROOT)
-        if relative.parts[0] == "tests" or any(p.startswith((".", "__")) for p in relative.parts):
-            continue
-        if path.suffix == ".py" or path.name in ("Makefile", "Containerfile"):
-            found.append(relative.as_posix())
-    return found
+    for folder, dirs, files in os.walk(PROJECT_ROOT):
+        relative = Path(folder).relative_to(PROJECT_ROOT)
+        dirs[:] = [d for d in dirs if not d.startswith((".", "__")) and relative / d != TESTS]
+        for name in files:
+            if name.endswith(".py") or name in ("Makefile", "Containerfile"):
+                found.append((relative / name).as_posix())
+    return sorted(found)
 
 
 @functools.cache
