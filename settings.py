@@ -18,15 +18,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
-# The contract's output long side per model in the `full` profile; `tiny` uses 64 for all.
-FULL_LONG_SIDE = {
-    "sd1.5-controlnet-depth": 512,
-    "instantid": 1024,
-    "insta-depth": 1024,
-    "flux-depth-pro": 1024,
-}
+# The output long side of every model in the `tiny` profile (in `full`, each runner's own:
+# FULL_LONG_SIDE in runners/<runner>.py).
 TINY_LONG_SIDE = 64
-# The runner services' names (runners/*.py, models/manifest.py RUNNER_MODELS).
+# The runner services' names (runners/*.py, models/manifest.py RUNNER_MODELS); each has its URL
+# and its max batch size below (Settings.runner_url).
 RUNNERS = ("sd15_depth", "flux_depth", "instantid")
 # T5 tokens of the prompt flux attends to: FLUX.1 [dev]'s 512 in `full`. The tiny profile
 # scales it down like its 64 px output: at 512, attention over mostly padding is nearly all of
@@ -130,7 +126,7 @@ class Settings(BaseSettings):
         ge=8,
         le=4096,
         description="Output long side in pixels; unset: 64 in `tiny`, the contract's per model "
-        "in `full` (512 for sd1.5-controlnet-depth, 1024 for the others).",
+        "in `full` (512 for SD1.5, 1024 for SDXL and Flux).",
     )
     cpu_threads: int | None = Field(
         default=None,
@@ -224,8 +220,7 @@ class Settings(BaseSettings):
     instantid_runner_url: str | None = Field(
         default=None,
         description="URL of a separately deployed instantid runner "
-        "(`runners.instantid:InstantID`, serves instantid and insta-depth); unset: run it "
-        "in-process.",
+        "(`runners.instantid:InstantID`); unset: run it in-process.",
     )
     generation_timeout_s: float = Field(
         default=300.0,
@@ -254,7 +249,7 @@ class Settings(BaseSettings):
     instantid_max_batch_size: int = Field(
         default=4,
         ge=1,
-        description="The same for the instantid runner (instantid, insta-depth).",
+        description="The same for the instantid runner.",
     )
     flux_max_batch_size: int = Field(
         default=4, ge=1, description="The same for the flux_depth runner."
@@ -561,11 +556,20 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    def long_side(self, model: str) -> int:
-        """Output long side for `model`: the explicit setting, else the profile's default."""
+    def long_side(self, full_long_side: int) -> int:
+        """Output long side of a runner's models, given their side in `full` (the runner's
+        FULL_LONG_SIDE): the explicit setting, else the profile's."""
         if self.output_long_side is not None:
             return self.output_long_side
-        return TINY_LONG_SIDE if self.profile == "tiny" else FULL_LONG_SIDE[model]
+        return TINY_LONG_SIDE if self.profile == "tiny" else full_long_side
+
+    def runner_url(self, runner: str) -> str | None:
+        """Where runner `runner` is deployed; None: `bentoml serve service:Gateway` starts it."""
+        return {
+            "sd15_depth": self.sd15_runner_url,
+            "flux_depth": self.flux_runner_url,
+            "instantid": self.instantid_runner_url,
+        }[runner]
 
     def flux_text_tokens(self) -> int:
         """T5 tokens of the prompt flux attends to: the explicit setting, else the profile's."""

@@ -10,7 +10,7 @@ runners/acceleration.py switched on one after another. Prints one markdown table
 What runs is the served code: each runner pipeline class (runners/*_pipeline.py) is built
 from random-weight parts (benchmarks/random_parts.py, from benchmarks/real_configs.py, created
 directly on the GPU in fp16, bf16 for Flux) instead of loaded by its `from_store`, and its own
-`run_batch` is timed on one-sample jobs (protocol/jobs.py) as the Gateway sends them for default
+`run_batch` is timed on one-sample jobs (runners/<runner>.py) as the Gateway sends them for default
 requests, each with its own input images. Accelerations are switched on by the runners' own
 functions. Images are square at the contract's long side (512 for sd1.5, 1024 for the others),
 with the request schemas' default steps and guidance.
@@ -74,14 +74,18 @@ from gateway.schemas.insta_depth import (
 )
 from gateway.schemas.instantid import InstantIDRequest
 from gateway.schemas.sd15_depth import SD15DepthRequest
-from protocol.jobs import FluxDepthJob, GenerationResult, InstantIDJob, SD15DepthJob
+from protocol.jobs import GenerationResult
+from runners import flux_depth, instantid, sd15_depth
 from runners.acceleration import (
     apply_attention,
     apply_channels_last,
     apply_compile,
     apply_fused_qkv,
 )
-from settings import FULL_FLUX_TEXT_TOKENS, FULL_LONG_SIDE, TINY_LONG_SIDE, Settings
+from runners.flux_depth import FluxDepthJob
+from runners.instantid import InstantIDJob
+from runners.sd15_depth import SD15DepthJob
+from settings import FULL_FLUX_TEXT_TOKENS, TINY_LONG_SIDE, Settings
 
 SD15, INSTANTID, INSTA_DEPTH, FLUX = (
     "sd1.5-controlnet-depth",
@@ -462,6 +466,12 @@ def _seconds(value: float | None) -> str:
 
 
 FAMILY_OF = {model: name for name, (models, _) in FAMILIES.items() for model in models}
+# The contract's long side of each family: its runner's output side in `full`.
+FULL_LONG_SIDE = {
+    "sd15": sd15_depth.FULL_LONG_SIDE,
+    "sdxl": instantid.FULL_LONG_SIDE,
+    "flux": flux_depth.FULL_LONG_SIDE,
+}
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -517,10 +527,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for model in args.models
     }
     default_side = TINY_LONG_SIDE if args.scale == "tiny" else None
-    args.size = {
-        name: args.size or default_side or max(FULL_LONG_SIDE[m] for m in models)
-        for name, (models, _) in FAMILIES.items()
-    }
+    args.size = {name: args.size or default_side or FULL_LONG_SIDE[name] for name in FAMILIES}
     return args
 
 

@@ -13,16 +13,18 @@
 5. prints one table: seconds per image, peak GPU memory per runner process (NVML, sampled while
    the requests run), the accelerations each runner logged at start.
 
-The face models are the tiny profile's hand-set detector at both scales (models/full_store.py),
-so the face requests use the shipped payloads, whose faces that detector finds. At `--scale ci`
-the requests ask for the fewest steps the contract allows and the output is 64 px: the figures
-then mean nothing; what is checked is that every step ran.
+Every model of the registry (gateway/schemas/registry.py) is sent its /docs example's pictures
+and prompt, the contract's defaults for everything else, and prompt upsampling where the model
+offers it (the local language model runs too). The face models are the tiny profile's hand-set
+detector at both scales (models/full_store.py), so the face requests use the shipped pictures,
+whose faces that detector finds. At `--scale ci` the requests ask for the fewest steps the
+contract allows and the output is 64 px: the figures then mean nothing; what is checked is that
+every step ran.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import re
 import subprocess
@@ -34,21 +36,12 @@ from pathlib import Path
 
 import httpx
 
+from gateway.schemas.registry import MODEL_SPECS
 from models.full_store import SCALES, write_full_store
 from settings import PROJECT_ROOT
 from tests.support.served import process_tree, serve_process
 
-PAYLOADS = PROJECT_ROOT / "loadtests" / "payloads"
 DEFAULT_STORE = PROJECT_ROOT / ".models" / "gpu-check"
-RUNNER_OF = {
-    "sd1.5-controlnet-depth": "sd15_depth",
-    "instantid": "instantid",
-    "insta-depth": "instantid",
-    "flux-depth-pro": "flux_depth",
-}
-STEPS_FIELD = {"flux-depth-pro": "steps"}  # the others: num_inference_steps
-# At the ci scale each request asks for the fewest steps the contract allows.
-CI_STEPS = {"sd1.5-controlnet-depth": 20, "instantid": 4, "insta-depth": 4, "flux-depth-pro": 15}
 CI_ENV = {
     # Small and short on the CPU; the real scale keeps the contract's defaults.
     "DEPTHID_OUTPUT_LONG_SIDE": "64",
@@ -117,32 +110,19 @@ def _runner_pids(server: subprocess.Popen) -> dict[int, str]:
     return pids
 
 
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
 def payloads(scale: str) -> dict[str, dict]:
-    """One request body per model: the contract's defaults but for the images and prompt."""
-    bodies = {
-        "sd1.5-controlnet-depth": {
-            "image": _b64(PAYLOADS / "pose.png"),
-            "prompt": "a house by a lake",
-        },
-        "instantid": {"face_image": _b64(PAYLOADS / "face.png"), "prompt": "photo of a man"},
-        "insta-depth": {
-            "face_image": _b64(PAYLOADS / "face.png"),
-            "pose_image": _b64(PAYLOADS / "pose.png"),
-            "prompt": "photo of a woman",
-        },
-        "flux-depth-pro": {
-            "control_image": _b64(PAYLOADS / "flux_control.jpg"),
-            "prompt": "a house by a lake",
-            "prompt_upsampling": True,  # the local language model too
-        },
-    }
-    if scale == "ci":
-        for model, body in bodies.items():
-            body[STEPS_FIELD.get(model, "num_inference_steps")] = CI_STEPS[model]
+    """One request body per model: the contract's defaults but for the pictures and prompt."""
+    bodies = {}
+    for model, spec in MODEL_SPECS.items():
+        example = spec.example()["value"]
+        body = {field: example[field] for field in example if field.endswith("image")}
+        body["prompt"] = example["prompt"]
+        if "prompt_upsampling" in spec.request.model_fields:
+            body["prompt_upsampling"] = True  # the local language model too
+        if scale == "ci":  # the fewest steps the contract allows
+            steps = spec.request.model_json_schema()["properties"][spec.steps_field]
+            body[spec.steps_field] = steps["minimum"]
+        bodies[model] = body
     return bodies
 
 
@@ -216,8 +196,9 @@ def table(rows: list[Row], title: str) -> str:
     for row in rows:
         v1 = f"{row.v1_seconds:.2f}" if row.v1_seconds is not None else "failed"
         peak = f"{row.peak_gib:.1f} GiB" if row.peak_gib is not None else "n/a"
+        runner = MODEL_SPECS[row.model].runner.name
         lines.append(
-            f"| {row.model} | {RUNNER_OF[row.model]} | {v1} | {row.v2} | {row.bench_seconds}"
+            f"| {row.model} | {runner} | {v1} | {row.v2} | {row.bench_seconds}"
             f" | {peak} | {row.accelerations} |"
         )
     return "\n".join(lines)
@@ -233,7 +214,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
         "DEPTHID_DEVICE": args.device,
         **(CI_ENV if args.scale == "ci" else {}),
     }
-    rows = [Row(model) for model in RUNNER_OF]
+    rows = [Row(model) for model in MODEL_SPECS]
     memory = GpuMemory()
     print("gpu-check: serving full (runners load, warm up, then /readyz) ...", flush=True)
     with serve_process(env=env, start_timeout_s=START_TIMEOUT_S) as (base_url, server):
@@ -249,7 +230,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     log_text = Path(server.log_path).read_text(errors="replace")  # tests/support/served.py keeps it
     accelerations = _accelerations(log_text)
     for row in rows:
-        runner = RUNNER_OF[row.model]
+        runner = MODEL_SPECS[row.model].runner.name
         row.accelerations = accelerations.get(runner, "?")
         row.peak_gib = memory.peaks.get(runner)
     if args.bench:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import httpx
 
 from benchmarks.latency import MODELS
+from gateway.schemas.registry import MODEL_SPECS
 from tests.support.face_images import b64_image, face_picture
 from tests.support.helpers import b64, metric_value, scene_image
 from tests.support.served import serve
@@ -175,17 +176,11 @@ def open_loop(
 
 # One load (closed or open loop) on one instance: (client, model, bodies) -> its figures.
 Load = Callable[[httpx.Client, str, Callable[[int], dict]], "Figures"]
-RUNNER_OF = {
-    "sd1.5-controlnet-depth": "sd15_depth",
-    "instantid": "instantid",
-    "insta-depth": "instantid",
-    "flux-depth-pro": "flux_depth",
-}
 
 
 def calls_so_far(client: httpx.Client, model: str) -> tuple[float, float]:
     """(samples, calls) the model's runner has run so far, from its metrics."""
-    runner = {"runner": RUNNER_OF[model]}
+    runner = {"runner": MODEL_SPECS[model].runner.name}
     base = str(client.base_url)
     return (
         metric_value(base, "depthid_runner_batch_size_sum", **runner),

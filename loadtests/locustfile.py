@@ -13,7 +13,6 @@ until its result was fetched, failed when the job ended FAILED or never ended.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import sys
@@ -43,23 +42,19 @@ STATES = {"QUEUED", "PROCESSING", "COMPLETED", "FAILED"}
 
 def request_bodies(payloads: str = "synthetic") -> dict[str, dict[str, Any]]:
     """A valid request body per model, with the scenario's pictures. `synthetic`: the shipped
-    payloads (faces the tiny profile's detector finds; the flux control picture, a room with
-    clear depth cues, is sd1.5's input picture too). `photo`: the same bodies with a real photo
-    a real face detector finds (photo_payloads.py), for `full`. Defaults for everything else."""
+    payloads, payloads/<model>.json (faces the tiny profile's detector finds; the depth models'
+    picture is flux_control.jpg, a room with clear depth cues). `photo`: the same bodies with a
+    real photo a real face detector finds (photo_payloads.py), for `full`. Defaults for
+    everything else."""
     if payloads not in PAYLOAD_KINDS:
         raise ValueError(f"unknown payloads {payloads!r}; known: {list(PAYLOAD_KINDS)}")
-    scene = base64.b64encode((PAYLOADS / "flux_control.jpg").read_bytes()).decode("ascii")
-    synthetic = {
-        "sd1.5-controlnet-depth": {"image": scene, "prompt": "a cozy reading room, warm light"},
-        "instantid": json.loads((PAYLOADS / "instantid.json").read_text()),
-        "insta-depth": json.loads((PAYLOADS / "insta-depth.json").read_text()),
-        "flux-depth-pro": {"control_image": scene, "prompt": "a home office at dusk, lamp on"},
-    }
+    synthetic = {model: json.loads((PAYLOADS / f"{model}.json").read_text()) for model in MODELS}
     return synthetic if payloads == "synthetic" else photo_bodies(synthetic)
 
 
 PAYLOAD_KINDS = ("synthetic", "photo")
-MODELS = ("sd1.5-controlnet-depth", "instantid", "insta-depth", "flux-depth-pro")
+# The models the load test can ask for: those with a body in payloads/.
+MODELS = tuple(sorted(path.stem for path in PAYLOADS.glob("*.json")))
 BODIES: dict[str, dict[str, Any]] = {}  # the scenario's, set when Locust starts
 
 

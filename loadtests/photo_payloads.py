@@ -5,12 +5,13 @@ synthetic blobs of payloads/, which only the tiny profile's hand-set detector ta
 The photo is scikit-image's `astronaut.png` (NASA's portrait of Eileen Collins, public domain),
 the file inside the installed scikit-image package: nothing is downloaded. From it:
 
-- `face_image` (instantid, insta-depth): a square crop of her head and shoulders;
-- `pose_image` (insta-depth, also its depth input): the whole photo, mirrored, so the pose
-  differs from the identity picture (instantid's body, like the synthetic one, sends none: the
-  face image is its pose);
-- `image` (sd1.5-controlnet-depth) and `control_image` (flux-depth-pro), the depth inputs: the
-  whole photo.
+- `face_image`: a square crop of her head and shoulders;
+- `pose_image` (insta-depth's depth input too): the whole photo, mirrored, so the pose differs
+  from the identity picture (a body without one, like instantid's, keeps sending none: the face
+  image is its pose);
+- every other picture field (`image`, `control_image`: the depth inputs): the whole photo.
+
+A picture field is one whose name ends in "image", as the hosted API names them.
 
 Everything else in a body (prompt, steps, seed) is the synthetic payload's. The pictures go as
 PNG, so they reach the server pixel for pixel.
@@ -56,11 +57,12 @@ def png_base64(image: Image.Image) -> str:
 
 def photo_bodies(synthetic: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The synthetic request bodies with their pictures replaced by the photo's."""
-    face, pose = png_base64(face_image()), png_base64(pose_image())
+    pictures = {"face_image": png_base64(face_image()), "pose_image": png_base64(pose_image())}
     depth = png_base64(depth_image())
     return {
-        "sd1.5-controlnet-depth": {**synthetic["sd1.5-controlnet-depth"], "image": depth},
-        "instantid": {**synthetic["instantid"], "face_image": face},
-        "insta-depth": {**synthetic["insta-depth"], "face_image": face, "pose_image": pose},
-        "flux-depth-pro": {**synthetic["flux-depth-pro"], "control_image": depth},
+        model: {
+            field: pictures.get(field, depth) if field.endswith("image") else value
+            for field, value in body.items()
+        }
+        for model, body in synthetic.items()
     }

@@ -9,40 +9,25 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from models.manifest import TINY_MODELS
+from models.manifest import CHECKPOINTS, TINY_MODELS
 from models.store import install, installed_source, model_dir
 from settings import Settings, get_settings
 
 Builder = Callable[[Path], None]
 
 
-def _builders() -> dict[str, Builder]:
-    # Imported here, not at the top: a fully cached run then never imports torch and diffusers.
-    from models.tiny_depth import build_depth_estimator
-    from models.tiny_faces import build_face_models
-    from models.tiny_flux import build_flux_depth
-    from models.tiny_instantid import build_instantid
-    from models.tiny_safety import build_safety_classifier
-    from models.tiny_sd15 import build_sd15_base, build_sd15_controlnet
-    from models.tiny_sdxl import build_sdxl_base, build_sdxl_controlnet_depth, build_sdxl_vae
-
-    return {
-        "sd15-base": build_sd15_base,
-        "sd15-controlnet-depth": build_sd15_controlnet,
-        "depth-estimator": build_depth_estimator,
-        "flux-depth-dev": build_flux_depth,
-        "safety-checker": build_safety_classifier,
-        "sdxl-base": build_sdxl_base,
-        "sdxl-vae": build_sdxl_vae,
-        "instantid": build_instantid,
-        "sdxl-controlnet-depth": build_sdxl_controlnet_depth,
-        "face-analysis": build_face_models,
-    }
+def tiny_builder(name: str) -> Builder:
+    """The function that builds checkpoint `name`'s tiny copy (its manifest entry's
+    `tiny_builder`, "module:function"). Imported only when a model is built: a fully cached run
+    never imports torch and diffusers."""
+    module, function = CHECKPOINTS[name].tiny_builder.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def builders_fingerprint() -> str:
@@ -65,18 +50,16 @@ def build_tiny(
         raise ValueError(f"unknown tiny model(s) {unknown}; known: {list(TINY_MODELS)}")
 
     source = f"models.build (tiny, random weights) {builders_fingerprint()}"
-    builders: dict[str, Builder] | None = None
     for index, name in enumerate(names, start=1):
         prefix = f"[{index}/{len(names)}] {name}:"
         target = model_dir(settings, name)
         if installed_source(target) == source:
             log(f"{prefix} cached")
             continue
-        if builders is None:
-            builders = _builders()  # a few seconds, once; not counted in the build time
+        build = tiny_builder(name)  # the first import takes a few seconds, not counted
         started = time.perf_counter()
         with install(target, source=source) as staging:
-            builders[name](staging)
+            build(staging)
         log(f"{prefix} building ... done in {time.perf_counter() - started:.1f}s")
 
 

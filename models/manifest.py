@@ -1,7 +1,9 @@
-"""The `full` profile's real checkpoints, pinned to Hugging Face Hub commits.
+"""Every model's weights: the `full` profile's real checkpoints, pinned to Hugging Face Hub
+commits, each with the builder of its `tiny` copy, and the checkpoints each runner loads.
 
 The names are shared by both profiles: in `tiny` the same names are built locally with random
-weights (models/build.py), in `full` they are pulled from the Hub (models/pull.py).
+weights (models/build.py, by each checkpoint's `tiny_builder`), in `full` they are pulled from
+the Hub (models/pull.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Checkpoint:
     # Gated on the Hub: the licence must be accepted at https://huggingface.co/<repo_id> by the
     # account whose token (HF_TOKEN) pulls it.
     gated: bool = False
+    # What builds its `tiny` copy (the real architecture at toy sizes, random weights), as
+    # "module:function" (models/build.py imports it only to build); None: not in `tiny`.
+    tiny_builder: str | None = None
 
 
 # Layouts of real repositories that the runners read and the tiny builds copy.
@@ -55,6 +60,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         ),
         description="Stable Diffusion 1.5 (diffusers layout, no safety checker), fp16",
         licence="CreativeML OpenRAIL-M",
+        tiny_builder="models.tiny_sd15:build_sd15_base",
     ),
     "sd15-controlnet-depth": Checkpoint(
         repo_id="lllyasviel/control_v11f1p_sd15_depth",
@@ -65,6 +71,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         ),
         description="ControlNet 1.1 depth for SD 1.5, fp16",
         licence="OpenRAIL",
+        tiny_builder="models.tiny_sd15:build_sd15_controlnet",
     ),
     "depth-estimator": Checkpoint(
         repo_id="depth-anything/Depth-Anything-V2-Small-hf",
@@ -72,6 +79,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         allow_patterns=("config.json", "preprocessor_config.json", "model.safetensors"),
         description="Depth Anything V2 Small (relative depth), Apache-2.0",
         licence="Apache-2.0",
+        tiny_builder="models.tiny_depth:build_depth_estimator",
     ),
     # flux-depth-pro: the diffusers layout of FLUX.1 Depth [dev], text encoders included
     # (CLIP-L and T5-XXL v1.1). Gated: accept the licence on the Hub and set HF_TOKEN to pull.
@@ -97,6 +105,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         description="FLUX.1 Depth [dev] (diffusers layout), bf16, FLUX.1-dev non-commercial",
         licence="FLUX.1 [dev] Non-Commercial License",
         gated=True,
+        tiny_builder="models.tiny_flux:build_flux_depth",
     ),
     "safety-checker": Checkpoint(
         repo_id="Falconsai/nsfw_image_detection",
@@ -104,6 +113,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         allow_patterns=("config.json", "preprocessor_config.json", "model.safetensors"),
         description="ViT image classifier, labels normal/nsfw (flux-depth-pro), Apache-2.0",
         licence="Apache-2.0",
+        tiny_builder="models.tiny_safety:build_safety_classifier",
     ),
     "prompt-upsampler": Checkpoint(
         repo_id="Qwen/Qwen2.5-0.5B-Instruct",
@@ -119,6 +129,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         ),
         description="Qwen2.5 0.5B Instruct, rewrites prompts for prompt_upsampling, Apache-2.0",
         licence="Apache-2.0",
+        # None: `tiny` runs the rule-based upsampler instead (Settings.prompt_upsampler).
     ),
     # instantid + insta-depth (runners/instantid.py): one SDXL base for both.
     "sdxl-base": Checkpoint(
@@ -146,6 +157,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         ),
         description="SDXL 1.0 base, fp16 (diffusers layout), CreativeML Open RAIL++-M",
         licence="CreativeML Open RAIL++-M",
+        tiny_builder="models.tiny_sdxl:build_sdxl_base",
     ),
     "sdxl-vae": Checkpoint(
         repo_id="madebyollin/sdxl-vae-fp16-fix",
@@ -153,6 +165,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
         description="SDXL VAE fine-tuned to decode in fp16 without overflow, MIT",
         licence="MIT",
+        tiny_builder="models.tiny_sdxl:build_sdxl_vae",
     ),
     "instantid": Checkpoint(
         repo_id="InstantX/InstantID",
@@ -164,6 +177,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         ),
         description="InstantID: IdentityNet (SDXL ControlNet) + face IP-Adapter, Apache-2.0",
         licence="Apache-2.0",
+        tiny_builder="models.tiny_instantid:build_instantid",
     ),
     "sdxl-controlnet-depth": Checkpoint(
         repo_id="diffusers/controlnet-depth-sdxl-1.0",
@@ -171,6 +185,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         allow_patterns=("config.json", "diffusion_pytorch_model.fp16.safetensors"),
         description="SDXL depth ControlNet (insta-depth), fp16, OpenRAIL++",
         licence="CreativeML Open RAIL++-M",
+        tiny_builder="models.tiny_sdxl:build_sdxl_controlnet_depth",
     ),
     "face-analysis": Checkpoint(
         # insightface's antelopev2 pack (SCRFD-10G detector, ResNet100 Glint360K ArcFace), as
@@ -180,6 +195,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         allow_patterns=(FACE_DETECTOR_FILE, FACE_RECOGNISER_FILE),
         description="insightface antelopev2: face detector + recogniser, research use only",
         licence="insightface models: non-commercial research only",
+        tiny_builder="models.tiny_faces:build_face_models",
     ),
 }
 
@@ -215,15 +231,6 @@ RUNNER_MODELS: dict[str, tuple[str, ...]] = {
 }
 
 # Every model the `tiny` profile builds: the same names, random weights (models/build.py).
-TINY_MODELS: tuple[str, ...] = (
-    "sd15-base",
-    "sd15-controlnet-depth",
-    "depth-estimator",
-    "flux-depth-dev",
-    "safety-checker",
-    "sdxl-base",
-    "sdxl-vae",
-    "instantid",
-    "sdxl-controlnet-depth",
-    "face-analysis",
+TINY_MODELS: tuple[str, ...] = tuple(
+    name for name, checkpoint in CHECKPOINTS.items() if checkpoint.tiny_builder is not None
 )

@@ -1,7 +1,10 @@
-"""What the Gateway sends a runner and what it gets back.
+"""What every runner's API shares: the parts of a job (images, text, output format) and what a
+runner answers (GenerationResult, JobFailure).
 
-These are the runner APIs' types, so both sides import them; they must stay free of torch.
-A job is already validated and normalised: images decoded, seed resolved, output size resolved.
+Each runner's job type is its API's input, so it is declared with its service
+(runners/<runner>.py, e.g. `SD15DepthJob`), from these parts. Both sides import them; they must
+stay free of torch. A job is already validated and normalised: images decoded, seed resolved,
+output size resolved.
 """
 
 from __future__ import annotations
@@ -16,15 +19,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
     PlainSerializer,
     WithJsonSchema,
-    model_validator,
 )
 
 OutputFormat = Literal["JPEG", "PNG"]
 
-# Abandonable: every job also carries `deadline`, the Unix time by which its answer is needed
+# Abandonable: every job carries `deadline`, the Unix time by which its answer is needed
 # (None: no deadline), and `token`, one per request (its samples share it), by which the
 # Gateway cancels it when its caller goes away. A runner does not start, and stops, work that
 # nobody waits for (runners/deadlines.py). The Gateway sets both (gateway/runner_client.py).
@@ -69,85 +70,6 @@ def _valid_unicode(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
-
-
-class SD15DepthJob(BaseModel):
-    """One sd1.5-controlnet-depth request: `samples` images, sample i seeded with `seed + i`."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    request_id: str
-    prompt: Text
-    negative_prompt: Text = ""
-    image: PILImage
-    samples: int = Field(ge=1)
-    scheduler: str
-    num_inference_steps: int = Field(ge=1)
-    guidance_scale: float
-    strength: float = Field(gt=0, le=1)
-    seed: int = Field(ge=0)
-    width: int = Field(ge=8)
-    height: int = Field(ge=8)
-    output_format: OutputFormat = "JPEG"
-    deadline: float | None = None  # see Abandonable
-    token: str = ""
-
-
-class FluxDepthJob(BaseModel):
-    """One flux-depth-pro request: one image, screened at `safety_tolerance` (1 strictest)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    request_id: str
-    prompt: Text
-    control_image: PILImage
-    guidance: float
-    steps: int = Field(ge=1)
-    seed: int = Field(ge=0)
-    width: int = Field(ge=16)
-    height: int = Field(ge=16)
-    output_format: OutputFormat = "JPEG"
-    safety_tolerance: int = Field(ge=1, le=6)
-    prompt_upsampling: bool = False
-    deadline: float | None = None  # see Abandonable
-    token: str = ""
-
-
-class InstantIDJob(BaseModel):
-    """One instantid or insta-depth request: `samples` images, sample i seeded with `seed + i`.
-
-    The prompts are final (style applied). The identity comes from the largest face of
-    `face_image`; the keypoints from the largest face of `pose_image` when given, else of
-    `face_image`. `depth_strength` set (insta-depth) adds the depth ControlNet, fed the depth map
-    of `pose_image`; None leaves it out.
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    request_id: str
-    prompt: Text
-    negative_prompt: Text = ""
-    face_image: PILImage
-    pose_image: PILImage | None = None
-    samples: int = Field(ge=1)
-    num_inference_steps: int = Field(ge=1)
-    guidance_scale: float
-    seed: int = Field(ge=0)
-    identity_strength: float = Field(ge=0)
-    adapter_strength: float = Field(ge=0)
-    depth_strength: float | None = Field(default=None, ge=0)
-    enhance_face_region: bool
-    width: int = Field(ge=8)
-    height: int = Field(ge=8)
-    output_format: OutputFormat = "JPEG"
-    deadline: float | None = None  # see Abandonable
-    token: str = ""
-
-    @model_validator(mode="after")
-    def _depth_needs_a_pose(self) -> InstantIDJob:
-        if self.depth_strength is not None and self.pose_image is None:
-            raise ValueError("depth_strength needs pose_image: the depth map is taken from it")
-        return self
 
 
 class JobFailure(BaseModel):

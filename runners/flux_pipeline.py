@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import CLIPTextModel, T5EncoderModel
 
 from models.store import require_model, runner_models
-from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure
+from protocol.jobs import GenerationResult, JobFailure
 from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
@@ -33,6 +33,7 @@ from runners.batching import run_batched
 from runners.depth import DepthEstimator
 from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
+from runners.flux_depth import FULL_LONG_SIDE, FluxDepthJob
 from runners.preparation import Preparations
 from runners.prompt_filter import PromptFilter
 from runners.safety import SafetyChecker
@@ -42,7 +43,6 @@ from settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SERVED_MODEL = "flux-depth-pro"  # the warm-up generates at its output size
 # Prepared inputs kept waiting per sample of a full call: a few calls' worth of queued jobs.
 PREPARED_PER_SAMPLE = 4
 PROMPT_BLOCKED = "the prompt was blocked by the content filter: it contains {term!r}"
@@ -188,7 +188,7 @@ class FluxDepthPipeline:
             text_tokens=settings.flux_text_tokens(),
         )
         if accelerations.warmup:
-            side = settings.long_side(SERVED_MODEL)
+            side = settings.long_side(FULL_LONG_SIDE)  # the output size
             with timer.phase("warmup"):
                 accelerated["warmup"] = warm_up(lambda: pipeline._warm_up(side))
         log_accelerations("flux_depth", accelerations, accelerated)

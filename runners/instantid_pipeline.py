@@ -33,7 +33,7 @@ from models.manifest import (
     weights_variant,
 )
 from models.store import require_model, runner_models
-from protocol.jobs import GenerationResult, InstantIDJob, JobFailure
+from protocol.jobs import GenerationResult, JobFailure
 from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
@@ -49,6 +49,7 @@ from runners.depth import DepthEstimator
 from runners.device import pick_device, set_cpu_threads
 from runners.encoding import encode_image
 from runners.faces import DetectedFace, FaceAnalyzer, draw_keypoints, face_region_mask
+from runners.instantid import FULL_LONG_SIDE, InstantIDJob
 from runners.instantid_sampler import ControlUnit, Sample, SampleRequest, sample
 from runners.ip_adapter_attention import use_per_call_scale
 from runners.preparation import Preparations
@@ -58,7 +59,6 @@ from settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SERVED_MODEL = "insta-depth"  # the warm-up generates at its output size, with both ControlNets
 # Warm-up strengths and guidance: any non-zero strength runs its module (at 0 a ControlNet or
 # the face attention is skipped), and guidance above 1 runs the unconditional half too.
 WARMUP_STRENGTH = 1.0
@@ -245,7 +245,7 @@ class InstantIDPipelines:
             face_region_padding=settings.face_region_padding,
         )
         if accelerations.warmup:
-            side = settings.long_side(SERVED_MODEL)
+            side = settings.long_side(FULL_LONG_SIDE)  # the output size
             with timer.phase("warmup"):
                 accelerated["warmup"] = warm_up(lambda: pipelines._warm_up(side))
         log_accelerations(

@@ -27,7 +27,7 @@ from transformers import CLIPTextModel
 from compat.diffusers_pipelines import execution_device
 from models.manifest import weights_variant
 from models.store import require_model, runner_models
-from protocol.jobs import GenerationResult, SD15DepthJob
+from protocol.jobs import GenerationResult
 from runners import deadlines
 from runners.acceleration import (
     WARMUP_STEPS,
@@ -45,13 +45,13 @@ from runners.encoding import encode_image
 from runners.preparation import Preparations
 from runners.prompt_weighting import encode_sd15
 from runners.schedulers import make_scheduler
+from runners.sd15_depth import FULL_LONG_SIDE, SD15DepthJob
 from runners.startup import StartupTimer, load_largest_first, load_placement
 from runners.text_padding import mask_text_attention, pad_texts, padding_masked
 from settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SERVED_MODEL = "sd1.5-controlnet-depth"  # the warm-up generates at its output size
 WARMUP_SCHEDULER = "UniPC"  # the contract's default
 # Prepared inputs kept waiting per sample of a full call: a few calls' worth of queued samples.
 PREPARED_PER_SAMPLE = 4
@@ -175,7 +175,7 @@ class SD15DepthPipelines:
             max_batch_size=settings.sd15_max_batch_size,
         )
         if accelerations.warmup:
-            side = settings.long_side(SERVED_MODEL)
+            side = settings.long_side(FULL_LONG_SIDE)  # the output size
             with timer.phase("warmup"):
                 accelerated["warmup"] = warm_up(lambda: pipelines._warm_up(side))
         log_accelerations("sd15_depth", accelerations, accelerated)

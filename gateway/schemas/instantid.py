@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pydantic import Field
 
+from gateway.http.examples import picture
 from gateway.schemas.base import RequestSchema
 from gateway.schemas.images import DecodedImage, input_side_limit, load_image
 from gateway.schemas.normalize import MAX_SEED, output_size, resolve_seed
 from gateway.schemas.styles import NO_STYLE, StyleName, apply_style
-from protocol.jobs import InstantIDJob
+from runners.instantid import FULL_LONG_SIDE, InstantIDJob
 from settings import Settings
 
 MODEL = "instantid"
@@ -57,6 +59,20 @@ class InstantIDRequest(RequestSchema):
     base64: bool = Field(default=False, description="Answer JSON with base64 images.")
 
 
+def example() -> dict[str, Any]:
+    """The /docs example: it answers 200 as it stands (tiny: `full`'s face detector finds no
+    face in a synthetic one)."""
+    return {
+        "summary": "A synthetic face (tiny profile; put a photo here in full)",
+        "value": {
+            "face_image": picture("face.png"),
+            "prompt": "photo of a man",
+            "style": "Watercolor",
+            "seed": 42,
+        },
+    }
+
+
 # Face and pose images are kept at input_side_limit() of the output, but never below this: the
 # identity embedding is a crop of the face at the image's own resolution (the detector looks at a
 # 640 px view of it), and InstantID's reference app resizes face images to 1024-1280 px.
@@ -64,11 +80,11 @@ MIN_FACE_INPUT_SIDE = 1280
 
 
 async def load_faces(
-    face_image: str, pose_image: str | None, model: str, settings: Settings
+    face_image: str, pose_image: str | None, settings: Settings
 ) -> tuple[DecodedImage, DecodedImage | None]:
     """The decoded face image and, when given, pose image, decoded side by side (two URLs are
     fetched at once). When both are faulty, the error is face_image's, as if taken in turn."""
-    max_side = max(input_side_limit(settings.long_side(model)), MIN_FACE_INPUT_SIDE)
+    max_side = max(input_side_limit(settings.long_side(FULL_LONG_SIDE)), MIN_FACE_INPUT_SIDE)
     loading_face = load_image(face_image, field="face_image", settings=settings, max_side=max_side)
     if pose_image is None:
         return await loading_face, None
@@ -85,16 +101,17 @@ async def load_faces(
 
 
 def framed_size(
-    face: DecodedImage, pose: DecodedImage | None, model: str, settings: Settings
+    face: DecodedImage, pose: DecodedImage | None, settings: Settings
 ) -> tuple[int, int]:
-    """The output size: the pose (or else face) image's aspect ratio, the model's long side."""
+    """The output size: the pose (or else face) image's aspect ratio, the runner's long side."""
     framing = pose if pose is not None else face
-    return output_size(framing.width, framing.height, settings.long_side(model), SIZE_MULTIPLE)
+    long_side = settings.long_side(FULL_LONG_SIDE)
+    return output_size(framing.width, framing.height, long_side, SIZE_MULTIPLE)
 
 
 async def to_job(body: InstantIDRequest, request_id: str, settings: Settings) -> InstantIDJob:
-    face, pose = await load_faces(body.face_image, body.pose_image, MODEL, settings)
-    width, height = framed_size(face, pose, MODEL, settings)
+    face, pose = await load_faces(body.face_image, body.pose_image, settings)
+    width, height = framed_size(face, pose, settings)
     prompt, negative_prompt = apply_style(body.style, body.prompt, body.negative_prompt)
     return InstantIDJob(
         request_id=request_id,

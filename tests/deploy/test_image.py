@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.schemas.registry import MODEL_SPECS
 from settings import PROJECT_ROOT
+from tests.support.gateway_client import make_client
+from tests.support.helpers import RecordingRunner
 
 sys.path.insert(0, str(PROJECT_ROOT / "container"))
 import smoke  # container/smoke.py: what the image's last stage runs
@@ -27,7 +30,6 @@ import smoke  # container/smoke.py: what the image's last stage runs
 CONTAINERFILE = (PROJECT_ROOT / "container" / "Containerfile").read_text()
 K8S = PROJECT_ROOT / "k8s"
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
-MODELS = ("sd1.5-controlnet-depth", "instantid", "insta-depth", "flux-depth-pro")
 
 
 def make_dry_run(*targets: str) -> str:
@@ -70,7 +72,7 @@ def containerfile_cmd() -> list[str]:
 
 @pytest.mark.timeout(3600)
 @pytest.mark.slow
-def test_make_image_builds_the_cpu_image_and_its_smoke_stage_answers_all_four_models(tmp_path):
+def test_make_image_builds_the_cpu_image_and_its_smoke_stage_answers_every_model(tmp_path):
     """`make image` as a user runs it; the build fails unless the smoke stage passed, and says
     so model by model; the image is tagged with the name the cpu-tiny overlay runs."""
     result = subprocess.run(
@@ -83,12 +85,12 @@ def test_make_image_builds_the_cpu_image_and_its_smoke_stage_answers_all_four_mo
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-8000:]
-    for model in MODELS:
+    for model in MODEL_SPECS:
         # an image whose long side is the tiny profile's 64 px
         assert re.search(rf"smoke: v1 {re.escape(model)}: 200 (JPEG|PNG) (64x\d+|\d+x64)", log), (
             model
         )
-    assert "smoke: v2 sd1.5-controlnet-depth: COMPLETED" in log
+    assert f"smoke: v2 {next(iter(MODEL_SPECS))}: COMPLETED" in log
     assert "smoke: v1 without a key: 401" in log  # with the manifests' API keys on
     name = image_names()["cpu"]
     assert re.search(rf"image: \[\d+ s\] built {re.escape(name)}: \d+ MB", log)
@@ -264,6 +266,22 @@ def test_the_smoke_stops_waiting_when_a_service_fails_to_start(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_the_smoke_sends_each_model_its_docs_example():
+    """The smoke asks the server which models it serves (/openapi.json) and sends each its
+    /docs example, so a new model is smoked without a line here."""
+    with make_client(RecordingRunner(), MODEL_SPECS) as client:
+        openapi = client.get("/openapi.json").json()
+    requests = smoke.v1_requests(openapi)
+    assert list(requests) == list(MODEL_SPECS)
+    for model, body in requests.items():
+        assert body == MODEL_SPECS[model].example()["value"]
+    for operations in openapi["paths"].values():  # a server without the pictures
+        content = operations.get("post", {}).get("requestBody", {}).get("content", {})
+        content.get("application/json", {}).pop("examples", None)
+    with pytest.raises(AssertionError, match="no /docs example"):
+        smoke.v1_requests(openapi)
 
 
 def test_the_smoke_refuses_an_entry_command_without_host_or_port():

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import schemathesis
 
-from gateway.http.examples import request_examples
+from gateway.http.openapi import request_examples
 from gateway.schemas.registry import MODEL_SPECS
 from gateway.tenancy.api_keys import new_webhook_secret
 from tests.support.api_key_helpers import entry, headers, write_keys

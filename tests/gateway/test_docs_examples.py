@@ -59,7 +59,7 @@ def test_the_document_names_the_profile():
 
 def test_without_the_pictures_the_docs_still_build(monkeypatch, tmp_path):
     monkeypatch.setattr(examples, "PAYLOADS", tmp_path)
-    examples.request_examples.cache_clear()
+    examples.picture.cache_clear()
     try:
         with make_client(RecordingRunner(), MODEL_SPECS) as client:
             response = client.get("/openapi.json")
@@ -67,4 +67,4 @@ def test_without_the_pictures_the_docs_still_build(monkeypatch, tmp_path):
         operation = response.json()["paths"]["/v2/instantid"]["post"]
         assert "examples" not in operation["requestBody"]["content"]["application/json"]
     finally:
-        examples.request_examples.cache_clear()
+        examples.picture.cache_clear()

@@ -17,7 +17,8 @@ from PIL import Image
 from gateway.jobs.store import JobRecord
 from gateway.jobs.worker import completed_body
 from gateway.schemas.normalize import MAX_SEED
-from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure
+from protocol.jobs import GenerationResult, JobFailure
+from runners.flux_depth import FluxDepthJob
 from settings import DEFAULT_SAFETY_THRESHOLDS
 from tests.support.flux_helpers import drive_score, restored_classifier
 from tests.support.gateway_client import make_client

@@ -15,7 +15,8 @@ from PIL import Image
 from gateway.schemas import insta_depth
 from gateway.schemas.normalize import MAX_SEED
 from gateway.schemas.styles import STYLES
-from protocol.jobs import InstantIDJob, JobFailure
+from protocol.jobs import JobFailure
+from runners.instantid import InstantIDJob
 from tests.support.face_images import b64_image, face_picture, payload_face, payload_pose
 from tests.support.gateway_client import make_client
 from tests.support.helpers import RecordingRunner, assert_bound, assert_error, b64

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from benchmarks import gpu_check
+from gateway.schemas.registry import MODEL_SPECS
 from models import manifest
 from models.full_store import write_full_store
 from settings import PROJECT_ROOT, Settings
@@ -161,13 +162,13 @@ def test_gpu_check_at_the_ci_scale_serves_every_model_through_v1_and_v2(full_sto
     args = gpu_check.parse_args(["--scale", "ci", "--device", "cpu", "--store", str(STORE)])
     args.bench = False  # benchmarks/gpu.py has its own test (tests/deploy/test_bench_gpu.py)
     rows, title = gpu_check.run(args)
-    assert [row.model for row in rows] == list(gpu_check.RUNNER_OF)
+    assert [row.model for row in rows] == list(MODEL_SPECS)
     for row in rows:
         assert row.v1_seconds and row.v1_seconds > 0 and row.v2 == "COMPLETED", row
         assert row.accelerations.startswith("dtype=float32"), row  # from the runner's log
     assert "(ci scale, random weights) on CPU" in title
     printed = gpu_check.table(rows, title)
-    assert printed.count("| COMPLETED |") == 4
+    assert printed.count("| COMPLETED |") == len(MODEL_SPECS)
 
 
 def test_gpu_check_refuses_the_real_scale_without_cuda(capsys):

@@ -19,6 +19,7 @@ from models.build import build_tiny
 from models.manifest import TINY_MODELS
 from models.store import COMPLETE_MARKER, MissingModelError, install, model_dir, require_model
 from models.tiny_tokenizer import build_clip_tokenizer
+from runners.sd15_depth import FULL_LONG_SIDE
 from settings import Settings, get_settings
 
 PROMPT = "a photo of a cat"
@@ -168,7 +169,7 @@ def test_sd15_controlnet_pipeline_loads_and_generates(
     # The default output size is the tiny profile's long side, as 512 is the real one's.
     assert pipe.vae_scale_factor == 8
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == settings.long_side(
-        "sd1.5-controlnet-depth"
+        FULL_LONG_SIDE
     )
 
     ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (48, 1, 3))

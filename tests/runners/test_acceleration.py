@@ -30,7 +30,6 @@ from PIL import Image
 from pydantic import ValidationError
 
 from models.store import require_model
-from protocol.jobs import SD15DepthJob
 from runners import acceleration
 from runners.acceleration import (
     Accelerations,
@@ -44,6 +43,7 @@ from runners.acceleration import (
     resolve_accelerations,
 )
 from runners.ip_adapter_attention import FaceAdapterAttnProcessor, SelfAttnProcessor
+from runners.sd15_depth import SD15DepthJob
 from settings import Settings
 from tests.support.helpers import scene_image
 

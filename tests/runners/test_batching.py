@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protocol.jobs import FluxDepthJob, GenerationResult, JobFailure, SD15DepthJob
+from protocol.jobs import GenerationResult, JobFailure
 from runners.batching import run_batched
+from runners.flux_depth import FluxDepthJob
 from runners.samples import merge_results, split_samples
+from runners.sd15_depth import SD15DepthJob
 from tests.support import jobs as shared_jobs
 from tests.support.face_images import face_picture, payload_face, payload_pose
 from tests.support.helpers import scene_image

@@ -15,7 +15,7 @@ from PIL import Image
 
 from models.manifest import INSTANTID_IP_ADAPTER_FILE
 from models.store import require_model
-from protocol.jobs import InstantIDJob
+from runners.instantid import InstantIDJob
 from runners.instantid_sampler import Sample, SampleRequest, sample
 from runners.ip_adapter_attention import FaceAdapterAttnProcessor, SelfAttnProcessor
 from tests.support.face_images import face_picture, payload_face, payload_pose

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protocol.jobs import SD15DepthJob
 from runners.schedulers import SCHEDULERS, make_scheduler
+from runners.sd15_depth import SD15DepthJob
 from tests.support.jobs import pixels
 from tests.support.jobs import sd15_job as job
 

@@ -13,7 +13,8 @@ import signal
 import bentoml
 from PIL import Image
 
-from protocol.jobs import GenerationResult, SD15DepthJob
+from protocol.jobs import GenerationResult
+from runners.sd15_depth import SD15DepthJob
 from runners.service_config import GenerationResults
 
 CRASH_LOG_ENV = "DEPTHID_TEST_CRASH_LOG"

@@ -9,7 +9,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from protocol.jobs import FluxDepthJob, GenerationResult, InstantIDJob, SD15DepthJob
+from protocol.jobs import GenerationResult
+from runners.flux_depth import FluxDepthJob
+from runners.instantid import InstantIDJob
+from runners.sd15_depth import SD15DepthJob
 from tests.support.face_images import payload_face
 from tests.support.helpers import scene_image
 
