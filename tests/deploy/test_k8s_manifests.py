@@ -549,9 +549,11 @@ def test_gpu_outside_a_gpu_overlay_is_a_violation(rendered):
 
 
 def bentoml_service_classes(module_file: Path) -> set[str]:
-    """Classes in a module decorated with `@bentoml.service(...)`."""
+    """Classes in a module made BentoML services: decorated with `@bentoml.service(...)`, or
+    assigned `Name = bentoml.service(...)(...)` (service.py, whose dependencies are attached
+    first)."""
     tree = ast.parse(module_file.read_text())
-    return {
+    decorated = {
         node.name
         for node in tree.body
         if isinstance(node, ast.ClassDef)
@@ -560,6 +562,14 @@ def bentoml_service_classes(module_file: Path) -> set[str]:
             for decorator in node.decorator_list
         )
     }
+    assigned = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign) and ast.unparse(node.value).startswith("bentoml.service(")
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    return decorated | assigned
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
