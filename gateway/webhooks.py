@@ -123,6 +123,7 @@ class WebhookDeliverer:
         self.keys = keys
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
         self._loops: list[asyncio.Task] = []
+        self._stopping = False
 
     def start(self) -> None:
         self._loops = [
@@ -132,12 +133,16 @@ class WebhookDeliverer:
 
     async def stop(self) -> None:
         """Stop at once: a delivery cut short is due again when its lease ends."""
+        # The flag as well as the cancel: Python 3.11's asyncio.wait_for (redis-py sends with
+        # it) can swallow a cancel that lands as its command completes, and the loop would go
+        # on; it then ends at its next turn.
+        self._stopping = True
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 taken = await self.store.take_delivery(self.lease_s)
                 if taken is None:

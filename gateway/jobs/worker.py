@@ -192,7 +192,9 @@ class JobWorker:
             request_id_var.reset(token)
 
     async def _queue_depth_loop(self) -> None:
-        while True:
+        # Ends on the stop flag as well as on its cancel: a cancel can be swallowed (Python
+        # 3.11's asyncio.wait_for in redis-py; WebhookDeliverer.stop says more).
+        while not self._stopping.is_set():
             try:
                 depths = await self.store.queue_depth_by_model()
                 for model in MODEL_SPECS:  # 0 for a model with nothing waiting
@@ -204,7 +206,7 @@ class JobWorker:
     async def _reap_loop(self) -> None:
         period = max(0.5, self.settings.job_visibility_timeout_s / 3)
         hold_until = 0.0
-        while True:
+        while not self._stopping.is_set():  # and its cancel (see _queue_depth_loop)
             await asyncio.sleep(period)
             if time.monotonic() < hold_until:
                 continue

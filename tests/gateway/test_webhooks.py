@@ -5,6 +5,8 @@ refused address; the SSRF guard at submit; a Gateway gone with a delivery pendin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 import pytest
@@ -13,6 +15,8 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 
 from gateway.tenancy.api_keys import new_webhook_secret
+from gateway.webhooks import WebhookDeliverer
+from settings import Settings
 from tests.support.api_key_helpers import (
     SD15,
     HeldRunner,
@@ -203,3 +207,30 @@ def test_a_cancelled_job_sends_its_cancel(backend, keys):
         assert wait_until(lambda: len(hook.received) == 1, 10)
         assert json.loads(hook.received[0][1]) == {"request_id": request_id, "status": "CANCELLED"}
         runner.release.set()
+
+
+class _SwallowingStore:
+    """A job store whose take_delivery swallows a cancel, as redis-py's send does when the cancel
+    lands as the command completes (Python 3.11's asyncio.wait_for)."""
+
+    def __init__(self) -> None:
+        self.takes = 0
+
+    async def take_delivery(self, lease_s: float) -> None:
+        self.takes += 1
+        # Swallowed: the loop goes on as if nothing happened.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.05)
+
+
+def test_stopping_the_deliverer_ends_even_when_a_cancel_is_swallowed():
+    async def scenario() -> float:
+        deliverer = WebhookDeliverer(_SwallowingStore(), Settings(webhook_workers=2), lambda: None)
+        deliverer.start()
+        await asyncio.sleep(0.02)  # each loop in take_delivery
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(10):  # before the flag, this waited for ever
+            await deliverer.stop()
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(scenario()) < 5
