@@ -4,6 +4,7 @@ loading holds little host memory beyond the weights (largest file first)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 from pathlib import Path
@@ -67,6 +68,7 @@ def test_weights_load_straight_onto_a_gpu_unless_offloaded():
 
 
 def test_loading_memory_is_the_peak_over_the_start_against_the_weights(caplog):
+    gc.collect()  # frees that earlier tests left to the collector would lower the RSS under us
     timer = StartupTimer("instantid")
     model = torch.nn.Linear(1024, 1024)
     tied = torch.nn.Linear(1024, 1024)
@@ -75,7 +77,10 @@ def test_loading_memory_is_the_peak_over_the_start_against_the_weights(caplog):
     memory = timer.loaded(model, tied, "a tokenizer holds no weights")
     assert memory.weights == weight_bytes([model]) + tied.bias.nbytes
     assert memory.weights == (1024 * 1024 + 2 * 1024) * 4
-    assert memory.peak_growth >= len(held[0])
+    # The RSS is the whole process's: pages of files it maps (libraries, weights earlier tests
+    # loaded) can leave it while this runs, under a busy machine's memory pressure; a CI run
+    # saw 3 MB go. The growth must still show the 64 MiB held, less such noise.
+    assert memory.peak_growth >= 0.9 * len(held[0])
     with caplog.at_level(logging.INFO, logger="runners.startup"):
         line = timer.ready()
     assert f"= {memory.ratio:.2f}x the weights as loaded" in line
