@@ -84,15 +84,29 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def peak_rss() -> int:
-    """The process's RSS high-water mark in bytes (VmHWM since the last reset)."""
+def _status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status in bytes; None where there is no such file."""
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024  # kB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return None
+
+
+def current_rss() -> int:
+    """The process's RSS in bytes now (VmRSS: the same counters as its high-water mark)."""
+    rss = _status_bytes("VmRSS")
+    return psutil.Process().memory_info().rss if rss is None else rss
+
+
+def peak_rss() -> int:
+    """The process's RSS high-water mark in bytes (VmHWM since the last reset)."""
+    peak = _status_bytes("VmHWM")
+    if peak is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return peak
 
 
 def weight_bytes(modules: Iterable[object]) -> int:
@@ -120,7 +134,7 @@ class StartupTimer:
         self.memory: LoadMemory | None = None
         self.total = 0.0
         self._peak_reset = reset_peak_rss()
-        self._rss_before = psutil.Process().memory_info().rss
+        self._rss_before = current_rss()
         # Wall-clock time since the process started, before this object existed: counted by the
         # first runner a process loads (a served runner's only one), not again by later ones.
         global _process_start_counted
