@@ -114,6 +114,13 @@ def rss_counter_slack() -> int:
     return cpus * max(32, 2 * cpus) * os.sysconf("SC_PAGE_SIZE")
 
 
+def left_the_rss() -> int:
+    """Bytes of this process that can leave its RSS without being freed, as /proc/self/status
+    counts them: its swap grows as it drops the pages it maps from files (its libraries)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return (int(fields["VmSwap"].split()[0]) - int(fields["RssFile"].split()[0])) * 1024
+
+
 def test_the_kernels_peak_shows_the_memory_touched_while_loading():
     """On the kernel's own readings: memory touched between the timer's start and `loaded` is in
     the peak growth. On a machine with many cores the counters' slack is many MB (a CI run read
@@ -122,14 +129,14 @@ def test_the_kernels_peak_shows_the_memory_touched_while_loading():
     gc.collect()  # frees that earlier tests left to the collector would lower the RSS under us
     slack = rss_counter_slack()
     held_bytes = 64 * 1024 * 1024 + 4 * slack
+    left_before = left_the_rss()
     timer = StartupTimer("instantid")
     held = b"\x01" * held_bytes  # written here, by this thread: resident
     memory = timer.loaded(torch.nn.Linear(4, 4))
+    # A busy machine's memory pressure can take pages out of the RSS while this runs.
+    left = max(0, left_the_rss() - left_before)
     assert not memory.since_process_start
-    # Besides the slack of the two readings, a busy machine may reclaim a few MB of the pages
-    # the process maps from files (its libraries) while this runs.
-    reclaimed = 8 * 1024 * 1024
-    assert memory.peak_growth >= len(held) - 2 * slack - reclaimed
+    assert memory.peak_growth + left >= len(held) - 2 * slack, (memory, slack, left)
 
 
 def test_parts_load_largest_first(tmp_path: Path):
