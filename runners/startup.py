@@ -18,6 +18,9 @@ parameters and buffers in their dtype, wherever they are). RSS counts the proces
 memory and the pages of the files it maps that it has touched (a safetensors file while it is
 cast to the runner's dtype); not the page cache the read-ahead filled, which is the kernel's and
 which it drops under pressure. The warm-up's activations are not loading: they come after.
+The kernel keeps the RSS in per-CPU counters (Linux 6.2+) and reads them without summing: a
+reading can miss up to max(32, 2 x CPUs) pages per CPU, tens of MB on a many-core node; small
+against GBs of weights.
 """
 
 from __future__ import annotations
