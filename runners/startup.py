@@ -87,7 +87,7 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def _status_bytes(field: str) -> int | None:
+def status_bytes(field: str) -> int | None:
     """A memory field of /proc/self/status in bytes; None where there is no such file."""
     try:
         for line in STATUS.read_text().splitlines():
@@ -100,13 +100,13 @@ def _status_bytes(field: str) -> int | None:
 
 def current_rss() -> int:
     """The process's RSS in bytes now (VmRSS: the same counters as its high-water mark)."""
-    rss = _status_bytes("VmRSS")
+    rss = status_bytes("VmRSS")
     return psutil.Process().memory_info().rss if rss is None else rss
 
 
 def peak_rss() -> int:
     """The process's RSS high-water mark in bytes (VmHWM since the last reset)."""
-    peak = _status_bytes("VmHWM")
+    peak = status_bytes("VmHWM")
     if peak is None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return peak

@@ -72,8 +72,8 @@ def test_weights_load_straight_onto_a_gpu_unless_offloaded():
 def test_loading_memory_is_the_peak_over_the_start_against_the_weights(
     tmp_path: Path, monkeypatch, caplog
 ):
-    """The arithmetic and the line, on the kernel's readings as given (the next test reads the
-    kernel's own)."""
+    """The arithmetic and the line, on the kernel's readings as given
+    (test_the_kernels_peak_shows_the_memory_touched_while_loading reads the kernel's own)."""
     status, clear_refs = tmp_path / "status", tmp_path / "clear_refs"
     monkeypatch.setattr(startup, "STATUS", status)
     monkeypatch.setattr(startup, "CLEAR_REFS", clear_refs)
@@ -115,10 +115,9 @@ def rss_counter_slack() -> int:
 
 
 def left_the_rss() -> int:
-    """Bytes of this process that can leave its RSS without being freed, as /proc/self/status
-    counts them: its swap grows as it drops the pages it maps from files (its libraries)."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return (int(fields["VmSwap"].split()[0]) - int(fields["RssFile"].split()[0])) * 1024
+    """A figure that grows by what memory pressure takes out of this process's RSS without it
+    being freed: the memory swapped out, less the pages of files (its libraries) resident."""
+    return startup.status_bytes("VmSwap") - startup.status_bytes("RssFile")
 
 
 def test_the_kernels_peak_shows_the_memory_touched_while_loading():
